@@ -1,0 +1,27 @@
+"""The loramill API: OpenAI-compatible files and fine-tuning endpoints, and more."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from api import errors
+from api.routes import files, health, jobs, models
+
+
+def create_app() -> FastAPI:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = FastAPI(
+        title="loramill",
+        version="0.1.0",
+        description="Managed LoRA/QLoRA fine-tuning, wire-compatible with OpenAI's "
+        "fine-tuning and files API.",
+    )
+    errors.install(app)
+    for module in (health, files, jobs, models):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

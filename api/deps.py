@@ -1,0 +1,123 @@
+"""Request-scoped dependencies: the one transaction per request, and authentication.
+
+The session dependency owns the transaction: it commits after the endpoint returns and
+only then runs the work queued with :meth:`UnitOfWork.after_commit` (enqueueing Celery
+messages), so a message never points at rows that were rolled back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from core import keys
+from core.db import get_sessionmaker
+from core.errors import AuthenticationFailed, PermissionDenied
+from core.models import Tenant
+from core.repositories import tenants as tenant_repo
+from core.repositories.scope import TenantId
+from core.settings import Settings, get_settings
+
+log = logging.getLogger("loramill.api")
+
+
+@dataclass
+class UnitOfWork:
+    session: Session
+    _after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _on_rollback: list[Callable[[], None]] = field(default_factory=list)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._after_commit.append(fn)
+
+    def on_rollback(self, fn: Callable[[], None]) -> None:
+        """Undo outside the database (an uploaded object) if the transaction fails."""
+        self._on_rollback.append(fn)
+
+    def _run(self, hooks: list[Callable[[], None]], what: str) -> None:
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("%s hook failed", what)
+
+
+def get_uow() -> Iterator[UnitOfWork]:
+    uow = UnitOfWork(get_sessionmaker()())
+    try:
+        yield uow
+        uow.session.commit()
+    except BaseException:
+        uow.session.rollback()
+        uow._run(uow._on_rollback, "rollback")
+        raise
+    finally:
+        uow.session.close()
+    uow._run(uow._after_commit, "after-commit")
+
+
+UoW = Annotated[UnitOfWork, Depends(get_uow)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant_id: TenantId | None
+    scopes: tuple[str, ...]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationFailed(
+            "missing API key: send it as 'Authorization: Bearer lm-sk-...'",
+            code="missing_api_key",
+        )
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationFailed(
+            "malformed Authorization header: expected 'Bearer lm-sk-...'",
+            code="invalid_authorization_header",
+        )
+    if not keys.is_well_formed(token):
+        raise AuthenticationFailed(
+            "malformed API key: loramill keys look like 'lm-sk-' followed by 43 characters",
+            code="invalid_api_key",
+        )
+    return token
+
+
+def authenticate(request: Request, uow: UoW) -> Principal:
+    token = _bearer(request)
+    key = tenant_repo.find_key(uow.session, keys.hash_key(token))
+    if key is None:
+        raise AuthenticationFailed(f"unknown API key {keys.display_prefix(token)}...")
+    if key.revoked_at is not None:
+        raise AuthenticationFailed(
+            f"API key {key.prefix}... was revoked", code="revoked_api_key"
+        )
+    if key.tenant_id is not None:
+        tenant = uow.session.get(Tenant, key.tenant_id)
+        if tenant is None or tenant.suspended_at is not None:
+            raise AuthenticationFailed("this account is suspended", code="account_suspended")
+    tenant_repo.touch_key(uow.session, key)
+    tenant_id = TenantId(key.tenant_id) if key.tenant_id else None
+    return Principal(key_id=key.id, tenant_id=tenant_id, scopes=tuple(key.scopes))
+
+
+def current_tenant(principal: Annotated[Principal, Depends(authenticate)]) -> TenantId:
+    if principal.tenant_id is None:
+        raise PermissionDenied(
+            "admin keys manage the service and cannot act as a tenant; use a tenant key"
+        )
+    return principal.tenant_id
+
+
+CurrentTenant = Annotated[TenantId, Depends(current_tenant)]

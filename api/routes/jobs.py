@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from api.deps import CurrentTenant, UoW
+from api.schemas.common import ListPage
+from api.schemas.jobs import CreateJob, EventObject, JobObject
+from core.errors import InvalidRequest
+from core.repositories import jobs as job_repo
+from core.services import dispatch
+from core.services import jobs as job_service
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+@router.post("", response_model=JobObject)
+def create_job(body: CreateJob, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+    hyper = body.hyperparameters
+    if body.method and body.method.supervised and body.method.supervised.hyperparameters:
+        if hyper is not None:
+            raise InvalidRequest(
+                "give hyperparameters either at the top level or in "
+                "method.supervised.hyperparameters, not both", param="hyperparameters",
+            )
+        hyper = body.method.supervised.hyperparameters
+    req = job_service.JobRequest(
+        model=body.model, training_file=body.training_file,
+        validation_file=body.validation_file,
+        hyperparameters=hyper.model_dump() if hyper else {},
+        lora=body.lora.model_dump() if body.lora else {},
+        suffix=body.suffix or None, seed=body.seed, metadata=body.metadata,
+    )
+    job = job_service.create(uow.session, tenant_id, req)
+    job_id, gpu_class = job.id, job.gpu_class
+    uow.after_commit(lambda: dispatch.enqueue(job_id, gpu_class))
+    return JobObject.of(job)
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    # OpenAI's form: ?metadata[key]=value
+    found = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            found[name[len("metadata[") : -1]] = value
+    return found
+
+
+@router.get("", response_model=ListPage[JobObject])
+def list_jobs(
+    request: Request, tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ListPage[JobObject]:
+    items, more = job_repo.list_page(
+        uow.session, tenant_id, after=after, limit=limit, metadata=_metadata_filter(request)
+    )
+    return ListPage.of([JobObject.of(j) for j in items], more)
+
+
+@router.get("/{job_id}", response_model=JobObject)
+def get_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+    return JobObject.of(job_service.get(uow.session, tenant_id, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobObject)
+def cancel_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+    return JobObject.of(job_service.cancel(uow.session, tenant_id, job_id))
+
+
+@router.get("/{job_id}/events", response_model=ListPage[EventObject])
+def list_events(
+    job_id: str, tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> ListPage[EventObject]:
+    job_service.get(uow.session, tenant_id, job_id)
+    items, more = job_repo.list_events(
+        uow.session, tenant_id, job_id, after=after, limit=limit
+    )
+    return ListPage.of([EventObject.of(e) for e in items], more)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from api.deps import CurrentTenant, UoW
+from api.schemas.common import ListPage, ts
+from core.errors import NotFound
+from core.models import BaseModel as BaseModelRow
+from core.repositories import base_models as model_repo
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    # loramill extensions
+    architecture: str | None = None
+    context_length: int | None = None
+    gpu_class: str | None = None
+
+    @classmethod
+    def of_base(cls, m: BaseModelRow) -> ModelObject:
+        return cls(
+            id=m.id, created=ts(m.created_at) or 0, owned_by="loramill",
+            architecture=m.architecture, context_length=m.context_length,
+            gpu_class=m.gpu_class,
+        )
+
+
+@router.get("", response_model=ListPage[ModelObject])
+def list_models(tenant_id: CurrentTenant, uow: UoW) -> ListPage[ModelObject]:
+    return ListPage.of([ModelObject.of_base(m) for m in model_repo.list_enabled(uow.session)],
+                       False)
+
+
+@router.get("/{model_id:path}", response_model=ModelObject)
+def get_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> ModelObject:
+    model = model_repo.get_enabled(uow.session, model_id)
+    if model is None:
+        raise NotFound(f"no model with id {model_id!r}", param="model")
+    return ModelObject.of_base(model)

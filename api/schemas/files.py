@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from api.schemas.common import ts
+from core.models import File
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None = None
+    expires_at: int | None = None
+    # loramill extensions
+    sha256: str
+    format: str | None
+    line_count: int
+    example_count: int
+
+    @classmethod
+    def of(cls, f: File) -> FileObject:
+        return cls(
+            id=f.id, bytes=f.bytes, created_at=ts(f.created_at) or 0, filename=f.filename,
+            purpose=f.purpose, status=f.status, status_details=f.status_details,
+            sha256=f.sha256, format=f.format, line_count=f.line_count,
+            example_count=f.example_count,
+        )
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True

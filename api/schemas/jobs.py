@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.schemas.common import ts
+from core.models import FineTuningJob, JobEvent
+
+Auto = Literal["auto"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+
+
+class Supervised(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised"]
+    supervised: Supervised | None = None
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16, gt=0, le=4096)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    quantization: Literal["nf4", "none"] = "nf4"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value or len(value) > 64:
+                raise ValueError("must list 1 to 64 module names, or be 'all-linear'")
+            for name in value:
+                if not name or len(name) > 100 or not name.replace("_", "").replace(
+                    ".", ""
+                ).isalnum():
+                    raise ValueError(f"{name!r} is not a module name")
+        return value
+
+
+class CreateJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(None, min_length=1, max_length=64)
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = None
+    lora: LoraSettings | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > 16:
+            raise ValueError("at most 16 key-value pairs")
+        for key, item in value.items():
+            if len(key) > 64:
+                raise ValueError(f"key {key[:20]!r}... is longer than 64 characters")
+            if len(item) > 512:
+                raise ValueError(f"value of {key!r} is longer than 512 characters")
+        return value
+
+    @field_validator("integrations")
+    @classmethod
+    def _integrations(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("integrations are not supported by loramill")
+        return value
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str
+    result_files: list[str]
+    status: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    trained_tokens: int | None
+    error: JobError | None
+    user_provided_suffix: str | None
+    seed: int
+    estimated_finish: int | None
+    integrations: list[Any] = []
+    metadata: dict[str, str] | None
+    method: dict[str, Any]
+    # loramill extensions
+    lora: dict[str, Any]
+
+    @classmethod
+    def of(cls, job: FineTuningJob) -> JobObject:
+        spec = job.method
+        return cls(
+            id=job.id, created_at=ts(job.created_at) or 0, finished_at=ts(job.finished_at),
+            model=job.model, fine_tuned_model=job.fine_tuned_model,
+            organization_id=job.tenant_id, result_files=[],
+            status=job.status, training_file=job.training_file,
+            validation_file=job.validation_file,
+            hyperparameters=spec["supervised"]["hyperparameters"],
+            trained_tokens=job.trained_tokens,
+            error=JobError(**job.error) if job.error else None,
+            user_provided_suffix=job.suffix, seed=job.seed,
+            estimated_finish=ts(job.estimated_finish), metadata=job.metadata_,
+            method={"type": spec["type"], "supervised": spec["supervised"]},
+            lora=spec["lora"],
+        )
+
+
+class EventObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventObject:
+        return cls(
+            id=event.id, created_at=ts(event.created_at) or 0, level=event.level,
+            message=event.message, type=event.type, data=event.data,
+        )

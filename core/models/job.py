@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.models.base import Base, IdString, utcnow
+
+
+class FineTuningJob(Base):
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        Index("ix_fine_tuning_jobs_tenant_id_id", "tenant_id", "id"),
+        Index("ix_fine_tuning_jobs_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    model: Mapped[str] = mapped_column(String(200), ForeignKey("base_models.id"))
+    training_file: Mapped[str] = mapped_column(IdString(), ForeignKey("files.id"))
+    validation_file: Mapped[str | None] = mapped_column(IdString(), ForeignKey("files.id"))
+    # The frozen spec: method with resolved hyperparameters and the lora settings.
+    method: Mapped[dict[str, Any]]
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    status: Mapped[str] = mapped_column(String(32))
+    error: Mapped[dict[str, Any] | None]
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(400))
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    estimated_finish: Mapped[datetime | None]
+    priority: Mapped[int] = mapped_column(default=0)
+    gpu_class: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.models import File
+from core.repositories.pagination import newest_first
+from core.repositories.scope import TenantId
+
+
+def add(session: Session, file: File) -> File:
+    session.add(file)
+    session.flush()
+    return file
+
+
+def get(session: Session, tenant_id: TenantId, file_id: str) -> File | None:
+    return session.scalars(
+        select(File).where(
+            File.tenant_id == tenant_id, File.id == file_id, File.deleted_at.is_(None)
+        )
+    ).one_or_none()
+
+
+def list_page(
+    session: Session, tenant_id: TenantId, *, after: str | None, limit: int,
+    purpose: str | None = None,
+) -> tuple[list[File], bool]:
+    stmt = select(File).where(File.tenant_id == tenant_id, File.deleted_at.is_(None))
+    if purpose:
+        stmt = stmt.where(File.purpose == purpose)
+    return newest_first(session, stmt, File.id, after=after, limit=limit)
+
+
+def stored_bytes(session: Session, tenant_id: TenantId) -> int:
+    total = session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(
+        File.tenant_id == tenant_id, File.deleted_at.is_(None)
+    ))
+    return int(total or 0)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core import ids
+from core.models import ApiKey, Tenant
+from core.models.base import utcnow
+from core.settings import Settings
+
+
+def create_tenant(session: Session, name: str, settings: Settings) -> Tenant:
+    tenant = Tenant(
+        id=ids.new_id(ids.TENANT),
+        name=name,
+        max_running_jobs=settings.default_max_running_jobs,
+        max_queued_jobs=settings.default_max_queued_jobs,
+        max_file_bytes=settings.max_file_bytes,
+        storage_bytes=settings.default_storage_bytes,
+    )
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def get_by_name(session: Session, name: str) -> Tenant | None:
+    return session.scalars(select(Tenant).where(Tenant.name == name)).one_or_none()
+
+
+def get(session: Session, tenant_id: str) -> Tenant | None:
+    return session.get(Tenant, tenant_id)
+
+
+def add_key(
+    session: Session, *, tenant_id: str | None, prefix: str, key_hash: str,
+    scopes: list[str], name: str = "",
+) -> ApiKey:
+    key = ApiKey(
+        id=ids.new_id(ids.KEY), tenant_id=tenant_id, prefix=prefix, hash=key_hash,
+        scopes=scopes, name=name,
+    )
+    session.add(key)
+    session.flush()
+    return key
+
+
+def find_key(session: Session, key_hash: str) -> ApiKey | None:
+    return session.scalars(select(ApiKey).where(ApiKey.hash == key_hash)).one_or_none()
+
+
+def touch_key(session: Session, key: ApiKey) -> None:
+    """Record use at most once a minute, so auth does not write on every request."""
+    now = utcnow()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+        key.last_used_at = now

@@ -1,0 +1,155 @@
+"""Files: streaming ingest (hash, validate, store) and the tenant-scoped operations."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core import ids, jobstate
+from core.datasets.validation import DatasetValidator, Report
+from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from core.models import File, FineTuningJob
+from core.models.base import utcnow
+from core.repositories import files as file_repo
+from core.repositories.scope import TenantId
+from core.settings import Settings
+from core.storage import MultipartWriter, Storage, file_key
+
+PURPOSES = ("fine-tune",)
+MAX_FILENAME = 255
+
+
+def new_file_id() -> str:
+    return ids.new_id(ids.FILE)
+
+
+class FileIngest:
+    """One upload in flight: every byte is hashed, validated and streamed to S3 once.
+
+    Holds at most one S3 part and one dataset line in memory. Once the data is known to
+    be invalid, nothing more is sent to S3 (the multipart upload is aborted) but the
+    validator keeps reading, so the report can name up to N problems.
+    """
+
+    def __init__(self, storage: Storage, key: str, *, max_bytes: int, settings: Settings):
+        self.key = key
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._sha = hashlib.sha256()
+        self._validator = DatasetValidator(
+            max_line_bytes=settings.max_line_bytes,
+            max_json_depth=settings.max_json_depth,
+            max_problems=settings.max_problems_reported,
+        )
+        self._writer: MultipartWriter | None = storage.writer(key, settings.upload_part_bytes)
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            self.abort()
+            raise PayloadTooLarge(
+                f"file is larger than the limit of {self.max_bytes} bytes", param="file"
+            )
+        self._sha.update(chunk)
+        self._validator.feed(chunk)
+        if self._writer is not None:
+            if self._validator.report.problem_count:
+                self._writer.abort()
+                self._writer = None
+            else:
+                self._writer.write(chunk)
+
+    def finish(self) -> Report:
+        """Validate the tail; store the object only if the whole file is valid."""
+        report = self._validator.finish()
+        if not report.ok:
+            self.abort()
+        elif self._writer is not None:
+            self._writer.complete()
+            self._writer = None
+        return report
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+
+def check_purpose(purpose: str | None) -> str:
+    if purpose is None:
+        raise InvalidRequest("missing required parameter: 'purpose'", param="purpose",
+                             code="missing_parameter")
+    if purpose not in PURPOSES:
+        raise InvalidRequest(
+            f"purpose must be 'fine-tune' (got {purpose!r})", param="purpose",
+            code="invalid_purpose",
+        )
+    return purpose
+
+
+def check_filename(filename: str | None) -> str:
+    if not filename:
+        raise InvalidRequest("the 'file' part needs a filename", param="file")
+    if len(filename) > MAX_FILENAME or any(ord(c) < 32 for c in filename):
+        raise InvalidRequest(
+            f"filename must be at most {MAX_FILENAME} printable characters", param="file"
+        )
+    return filename
+
+
+def invalid_dataset(filename: str, report: Report) -> InvalidRequest:
+    return InvalidRequest(
+        f"{filename} is not a valid fine-tuning dataset: {report.summary()}",
+        param="file", code="invalid_file",
+    )
+
+
+def record(
+    session: Session, *, tenant_id: TenantId, file_id: str, filename: str, purpose: str,
+    ingest: FileIngest, report: Report,
+) -> File:
+    return file_repo.add(session, File(
+        id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose,
+        bytes=ingest.size, sha256=ingest.sha256, format=report.format,
+        line_count=report.line_count, example_count=report.example_count,
+        status="processed", status_details=None, object_key=ingest.key,
+    ))
+
+
+def get(session: Session, tenant_id: TenantId, file_id: str) -> File:
+    file = file_repo.get(session, tenant_id, file_id)
+    if file is None:
+        raise NotFound(f"no file with id {file_id!r}", param="file_id")
+    return file
+
+
+def delete(session: Session, tenant_id: TenantId, file_id: str) -> File:
+    """Mark the file deleted; the caller removes its object once this commits."""
+    file = get(session, tenant_id, file_id)
+    active = session.scalars(
+        select(FineTuningJob.id).where(
+            FineTuningJob.tenant_id == tenant_id,
+            FineTuningJob.status.in_(jobstate.ACTIVE),
+            (FineTuningJob.training_file == file_id)
+            | (FineTuningJob.validation_file == file_id),
+        ).limit(1)
+    ).first()
+    if active:
+        raise Conflict(
+            f"file {file_id} is used by job {active}, which has not finished; cancel the "
+            "job or wait for it before deleting the file", param="file_id",
+            code="file_in_use",
+        )
+    file.deleted_at = utcnow()
+    session.flush()
+    return file
+
+
+__all__ = ["FileIngest", "file_key", "new_file_id"]

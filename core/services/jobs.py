@@ -1,0 +1,134 @@
+"""Fine-tuning jobs: creation with a frozen spec, reads, and cancellation."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core import ids, jobstate
+from core.errors import InvalidRequest, NotFound
+from core.models import File, FineTuningJob
+from core.models.base import utcnow
+from core.repositories import base_models as model_repo
+from core.repositories import files as file_repo
+from core.repositories import jobs as job_repo
+from core.repositories.scope import TenantId
+
+DEFAULT_LORA: dict[str, Any] = {
+    "r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear",
+    "quantization": "nf4",
+}
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the API validated; hyperparameter values may still be ``"auto"``."""
+
+    model: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    lora: dict[str, Any]
+    suffix: str | None
+    seed: int | None
+    metadata: dict[str, str] | None
+
+
+def resolve_hyperparameters(requested: dict[str, Any], examples: int) -> dict[str, Any]:
+    """Turn ``"auto"`` into numbers from the dataset size, so the spec is fixed at
+    creation and the job shows what it will run."""
+    def pick(name: str, auto: Any) -> Any:
+        value = requested.get(name, "auto")
+        return auto if value == "auto" else value
+
+    batch_auto = 1 if examples < 16 else 2 if examples < 64 else 4 if examples < 256 else 8
+    return {
+        "n_epochs": pick("n_epochs", min(10, max(1, math.ceil(100 / max(examples, 1))))),
+        "batch_size": pick("batch_size", batch_auto),
+        "learning_rate_multiplier": pick("learning_rate_multiplier", 1.0),
+    }
+
+
+def _usable_file(session: Session, tenant_id: TenantId, file_id: str, param: str) -> File:
+    file = file_repo.get(session, tenant_id, file_id)
+    if file is None:
+        raise InvalidRequest(f"{param} {file_id!r} does not exist", param=param,
+                             code="file_not_found")
+    if file.purpose != "fine-tune":
+        raise InvalidRequest(f"{param} {file_id!r} has purpose {file.purpose!r}, "
+                             "not 'fine-tune'", param=param, code="invalid_file")
+    if file.status != "processed":
+        raise InvalidRequest(f"{param} {file_id!r} is {file.status}, not processed",
+                             param=param, code="file_not_ready")
+    return file
+
+
+def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuningJob:
+    base = model_repo.get_enabled(session, req.model)
+    if base is None:
+        raise InvalidRequest(
+            f"model {req.model!r} is not an available base model; GET /v1/models lists them",
+            param="model", code="model_not_found",
+        )
+    training = _usable_file(session, tenant_id, req.training_file, "training_file")
+    if req.validation_file is not None:
+        validation = _usable_file(session, tenant_id, req.validation_file, "validation_file")
+        if validation.format != training.format:
+            raise InvalidRequest(
+                f"validation_file is {validation.format} data but training_file is "
+                f"{training.format}; use one format for both", param="validation_file",
+                code="invalid_file",
+            )
+    spec = {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": resolve_hyperparameters(
+                req.hyperparameters, training.example_count
+            ),
+        },
+        "lora": {**DEFAULT_LORA, **req.lora},
+        "dataset": {"format": training.format, "sha256": training.sha256,
+                    "examples": training.example_count},
+    }
+    job = job_repo.add(session, FineTuningJob(
+        id=ids.new_id(ids.JOB), tenant_id=tenant_id, model=base.id,
+        training_file=training.id, validation_file=req.validation_file, method=spec,
+        suffix=req.suffix, seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
+        metadata_=req.metadata, status=jobstate.QUEUED, gpu_class=base.gpu_class,
+    ))
+    job_repo.add_event(session, job, f"Created fine-tuning job: {job.id}")
+    job_repo.add_event(session, job, "Job queued; waiting for a worker",
+                       data={"gpu_class": job.gpu_class})
+    return job
+
+
+def get(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
+    job = job_repo.get(session, tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
+    return job
+
+
+def cancel(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
+    """Cancel a job that has not started; ask a running one to stop at its next step."""
+    job = get(session, tenant_id, job_id)
+    if job.status == jobstate.CANCELLED:  # cancelling twice is harmless
+        return job
+    if job.status in jobstate.TERMINAL:
+        raise InvalidRequest(f"job {job_id} has already {job.status} and cannot be cancelled",
+                             param="fine_tuning_job_id", code="job_not_cancellable")
+    if job.status == jobstate.RUNNING:
+        job.cancel_requested_at = job.cancel_requested_at or utcnow()
+        job_repo.add_event(session, job, "Cancellation requested; stopping at the next step")
+        session.flush()
+        return job
+    cancelled = jobstate.transition(session, job_id, jobstate.CANCELLED, tenant_id=tenant_id)
+    if cancelled is None:  # it moved on meanwhile (a worker claimed it): ask it to stop
+        session.refresh(job)
+        return cancel(session, tenant_id, job_id)
+    job_repo.add_event(session, cancelled, "Job cancelled")
+    return cancelled

@@ -1,0 +1,48 @@
+"""Tenants and their API keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from core import keys
+from core.errors import Conflict, NotFound
+from core.models import ApiKey, Tenant
+from core.repositories import tenants as tenant_repo
+from core.settings import Settings
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new key: ``secret`` is shown once and never stored."""
+
+    row: ApiKey
+    secret: str
+
+
+def create_tenant(session: Session, name: str, settings: Settings) -> Tenant:
+    if tenant_repo.get_by_name(session, name) is not None:
+        raise Conflict(f"a tenant named {name!r} already exists")
+    return tenant_repo.create_tenant(session, name, settings)
+
+
+def issue_key(
+    session: Session, tenant: Tenant | None, *, admin: bool = False, name: str = "",
+    scopes: list[str] | None = None,
+) -> IssuedKey:
+    if tenant is None and not admin:
+        raise NotFound("a tenant key needs a tenant")
+    secret = keys.generate_key()
+    row = tenant_repo.add_key(
+        session, tenant_id=None if admin else tenant.id if tenant else None,
+        prefix=keys.display_prefix(secret), key_hash=keys.hash_key(secret),
+        scopes=[keys.ADMIN_SCOPE] if admin else (scopes or list(keys.TENANT_SCOPES)),
+        name=name,
+    )
+    return IssuedKey(row=row, secret=secret)
+
+
+def key_is_valid(session: Session, secret: str) -> bool:
+    row = tenant_repo.find_key(session, keys.hash_key(secret))
+    return row is not None and row.revoked_at is None

@@ -1,0 +1,99 @@
+"""One typed configuration for every loramill process (prefix ``LORAMILL_``).
+
+When a service URL is not set, ``loramill-server up`` starts an embedded server and
+writes the URLs it chose to ``$LORAMILL_HOME/stack.env``; every process reads that file
+after its own environment, so the API, workers and CLI agree on where things are.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LORAMILL_HOME", ".loramill")).resolve()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAMILL_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+
+    # Services. None means "embedded, started by the local stack".
+    database_url: str | None = None
+    redis_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "loramill"
+    s3_access_key: str = "loramill"
+    s3_secret_key: str = "loramill-local-secret"
+    s3_region: str = "us-east-1"
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_api_url: str | None = None
+
+    # Limits (design.md §6); per-tenant quotas start from these values.
+    max_file_bytes: int = 1024 * MiB
+    max_line_bytes: int = 4 * MiB
+    max_json_depth: int = 32
+    max_problems_reported: int = 20
+    upload_part_bytes: int = 8 * MiB
+    default_max_running_jobs: int = 2
+    default_max_queued_jobs: int = 100
+    default_storage_bytes: int = 50 * 1024 * MiB
+
+    # Workers
+    gpu_class: str = "cpu"
+    worker_concurrency: int = 1
+
+    @property
+    def stack_env_file(self) -> Path:
+        return self.home / "stack.env"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def api_url(self) -> str:
+        return self.public_api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "LORAMILL_DATABASE_URL is not set and no local stack is running "
+                f"(no {self.stack_env_file}); run `loramill-server up` first"
+            )
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("LORAMILL_REDIS_URL is not set; run `loramill-server up` first")
+        return self.redis_url
+
+    def require_s3_endpoint(self) -> str:
+        if not self.s3_endpoint_url:
+            raise RuntimeError("LORAMILL_S3_ENDPOINT_URL is not set; run `loramill-server up` first")
+        return self.s3_endpoint_url
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, then from the local stack's env file."""
+    home = default_home()
+    env_file = home / "stack.env"
+    if env_file.exists():
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    return Settings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

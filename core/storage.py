@@ -1,0 +1,167 @@
+"""Object storage: one boto3 factory and one service (retries and timeouts set once).
+
+Keys are always built here from ids (design.md §8), never from user-supplied names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from core.errors import ServiceUnavailable
+from core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MIN_PART_BYTES = 5 * 1024 * 1024
+
+
+def file_key(tenant_id: str, file_id: str) -> str:
+    return f"tenants/{tenant_id}/files/{file_id}.jsonl"
+
+
+def make_client(settings: Settings) -> S3Client:
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.require_s3_endpoint(),
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            signature_version="s3v4",
+        ),
+    )
+
+
+class StorageUnavailable(ServiceUnavailable):
+    def __init__(self, action: str, exc: Exception):
+        super().__init__(
+            f"object storage is unavailable ({action} failed: {exc}); nothing was stored, "
+            "please retry",
+            code="storage_unavailable",
+        )
+
+
+class Storage:
+    def __init__(self, client: S3Client, bucket: str):
+        self.client = client
+        self.bucket = bucket
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        response = self._call("download", self.client.get_object, Bucket=self.bucket, Key=key)
+        body: bytes = response["Body"].read()
+        return body
+
+    def iter_object(self, key: str, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
+        response = self._call("download", self.client.get_object, Bucket=self.bucket, Key=key)
+        yield from response["Body"].iter_chunks(chunk_bytes)
+
+    def delete(self, key: str) -> None:
+        self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
+
+    def writer(self, key: str, part_bytes: int) -> MultipartWriter:
+        return MultipartWriter(self, key, max(part_bytes, MIN_PART_BYTES))
+
+    def _call(self, action: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(action, exc) from exc
+
+
+class MultipartWriter:
+    """Streams an object to S3 in parts; nothing is visible until :meth:`complete`."""
+
+    def __init__(self, storage: Storage, key: str, part_bytes: int):
+        self.storage = storage
+        self.key = key
+        self.part_bytes = part_bytes
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload_id: str | None = None
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self.part_bytes:
+            self._flush_part()
+
+    def _flush_part(self) -> None:
+        client, bucket = self.storage.client, self.storage.bucket
+        if self._upload_id is None:
+            created = self.storage._call(
+                "upload", client.create_multipart_upload, Bucket=bucket, Key=self.key
+            )
+            self._upload_id = created["UploadId"]
+        number = len(self._parts) + 1
+        part = self.storage._call(
+            "upload", client.upload_part, Bucket=bucket, Key=self.key,
+            UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer),
+        )
+        self._parts.append({"ETag": part["ETag"], "PartNumber": number})
+        self._buffer.clear()
+
+    def complete(self) -> None:
+        if self._upload_id is None:  # small object: one plain PUT
+            self.storage.put_bytes(self.key, bytes(self._buffer))
+            self._buffer.clear()
+            return
+        if self._buffer:
+            self._flush_part()
+        self.storage._call(
+            "upload", self.storage.client.complete_multipart_upload,
+            Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+
+    def abort(self) -> None:
+        self._buffer.clear()
+        if self._upload_id is None:
+            return
+        try:
+            self.storage.client.abort_multipart_upload(
+                Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id
+            )
+        except (BotoCoreError, ClientError):
+            pass  # an abandoned upload is invisible and expires; never mask the real error
+        self._upload_id = None
+
+
+@lru_cache(maxsize=1)
+def get_storage() -> Storage:
+    settings = get_settings()
+    return Storage(make_client(settings), settings.s3_bucket)
