@@ -43,6 +43,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     settings = load_settings()
     _ensure_demo(settings)
+    _ensure_tiny_model(settings)
     print(f"\nAPI      {settings.api_url}\nenv      {settings.home / 'dev.env'}  "
           f"(source it: set -a; . {settings.home / 'dev.env'}; set +a)")
     return 0
@@ -71,6 +72,26 @@ def _ensure_demo(settings: Settings) -> None:
         f"LORAMILL_API_KEY={api_key}\n"
         f"LORAMILL_ADMIN_KEY={admin_key}\n"
     )
+
+
+def _ensure_tiny_model(settings: Settings) -> None:
+    """Generate and register the tiny base model (no model hub is reachable)."""
+    from core.services import base_models
+
+    try:
+        from worker.training import tinymodel
+    except ImportError:
+        print("note: training packages not installed; skipping the tiny base model")
+        return
+    try:
+        path = tinymodel.ensure(settings.models_dir / "tiny-llama")
+    except ImportError as exc:
+        print(f"note: cannot build the tiny base model ({exc}); install the 'train' extra")
+        return
+    with _session() as session:
+        base_models.register(session, tinymodel.MODEL_ID, str(path), gpu_class="cpu")
+        session.commit()
+    print(f"model    {tinymodel.MODEL_ID} ({path})")
 
 
 def _read_env(path: Path) -> dict[str, str]:

@@ -1,0 +1,49 @@
+# loramill — the README's commands. Each target installs what it needs into .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch; install it before the other ML packages so pip does not
+# fetch a multi-GB CUDA build. Override on GPU machines: make TORCH=torch==2.13.0 ...
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: help install up down status demo test lint bench clean
+
+help:  ## list the commands
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv with the server, training and dev packages
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[train,dev]'
+	@touch $(STAMP)
+
+up: install  ## start the local stack (embedded PostgreSQL/Redis/S3, API, worker, scheduler)
+	$(VENV)/bin/loramill-server up
+
+down:  ## stop the local stack
+	@if [ -x $(VENV)/bin/loramill-server ]; then $(VENV)/bin/loramill-server down; fi
+
+status:  ## show the local stack's processes
+	$(VENV)/bin/loramill-server status
+
+demo: up  ## stack up, upload a sample dataset, start a fine-tuning job
+	$(PY) examples/demo.py
+
+test: install  ## run the whole test suite against real services
+	@set +e; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected"; rc=0; fi; exit $$rc
+
+lint: install  ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy api core worker
+
+bench: install  ## run the benchmarks in bench/ and print their results
+	$(PY) bench/upload.py
+
+clean: down  ## stop the stack and remove local state (.loramill, .loramill-test)
+	rm -rf .loramill .loramill-test

@@ -1,0 +1,111 @@
+"""Test fixtures: one real local stack per test session (PostgreSQL, Redis, S3 and the
+API as a uvicorn process), under ``.loramill-test/``. Services whose URLs are set in the
+environment (LORAMILL_DATABASE_URL, ...) are used instead of embedded ones.
+
+Tests isolate by tenant: each test makes its own tenants, so nothing is shared and no
+rollback tricks are needed; that is also how the service is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_HOME = ROOT / ".loramill-test"
+
+
+@dataclass
+class StackInfo:
+    api_url: str
+    database_url: str
+    redis_url: str
+    s3_endpoint_url: str
+
+
+def _prepare_env() -> None:
+    from core.localstack import find_ports
+
+    os.environ["LORAMILL_HOME"] = str(TEST_HOME)
+    os.environ.setdefault("LORAMILL_API_PORT", str(find_ports(1, 31000)[0]))
+    os.environ.setdefault("LORAMILL_MAX_LINE_BYTES", str(64 * 1024))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[StackInfo]:
+    _prepare_env()
+    from core import settings as settings_module
+    from core.localstack import LocalStack
+
+    settings_module.get_settings.cache_clear()
+    old = LocalStack(settings_module.load_settings())
+    old.down(log=lambda _: None)
+    shutil.rmtree(TEST_HOME, ignore_errors=True)
+    stack = LocalStack(settings_module.load_settings())
+    stack.up(pieces=("postgres", "redis", "s3", "api"), log=lambda _: None)
+    settings_module.get_settings.cache_clear()
+    settings = settings_module.get_settings()
+    _register_tiny_model(settings)
+    try:
+        yield StackInfo(
+            api_url=settings.api_url, database_url=settings.require_database_url(),
+            redis_url=settings.require_redis_url(),
+            s3_endpoint_url=settings.require_s3_endpoint(),
+        )
+    finally:
+        stack.down(log=lambda _: None)
+
+
+def _register_tiny_model(settings: object) -> None:
+    from core.db import session_scope
+    from core.services import base_models
+    from worker.training import tinymodel
+
+    path = tinymodel.ensure(ROOT / ".loramill-test-models" / "tiny-llama")
+    with session_scope() as session:
+        base_models.register(session, tinymodel.MODEL_ID, str(path), gpu_class="cpu")
+
+
+@dataclass
+class TenantHandle:
+    id: str
+    name: str
+    key: str
+    client: httpx.Client
+
+
+def make_tenant(stack: StackInfo, name: str | None = None) -> TenantHandle:
+    from core.db import session_scope
+    from core.services import tenants as tenant_service
+    from core.settings import get_settings
+
+    name = name or f"t-{uuid.uuid4().hex[:10]}"
+    with session_scope() as session:
+        tenant = tenant_service.create_tenant(session, name, get_settings())
+        issued = tenant_service.issue_key(session, tenant)
+        tenant_id, secret = tenant.id, issued.secret
+    client = httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {secret}"}, timeout=60
+    )
+    return TenantHandle(id=tenant_id, name=name, key=secret, client=client)
+
+
+@pytest.fixture
+def tenant(stack: StackInfo) -> Iterator[TenantHandle]:
+    handle = make_tenant(stack)
+    yield handle
+    handle.client.close()
+
+
+@pytest.fixture
+def other_tenant(stack: StackInfo) -> Iterator[TenantHandle]:
+    handle = make_tenant(stack)
+    yield handle
+    handle.client.close()

@@ -1,0 +1,125 @@
+"""The job state machine: every allowed and forbidden transition, and races."""
+
+from __future__ import annotations
+
+import threading
+from itertools import product
+
+import pytest
+
+from core import ids, jobstate
+from core.db import session_scope
+from core.models import File, FineTuningJob
+from core.services import tenants as tenant_service
+from core.settings import get_settings
+from tests.conftest import StackInfo
+
+ALLOWED = {
+    (jobstate.VALIDATING_FILES, jobstate.QUEUED), (jobstate.VALIDATING_FILES, jobstate.FAILED),
+    (jobstate.VALIDATING_FILES, jobstate.CANCELLED),
+    (jobstate.QUEUED, jobstate.RUNNING), (jobstate.QUEUED, jobstate.FAILED),
+    (jobstate.QUEUED, jobstate.CANCELLED),
+    (jobstate.RUNNING, jobstate.SUCCEEDED), (jobstate.RUNNING, jobstate.FAILED),
+    (jobstate.RUNNING, jobstate.PAUSED), (jobstate.RUNNING, jobstate.CANCELLED),
+    (jobstate.RUNNING, jobstate.QUEUED),
+    (jobstate.PAUSED, jobstate.QUEUED), (jobstate.PAUSED, jobstate.CANCELLED),
+}
+
+
+def make_job(status: str) -> tuple[str, str]:
+    with session_scope() as session:
+        tenant = tenant_service.create_tenant(session, ids.new_id("t"), get_settings())
+        file = File(id=ids.new_id(ids.FILE), tenant_id=tenant.id, filename="d.jsonl",
+                    purpose="fine-tune", bytes=1, sha256="0" * 64, format="chat",
+                    status="processed", object_key="k")
+        session.add(file)
+        session.flush()
+        job = FineTuningJob(
+            id=ids.new_id(ids.JOB), tenant_id=tenant.id, model="loramill/tiny-llama",
+            training_file=file.id, method={}, seed=1, status=status, gpu_class="cpu",
+        )
+        session.add(job)
+        return job.id, tenant.id
+
+
+@pytest.mark.parametrize(("source", "target"),
+                         list(product(jobstate.STATUSES, jobstate.STATUSES)))
+def test_every_transition(stack: StackInfo, source: str, target: str) -> None:
+    job_id, _ = make_job(source)
+    with session_scope() as session:
+        if target not in jobstate.ALLOWED_FROM:
+            with pytest.raises(ValueError):
+                jobstate.transition(session, job_id, target)
+            return
+        moved = jobstate.transition(session, job_id, target)
+    with session_scope() as session:
+        status = session.get(FineTuningJob, job_id).status  # type: ignore[union-attr]
+    if (source, target) in ALLOWED:
+        assert moved is not None and status == target
+    else:
+        assert moved is None and status == source
+    assert jobstate.can_transition(source, target) == ((source, target) in ALLOWED)
+
+
+def test_finishing_transitions_stamp_finished_at(stack: StackInfo) -> None:
+    job_id, _ = make_job(jobstate.QUEUED)
+    with session_scope() as session:
+        job = jobstate.transition(session, job_id, jobstate.CANCELLED)
+        assert job is not None and job.finished_at is not None
+
+
+def test_tenant_scope_and_lease_fence(stack: StackInfo) -> None:
+    job_id, tenant_id = make_job(jobstate.QUEUED)
+    with session_scope() as session:
+        assert jobstate.transition(session, job_id, jobstate.CANCELLED,
+                                   tenant_id="tenant-someone-else") is None
+        assert jobstate.transition(session, job_id, jobstate.RUNNING,
+                                   values={"lease_token": "A"}) is not None
+    with session_scope() as session:
+        assert jobstate.transition(session, job_id, jobstate.SUCCEEDED, lease_token="B") is None
+        assert jobstate.transition(session, job_id, jobstate.SUCCEEDED, lease_token="A")
+
+
+def test_two_concurrent_cancels_one_wins(stack: StackInfo) -> None:
+    for _ in range(5):
+        job_id, _ = make_job(jobstate.QUEUED)
+        barrier = threading.Barrier(2)
+        results: list[bool] = []
+
+        def cancel(job_id: str = job_id, barrier: threading.Barrier = barrier) -> None:
+            with session_scope() as session:
+                barrier.wait()
+                results.append(jobstate.transition(session, job_id, jobstate.CANCELLED)
+                               is not None)
+
+        threads = [threading.Thread(target=cancel) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [False, True]
+
+
+def test_cancel_races_a_claim(stack: StackInfo) -> None:
+    """A worker claiming and a user cancelling at once: exactly one of them wins."""
+    job_id, _ = make_job(jobstate.QUEUED)
+    barrier = threading.Barrier(2)
+    outcome: dict[str, bool] = {}
+
+    def act(target: str) -> None:
+        with session_scope() as session:
+            barrier.wait()
+            outcome[target] = jobstate.transition(session, job_id, target) is not None
+
+    threads = [threading.Thread(target=act, args=(t,)) for t in
+               (jobstate.RUNNING, jobstate.CANCELLED)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with session_scope() as session:
+        final = session.get(FineTuningJob, job_id).status  # type: ignore[union-attr]
+    if outcome[jobstate.RUNNING] and outcome[jobstate.CANCELLED]:
+        assert final == jobstate.CANCELLED  # claimed, then cancelled from running: legal
+    else:
+        assert sum(outcome.values()) == 1

@@ -1,0 +1,89 @@
+"""Generate the tiny Llama-architecture base model used by tests and the demo.
+
+No model hub is reachable from our machines (design.md §9), so the model, its byte-level
+BPE tokenizer and its chat template are made here, seeded, from a small built-in corpus.
+Weights are random: the model knows nothing until it is fine-tuned, which is what the
+demo shows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MODEL_ID = "loramill/tiny-llama"
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|end|>' }}{% endif %}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+_CORPUS = """
+The quick brown fox jumps over the lazy dog. A fine-tuned model answers questions about
+the weather, the capital of France, numbers, colours and animals. Paris is the capital of
+France. Berlin is the capital of Germany. Rome is the capital of Italy. Madrid is the
+capital of Spain. The sky is blue and the grass is green. One, two, three, four, five,
+six, seven, eight, nine, ten. Hello! How are you today? I am fine, thank you. What is your
+name? My name is loramill. Please summarise the following text. Translate this sentence.
+The answer is yes. The answer is no. Customers upload datasets and start training jobs.
+Adapters are versioned and stored safely. def add(a, b): return a + b
+{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+"""
+
+
+def _train_tokenizer(vocab_size: int) -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    lines = [line for line in _CORPUS.splitlines() if line.strip()] * 20
+    tok.train_from_iterator(lines, trainer=trainer)
+    return tok
+
+
+def build(
+    out_dir: Path, *, layers: int = 4, hidden: int = 128, heads: int = 4, kv_heads: int = 2,
+    intermediate: int = 352, context: int = 512, vocab_size: int = 1024, seed: int = 0,
+) -> Path:
+    """Write config, safetensors weights and tokenizer to ``out_dir``; returns it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(vocab_size), bos_token="<|bos|>",
+        eos_token="<|end|>", pad_token="<|pad|>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=context, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "loramill.json").write_text(json.dumps({"generated": True, "seed": seed}))
+    return out_dir
+
+
+def ensure(out_dir: Path) -> Path:
+    if (out_dir / "loramill.json").exists() and any(out_dir.glob("*.safetensors")):
+        return out_dir
+    return build(out_dir)
