@@ -61,7 +61,9 @@ def get_uow() -> Iterator[UnitOfWork]:
     uow._run(uow._after_commit, "after-commit")
 
 
-UoW = Annotated[UnitOfWork, Depends(get_uow)]
+# scope="function": commit (and the after-commit work) runs when the endpoint returns,
+# before the response is sent, so a client never sees a 200 for a rolled-back write.
+UoW = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
