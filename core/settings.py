@@ -81,7 +81,9 @@ class Settings(BaseSettings):
 
     def require_s3_endpoint(self) -> str:
         if not self.s3_endpoint_url:
-            raise RuntimeError("LORAMILL_S3_ENDPOINT_URL is not set; run `loramill-server up` first")
+            raise RuntimeError(
+                "LORAMILL_S3_ENDPOINT_URL is not set; run `loramill-server up` first"
+            )
         return self.s3_endpoint_url
 
 
@@ -90,7 +92,7 @@ def load_settings() -> Settings:
     home = default_home()
     env_file = home / "stack.env"
     if env_file.exists():
-        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file)
     return Settings()
 
 

@@ -5,6 +5,7 @@ Keys are always built here from ids (design.md §8), never from user-supplied na
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -152,12 +153,11 @@ class MultipartWriter:
         self._buffer.clear()
         if self._upload_id is None:
             return
-        try:
+        # an abandoned upload is invisible and expires; never mask the real error
+        with contextlib.suppress(BotoCoreError, ClientError):
             self.storage.client.abort_multipart_upload(
                 Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id
             )
-        except (BotoCoreError, ClientError):
-            pass  # an abandoned upload is invisible and expires; never mask the real error
         self._upload_id = None
 
 

@@ -12,7 +12,7 @@ from worker.celery_app import TRAIN_TASK, app
 log = logging.getLogger("loramill.worker")
 
 
-@app.task(name=TRAIN_TASK)
+@app.task(name=TRAIN_TASK)  # type: ignore[untyped-decorator]
 def train_job(job_id: str) -> None:
     with session_scope() as session:
         job = session.get(FineTuningJob, job_id)

@@ -29,6 +29,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def IdString() -> String:  # noqa: N802 - reads like a type
+def IdString() -> String:
     """Ids compare byte-wise so that time-ordered ids sort the same in any locale."""
     return String(64, collation="C")

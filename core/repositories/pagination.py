@@ -9,7 +9,7 @@ T = TypeVar("T")
 
 
 def newest_first(
-    session: Session, stmt: Select[tuple[T]], id_column: InstrumentedAttribute[Any],
+    session: Session, stmt: Select[T], id_column: InstrumentedAttribute[Any],
     *, after: str | None, limit: int,
 ) -> tuple[list[T], bool]:
     """One page of a list ordered newest first by time-ordered id; ``after`` is the last

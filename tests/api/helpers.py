@@ -4,11 +4,11 @@ import json
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from core.db import session_scope
 from core.models import File
 from core.storage import get_storage
-from sqlalchemy import func, select
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"},
                      {"role": "assistant", "content": "Paris."}]}

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from core.db import session_scope
 from core.keys import hash_key
 from core.models import ApiKey
 from core.models.base import utcnow
 from core.services import tenants as tenant_service
-from sqlalchemy import update
 from tests.api.helpers import assert_error
 from tests.conftest import StackInfo, TenantHandle
 

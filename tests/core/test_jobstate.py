@@ -69,7 +69,7 @@ def test_finishing_transitions_stamp_finished_at(stack: StackInfo) -> None:
 
 
 def test_tenant_scope_and_lease_fence(stack: StackInfo) -> None:
-    job_id, tenant_id = make_job(jobstate.QUEUED)
+    job_id, _ = make_job(jobstate.QUEUED)
     with session_scope() as session:
         assert jobstate.transition(session, job_id, jobstate.CANCELLED,
                                    tenant_id="tenant-someone-else") is None
@@ -86,7 +86,8 @@ def test_two_concurrent_cancels_one_wins(stack: StackInfo) -> None:
         barrier = threading.Barrier(2)
         results: list[bool] = []
 
-        def cancel(job_id: str = job_id, barrier: threading.Barrier = barrier) -> None:
+        def cancel(job_id: str = job_id, barrier: threading.Barrier = barrier,
+                   results: list[bool] = results) -> None:
             with session_scope() as session:
                 barrier.wait()
                 results.append(jobstate.transition(session, job_id, jobstate.CANCELLED)

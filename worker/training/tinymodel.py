@@ -63,7 +63,7 @@ def build(
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=_train_tokenizer(vocab_size), bos_token="<|bos|>",
         eos_token="<|end|>", pad_token="<|pad|>",
     )

@@ -1,0 +1,76 @@
+"""The local stack through its CLI, as a user runs it: up, status, a crashed piece is
+reported and restarted, up twice is harmless, down stops everything."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.localstack import find_ports
+from tests.conftest import ROOT
+
+HOME = ROOT / ".loramill-test" / "cli-stack"
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args], env=env, capture_output=True, text=True,
+        timeout=300, cwd=ROOT,
+    )
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    shutil.rmtree(HOME, ignore_errors=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LORAMILL_")}
+    return {**base, "LORAMILL_HOME": str(HOME), "LORAMILL_API_PORT": str(find_ports(1, 33000)[0])}
+
+
+def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
+    try:
+        first = cli("up", env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        dev = read_env(HOME / "dev.env")
+        assert set(dev) == {"LORAMILL_API_URL", "LORAMILL_API_KEY", "LORAMILL_ADMIN_KEY"}
+        headers = {"Authorization": f"Bearer {dev['LORAMILL_API_KEY']}"}
+        models = httpx.get(f"{dev['LORAMILL_API_URL']}/v1/models", headers=headers).json()
+        assert "loramill/tiny-llama" in [m["id"] for m in models["data"]]
+
+        status = cli("status", env=env)
+        assert status.returncode == 0
+        for piece in ("postgres", "redis", "s3", "api", "worker", "scheduler"):
+            assert f"{piece}" in status.stdout and "stopped" not in status.stdout
+
+        # up twice: nothing restarted, same keys
+        again = cli("up", env=env)
+        assert again.returncode == 0 and "api        running   (already)" in again.stdout
+        assert read_env(HOME / "dev.env") == dev
+
+        # a crashed worker is reported, then restarted by up
+        worker_pid = int((HOME / "run" / "worker.pid").read_text())
+        os.killpg(worker_pid, signal.SIGKILL)
+        time.sleep(1)
+        crashed = cli("status", env=env)
+        assert crashed.returncode == 1 and "worker     crashed" in crashed.stdout
+        restarted = cli("up", env=env)
+        assert "worker     crashed   restarting" in restarted.stdout
+        assert cli("status", env=env).returncode == 0
+    finally:
+        down = cli("down", env=env)
+    assert down.returncode == 0
+    status = cli("status", env=env)
+    assert status.stdout.count("stopped") == 6, status.stdout
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(dev["LORAMILL_API_URL"] + "/healthz", timeout=2)
