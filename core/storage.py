@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,9 @@ def make_client(settings: Settings) -> S3Client:
             s3={"addressing_style": "path"},
             retries={"max_attempts": 4, "mode": "standard"},
             connect_timeout=5,
+            # S3 checks integrity itself (SigV4 payload hash); skip extra CRC passes
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
             read_timeout=60,
             signature_version="s3v4",
         ),
@@ -106,14 +110,21 @@ class Storage:
 
 
 class MultipartWriter:
-    """Streams an object to S3 in parts; nothing is visible until :meth:`complete`."""
+    """Streams an object to S3 in parts; nothing is visible until :meth:`complete`.
+
+    Parts go up on a background thread while the caller keeps producing the next one;
+    at most ``MAX_IN_FLIGHT`` parts are buffered, so memory stays bounded.
+    """
+
+    MAX_IN_FLIGHT = 2
 
     def __init__(self, storage: Storage, key: str, part_bytes: int):
         self.storage = storage
         self.key = key
         self.part_bytes = part_bytes
         self._buffer = bytearray()
-        self._parts: list[dict[str, Any]] = []
+        self._futures: list[Future[dict[str, Any]]] = []
+        self._pool: ThreadPoolExecutor | None = None
         self._upload_id: str | None = None
 
     def write(self, data: bytes) -> None:
@@ -128,13 +139,22 @@ class MultipartWriter:
                 "upload", client.create_multipart_upload, Bucket=bucket, Key=self.key
             )
             self._upload_id = created["UploadId"]
-        number = len(self._parts) + 1
-        part = self.storage._call(
-            "upload", client.upload_part, Bucket=bucket, Key=self.key,
-            UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer),
-        )
-        self._parts.append({"ETag": part["ETag"], "PartNumber": number})
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
+        assert self._pool is not None
+        in_flight = [f for f in self._futures if not f.done()]
+        if len(in_flight) >= self.MAX_IN_FLIGHT:
+            in_flight[0].result()  # back-pressure; raises if that part failed
+        number = len(self._futures) + 1
+        body = bytes(self._buffer)
         self._buffer.clear()
+        self._futures.append(self._pool.submit(self._upload_part, number, body))
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+        part = self.storage._call(
+            "upload", self.storage.client.upload_part, Bucket=self.storage.bucket,
+            Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body,
+        )
+        return {"ETag": part["ETag"], "PartNumber": number}
 
     def complete(self) -> None:
         if self._upload_id is None:  # small object: one plain PUT
@@ -143,14 +163,26 @@ class MultipartWriter:
             return
         if self._buffer:
             self._flush_part()
+        try:
+            parts = [f.result() for f in self._futures]
+        except BaseException:
+            self.abort()
+            raise
+        self._shutdown()
         self.storage._call(
             "upload", self.storage.client.complete_multipart_upload,
             Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id,
-            MultipartUpload={"Parts": self._parts},
+            MultipartUpload={"Parts": parts},
         )
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def abort(self) -> None:
         self._buffer.clear()
+        self._shutdown()
         if self._upload_id is None:
             return
         # an abandoned upload is invisible and expires; never mask the real error

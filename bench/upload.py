@@ -1,0 +1,110 @@
+"""Upload + validation throughput of the files API (issue: platform foundation).
+
+Uploads a generated ~200 MB chat JSONL through the running local stack's API and
+compares the rate with `sha256sum` of the same file in the same run (the ceiling: the
+API must at least hash every byte). Samples the API process's RSS during the upload.
+
+    make up && .venv/bin/python bench/upload.py [--mb 200]
+Results are printed and written to bench/results/upload.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("LORAMILL_HOME", ROOT / ".loramill"))
+DATA = ROOT / "bench" / "data"
+WORDS = ("the model learns to answer questions about data pipelines adapters tokens "
+         "gradient training schedule packing quantization memory throughput").split()
+
+
+def make_dataset(path: Path, megabytes: int) -> None:
+    if path.exists() and path.stat().st_size >= megabytes * 1_000_000:
+        return
+    rng = random.Random(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        written = 0
+        while written < megabytes * 1_000_000:
+            q = " ".join(rng.choices(WORDS, k=rng.randint(5, 60)))
+            a = " ".join(rng.choices(WORDS, k=rng.randint(10, 300)))
+            line = json.dumps({"messages": [
+                {"role": "system", "content": "You are concise."},
+                {"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            fh.write(line)
+            written += len(line)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=200)
+    args = parser.parse_args()
+    env = dict(line.split("=", 1) for line in (HOME / "dev.env").read_text().splitlines())
+    api_pid = int((HOME / "run" / "api.pid").read_text())
+    path = DATA / f"chat-{args.mb}mb.jsonl"
+    make_dataset(path, args.mb)
+    size = path.stat().st_size
+
+    t0 = time.perf_counter()
+    subprocess.run(["sha256sum", str(path)], check=True, capture_output=True)
+    sha_s = time.perf_counter() - t0
+
+    baseline = rss_kib(api_pid)
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib(api_pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    client = httpx.Client(base_url=env["LORAMILL_API_URL"], timeout=600,
+                          headers={"Authorization": f"Bearer {env['LORAMILL_API_KEY']}"})
+    t0 = time.perf_counter()
+    with path.open("rb") as fh:
+        response = client.post("/v1/files", data={"purpose": "fine-tune"},
+                               files={"file": (path.name, fh)})
+    upload_s = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    response.raise_for_status()
+    body = response.json()
+    client.delete(f"/v1/files/{body['id']}")
+
+    mb = size / 1e6
+    result = {
+        "file_mb": round(mb, 1), "examples": body["example_count"],
+        "sha256sum_mb_s": round(mb / sha_s, 1), "upload_mb_s": round(mb / upload_s, 1),
+        "ratio_to_sha256sum": round(sha_s / upload_s, 3),
+        "api_rss_baseline_mb": round(baseline / 1024, 1),
+        "api_rss_growth_mb": round((peak[0] - baseline) / 1024, 1),
+        "cpu_count": os.cpu_count(),
+    }
+    out = ROOT / "bench" / "results" / "upload.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
