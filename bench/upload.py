@@ -24,7 +24,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("LORAMILL_HOME", ROOT / ".loramill"))
 DATA = ROOT / "bench" / "data"
-WORDS = ["the", "model", "learns", "to", "answer", "questions", "about", "data", "pipelines", "adapters", "tokens", "gradient", "training", "schedule", "packing", "quantization", "memory", "throughput"]
+WORDS = ("the model learns to answer questions about data pipelines adapters tokens gradient "
+         "training schedule packing quantization memory throughput").split(" ")
 
 
 def make_dataset(path: Path, megabytes: int) -> None:
