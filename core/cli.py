@@ -1,7 +1,7 @@
 """``loramill-server``: run and administer a loramill deployment.
 
     up / down / status     the local stack (embedded services + api, worker, scheduler)
-    migrate                apply database migrations
+    migrate                apply database migrations and create the S3 bucket
     create-tenant NAME     create a tenant and print its first key
     create-key             a new key for a tenant (--tenant NAME) or an admin key (--admin)
     register-model ID PATH register a base model directory (safetensors only)
@@ -120,9 +120,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from core import migrate
+    from core.storage import Storage, make_client
 
-    migrate.upgrade(_settings().require_database_url())
+    settings = _settings()
+    migrate.upgrade(settings.require_database_url())
     print("database is at the latest migration")
+    Storage(make_client(settings), settings.s3_bucket).ensure_bucket()
+    print(f"bucket {settings.s3_bucket} is ready")
     return 0
 
 
@@ -187,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop the local stack").set_defaults(fn=cmd_down)
     sub.add_parser("status", help="show each process of the local stack").set_defaults(
         fn=cmd_status)
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+    sub.add_parser("migrate", help="apply database migrations, create the bucket").set_defaults(
+        fn=cmd_migrate)
     p = sub.add_parser("create-tenant", help="create a tenant; prints its first key")
     p.add_argument("name")
     p.set_defaults(fn=cmd_create_tenant)
