@@ -53,6 +53,20 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
         for piece in ("postgres", "redis", "s3", "api", "worker", "scheduler"):
             assert f"{piece}" in status.stdout and "stopped" not in status.stdout
 
+        # administration through the same CLI
+        created = cli("create-tenant", "acme", env=env)
+        assert created.returncode == 0 and created.stdout.strip().startswith("lm-sk-")
+        acme = {"Authorization": f"Bearer {created.stdout.strip()}"}
+        assert httpx.get(f"{dev['LORAMILL_API_URL']}/v1/files", headers=acme).status_code == 200
+        assert cli("create-tenant", "acme", env=env).returncode == 2  # names are unique
+        pickled = HOME / "pickled-model"
+        pickled.mkdir()
+        (pickled / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+        (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+        refused = cli("register-model", "evil/pickle", str(pickled), env=env)
+        assert refused.returncode == 2 and "pytorch_model.bin" in refused.stderr
+        assert "only safetensors" in refused.stderr
+
         # up twice: nothing restarted, same keys
         again = cli("up", env=env)
         assert again.returncode == 0 and "api        running   (already)" in again.stdout
