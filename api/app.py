@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import files, health, jobs, models
+from api.routes import adapters, files, health, jobs, models
 
 
 def create_app() -> FastAPI:
@@ -19,7 +19,7 @@ def create_app() -> FastAPI:
         "fine-tuning and files API.",
     )
     errors.install(app)
-    for module in (health, files, jobs, models):
+    for module in (health, files, jobs, models, adapters):
         app.include_router(module.router)
     return app
 

@@ -7,6 +7,7 @@ ids sort by creation time. Lists paginate on the id alone (``after`` = "older th
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -20,10 +21,21 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+_lock = threading.Lock()
+_last = [0, 0]  # millis, random part of the last id made by this process
+
+
 def new_id(prefix: str) -> str:
-    millis = time.time_ns() // 1_000_000
-    body = (millis << 80) | secrets.randbits(80)
-    return f"{prefix}-{_encode(body, 26)}"
+    """Monotonic within a process: ids made in the same millisecond (two events written
+    by one transaction) still sort in the order they were made."""
+    with _lock:
+        millis = time.time_ns() // 1_000_000
+        if millis <= _last[0]:
+            millis, rand = _last[0], (_last[1] + 1) % (1 << 80)
+        else:
+            rand = secrets.randbits(79)  # headroom for increments
+        _last[0], _last[1] = millis, rand
+    return f"{prefix}-{_encode((millis << 80) | rand, 26)}"
 
 
 FILE = "file"

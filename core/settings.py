@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # Workers
     gpu_class: str = "cpu"
     worker_concurrency: int = 1
+    checkpoint_every_steps: int = 0  # 0: about four checkpoints per job
 
     @property
     def stack_env_file(self) -> Path:

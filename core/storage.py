@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -26,6 +27,18 @@ MIN_PART_BYTES = 5 * 1024 * 1024
 
 def file_key(tenant_id: str, file_id: str) -> str:
     return f"tenants/{tenant_id}/files/{file_id}.jsonl"
+
+
+def result_file_key(tenant_id: str, file_id: str) -> str:
+    return f"tenants/{tenant_id}/files/{file_id}.csv"
+
+
+def checkpoint_prefix(tenant_id: str, job_id: str, step: int) -> str:
+    return f"tenants/{tenant_id}/jobs/{job_id}/checkpoints/step-{step}/"
+
+
+def adapter_prefix(tenant_id: str, adapter_name: str, version: int) -> str:
+    return f"tenants/{tenant_id}/adapters/{adapter_name}/v{version}/"
 
 
 def make_client(settings: Settings) -> S3Client:
@@ -98,6 +111,22 @@ class Storage:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return keys
+
+    def upload_file(self, path: Path, key: str) -> None:
+        self._call("upload", self.client.upload_file, Filename=str(path), Bucket=self.bucket,
+                   Key=key)
+
+    def download_file(self, key: str, path: Path) -> None:
+        self._call("download", self.client.download_file, Bucket=self.bucket, Key=key,
+                   Filename=str(path))
+
+    def presigned_get(self, key: str, expires_in: int, filename: str | None = None) -> str:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        url: str = self.client.generate_presigned_url("get_object", Params=params,
+                                                      ExpiresIn=expires_in)
+        return url
 
     def writer(self, key: str, part_bytes: int) -> MultipartWriter:
         return MultipartWriter(self, key, max(part_bytes, MIN_PART_BYTES))

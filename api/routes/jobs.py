@@ -5,9 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from api.deps import CurrentTenant, UoW
+from api.schemas.adapters import CheckpointObject
 from api.schemas.common import ListPage
 from api.schemas.jobs import CreateJob, EventObject, JobObject
 from core.errors import InvalidRequest
+from core.repositories import checkpoints as checkpoint_repo
 from core.repositories import jobs as job_repo
 from core.services import dispatch
 from core.services import jobs as job_service
@@ -78,3 +80,14 @@ def list_events(
         uow.session, tenant_id, job_id, after=after, limit=limit
     )
     return ListPage.of([EventObject.of(e) for e in items], more)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
+def list_checkpoints(
+    job_id: str, tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> ListPage[CheckpointObject]:
+    job = job_service.get(uow.session, tenant_id, job_id)
+    items, more = checkpoint_repo.list_page(uow.session, tenant_id, job_id, after=after,
+                                            limit=limit)
+    return ListPage.of([CheckpointObject.of(c, job.model) for c in items], more)

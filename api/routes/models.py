@@ -8,7 +8,9 @@ from pydantic import BaseModel
 from api.deps import CurrentTenant, UoW
 from api.schemas.common import ListPage, ts
 from core.errors import NotFound
+from core.models import AdapterVersion
 from core.models import BaseModel as BaseModelRow
+from core.repositories import adapters as adapter_repo
 from core.repositories import base_models as model_repo
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -23,6 +25,15 @@ class ModelObject(BaseModel):
     architecture: str | None = None
     context_length: int | None = None
     gpu_class: str | None = None
+    parent: str | None = None
+    adapter: str | None = None
+    adapter_version: int | None = None
+
+    @classmethod
+    def of_fine_tuned(cls, v: AdapterVersion) -> ModelObject:
+        return cls(id=v.fine_tuned_model, created=ts(v.created_at) or 0, owned_by=v.tenant_id,
+                   parent=v.base_model, adapter=v.manifest.get("adapter"),
+                   adapter_version=v.version)
 
     @classmethod
     def of_base(cls, m: BaseModelRow) -> ModelObject:
@@ -35,13 +46,19 @@ class ModelObject(BaseModel):
 
 @router.get("", response_model=ListPage[ModelObject])
 def list_models(tenant_id: CurrentTenant, uow: UoW) -> ListPage[ModelObject]:
-    return ListPage.of([ModelObject.of_base(m) for m in model_repo.list_enabled(uow.session)],
-                       False)
+    """The enabled base models, then the caller's fine-tuned models (newest first)."""
+    base = [ModelObject.of_base(m) for m in model_repo.list_enabled(uow.session)]
+    tuned = [ModelObject.of_fine_tuned(v)
+             for v in adapter_repo.fine_tuned_models(uow.session, tenant_id)]
+    return ListPage.of(base + tuned, False)
 
 
 @router.get("/{model_id:path}", response_model=ModelObject)
 def get_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> ModelObject:
     model = model_repo.get_enabled(uow.session, model_id)
-    if model is None:
+    if model is not None:
+        return ModelObject.of_base(model)
+    tuned = adapter_repo.by_fine_tuned_model(uow.session, tenant_id, model_id)
+    if tuned is None:
         raise NotFound(f"no model with id {model_id!r}", param="model")
-    return ModelObject.of_base(model)
+    return ModelObject.of_fine_tuned(tuned)

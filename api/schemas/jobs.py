@@ -126,7 +126,7 @@ class JobObject(BaseModel):
         return cls(
             id=job.id, created_at=ts(job.created_at) or 0, finished_at=ts(job.finished_at),
             model=job.model, fine_tuned_model=job.fine_tuned_model,
-            organization_id=job.tenant_id, result_files=[],
+            organization_id=job.tenant_id, result_files=list(job.result_files or []),
             status=job.status, training_file=job.training_file,
             validation_file=job.validation_file,
             hyperparameters=spec["supervised"]["hyperparameters"],

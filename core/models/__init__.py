@@ -1,11 +1,16 @@
 """ORM models, one file per table. Importing this package registers all of them."""
 
+from core.models.adapter import Adapter, AdapterVersion
 from core.models.api_key import ApiKey
 from core.models.base import Base
 from core.models.base_model import BaseModel
+from core.models.checkpoint import JobCheckpoint
 from core.models.file import File
 from core.models.job import FineTuningJob
 from core.models.job_event import JobEvent
 from core.models.tenant import Tenant
 
-__all__ = ["ApiKey", "Base", "BaseModel", "File", "FineTuningJob", "JobEvent", "Tenant"]
+__all__ = [
+    "Adapter", "AdapterVersion", "ApiKey", "Base", "BaseModel", "File", "FineTuningJob",
+    "JobCheckpoint", "JobEvent", "Tenant",
+]

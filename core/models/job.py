@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.models.base import Base, IdString, utcnow
@@ -32,6 +32,9 @@ class FineTuningJob(Base):
     error: Mapped[dict[str, Any] | None]
     fine_tuned_model: Mapped[str | None] = mapped_column(String(400))
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    result_files: Mapped[list[Any]] = mapped_column(
+        default=list, server_default=text("'[]'::jsonb")
+    )
     estimated_finish: Mapped[datetime | None]
     priority: Mapped[int] = mapped_column(default=0)
     gpu_class: Mapped[str] = mapped_column(String(32))

@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 
 MODEL_ID = "loramill/tiny-llama"
+# Bump when the architecture or tokenizer changes, so existing copies are rebuilt.
+# Widths are multiples of 64: bitsandbytes' CPU 4-bit kernels work in blocks of 64.
+VERSION = 2
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -56,7 +59,7 @@ def _train_tokenizer(vocab_size: int) -> object:
 
 def build(
     out_dir: Path, *, layers: int = 4, hidden: int = 128, heads: int = 4, kv_heads: int = 2,
-    intermediate: int = 352, context: int = 512, vocab_size: int = 1024, seed: int = 0,
+    intermediate: int = 384, context: int = 512, vocab_size: int = 1024, seed: int = 0,
 ) -> Path:
     """Write config, safetensors weights and tokenizer to ``out_dir``; returns it."""
     import torch
@@ -79,11 +82,14 @@ def build(
     model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "loramill.json").write_text(json.dumps({"generated": True, "seed": seed}))
+    (out_dir / "loramill.json").write_text(json.dumps({"generated": True, "version": VERSION,
+                                                       "seed": seed}))
     return out_dir
 
 
 def ensure(out_dir: Path) -> Path:
-    if (out_dir / "loramill.json").exists() and any(out_dir.glob("*.safetensors")):
+    """Build the model unless this version of it is already there."""
+    marker = out_dir / "loramill.json"
+    if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
         return out_dir
     return build(out_dir)

@@ -1,0 +1,111 @@
+"""Loss masking, truncation and packing on the real tiny model and tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from worker.training import data, loss, packing, tinymodel
+from worker.training.model import load_base, load_tokenizer
+
+MODEL_DIR = ROOT / ".loramill-test-models" / "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def tok():  # type: ignore[no-untyped-def]
+    tinymodel.ensure(MODEL_DIR)
+    return load_tokenizer(MODEL_DIR)
+
+
+def decoded_targets(tok, example: data.Example) -> str:  # type: ignore[no-untyped-def]
+    return tok.decode([t for t in example.targets if t != data.IGNORE])
+
+
+def test_chat_loss_covers_assistant_turns_only_and_skips_weight_zero(tok) -> None:  # type: ignore[no-untyped-def]
+    row = {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "One?"},
+        {"role": "assistant", "content": "Uno.", "weight": 0},
+        {"role": "user", "content": "Two?"},
+        {"role": "assistant", "content": "Dos."},
+    ]}
+    example, truncated = data.encode(tok, row, 512)
+    assert not truncated
+    assert decoded_targets(tok, example) == "Dos.<|end|>\n"
+
+
+def test_prompt_completion_and_text_targets(tok) -> None:  # type: ignore[no-untyped-def]
+    pc, _ = data.encode(tok, {"prompt": "2+2=", "completion": "4"}, 512)
+    assert decoded_targets(tok, pc) == "4<|end|>"
+    text, _ = data.encode(tok, {"text": "hello world"}, 512)
+    assert decoded_targets(tok, text) == "hello world<|end|>"
+
+
+def test_truncation_and_no_trainable_tokens(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "d.jsonl"
+    rows = [{"prompt": "word " * 200, "completion": "end"},
+            {"prompt": "short", "completion": "fine"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    ds = data.load(path, tok, 64)
+    assert ds.truncated == 1 and ds.dropped == 1 and len(ds.examples) == 1
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "x"},
+                                             {"role": "assistant", "content": "y",
+                                              "weight": 0}]}))
+    with pytest.raises(data.NoTrainableTokens):
+        data.load(path, tok, 64)
+
+
+def test_packing_keeps_examples_whole_and_rows_short(tok) -> None:  # type: ignore[no-untyped-def]
+    examples = [data.encode(tok, {"text": "x " * n}, 512)[0] for n in (3, 40, 7, 25, 60, 1)]
+    longest = max(len(e) for e in examples)
+    batch = packing.pack(examples, list(range(len(examples))), row_len=longest)
+    assert batch.input_ids.shape[1] <= longest
+    assert len(batch.segments) < len(examples)  # short ones share rows
+    seen = sorted(i for row in batch.segments for i, _, _ in row)
+    assert seen == list(range(len(examples)))
+    for row, spans in zip(batch.input_ids, batch.segments, strict=True):
+        for i, start, end in spans:
+            assert row[start:end].tolist() == examples[i].input_ids
+    assert batch.trainable_tokens == sum(e.trainable for e in examples)
+
+
+def test_length_grouped_batches_are_deterministic_and_cover_the_epoch() -> None:
+    lengths = [5, 50, 7, 300, 12, 8, 90, 33, 2, 41]
+    a = packing.epoch_batches(len(lengths), lengths, 3, seed=1, epoch=0)
+    assert a == packing.epoch_batches(len(lengths), lengths, 3, seed=1, epoch=0)
+    assert a != packing.epoch_batches(len(lengths), lengths, 3, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(len(lengths)))
+
+
+def test_packed_batch_gives_the_same_per_example_losses_as_alone(tok) -> None:  # type: ignore[no-untyped-def]
+    """No attention across example boundaries: packing must not change any example's
+    loss (fp32, unquantized, within 1e-4)."""
+    model = load_base(MODEL_DIR, "none", torch.device("cpu"))
+    model.eval()
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}: " + "why " * (i * 3)},
+                          {"role": "assistant", "content": f"Answer {i} " * (i + 1)}]}
+            for i in range(6)]
+    examples = [data.encode(tok, r, 512)[0] for r in rows]
+
+    def per_example(batch: packing.PackedBatch) -> dict[int, float]:
+        with torch.no_grad():
+            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                           use_cache=False).logits
+        losses = loss.token_losses(logits, batch.targets)
+        out = {}
+        for r, spans in enumerate(batch.segments):
+            for i, start, end in spans:
+                n = int((batch.targets[r, start:end] != data.IGNORE).sum())
+                out[i] = float(losses[r, start:end].sum()) / n
+        return out
+
+    packed = packing.pack(examples, list(range(6)), row_len=512)
+    assert len(packed.segments) < 6, "the test needs several examples in one row"
+    together = per_example(packed)
+    for i in range(6):
+        alone = per_example(packing.pack(examples, [i], row_len=512))[i]
+        assert abs(together[i] - alone) < 1e-4, (i, together[i], alone)

@@ -1,0 +1,395 @@
+"""Runs one fine-tuning job on this worker: claim, train, publish — every write fenced.
+
+The Celery task is a hint: :func:`run_job` claims the job with a conditional UPDATE
+(queued → running, new lease token) and does nothing if someone else has it. From then on
+each write checks the lease token, so a worker whose lease was taken over cannot change
+the job. The recipe (worker/training) knows nothing of this; it reports through
+:class:`JobReporter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import math
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core import ids, jobstate
+from core.db import session_scope
+from core.models import AdapterVersion, BaseModel, File, FineTuningJob
+from core.models.base import utcnow
+from core.repositories import adapters as adapter_repo
+from core.repositories import checkpoints as checkpoint_repo
+from core.repositories import jobs as job_repo
+from core.repositories.scope import TenantId
+from core.settings import get_settings
+from core.storage import (
+    StorageUnavailable,
+    adapter_prefix,
+    checkpoint_prefix,
+    get_storage,
+    result_file_key,
+)
+
+log = logging.getLogger("loramill.worker")
+HEARTBEAT_SECONDS = 5.0
+CANCEL_POLL_SECONDS = 1.0
+
+
+class LeaseLost(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    tenant_id: str
+    lease_token: str
+    attempt: int
+    model: str
+    model_path: Path
+    training_key: str
+    validation_key: str | None
+    method: dict[str, Any]
+    seed: int
+    suffix: str | None
+    dataset_sha256: str
+
+
+def claim(job_id: str, worker_id: str) -> Claim | None:
+    token = secrets.token_hex(16)
+    with session_scope() as session:
+        job = jobstate.transition(session, job_id, jobstate.RUNNING, values={
+            "lease_token": token, "worker_id": worker_id, "heartbeat_at": func.now(),
+            "started_at": func.coalesce(FineTuningJob.started_at, func.now()),
+            "attempt": FineTuningJob.attempt + 1,
+        })
+        if job is None:
+            return None
+        base = session.get(BaseModel, job.model)
+        training = session.get(File, job.training_file)
+        validation = session.get(File, job.validation_file) if job.validation_file else None
+        assert base is not None and training is not None
+        job_repo.add_event(session, job, f"Fine-tuning job started on {worker_id} "
+                           f"(attempt {job.attempt})", data={"worker": worker_id})
+        return Claim(
+            job_id=job.id, tenant_id=job.tenant_id, lease_token=token, attempt=job.attempt,
+            model=job.model, model_path=Path(base.source_uri),
+            training_key=training.object_key,
+            validation_key=validation.object_key if validation else None,
+            method=dict(job.method), seed=job.seed, suffix=job.suffix,
+            dataset_sha256=training.sha256,
+        )
+
+
+def fenced(session: Session, c: Claim) -> FineTuningJob:
+    """Touch the heartbeat under our lease (locking the job row for this transaction);
+    raises LeaseLost when the job is no longer ours."""
+    job = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == c.job_id, FineTuningJob.lease_token == c.lease_token,
+               FineTuningJob.status == jobstate.RUNNING)
+        .values(heartbeat_at=func.now())
+        .returning(FineTuningJob)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalar_one_or_none()
+    if job is None:
+        raise LeaseLost(c.job_id)
+    return job
+
+
+class Heartbeat:
+    """Beats every few seconds on its own thread, so a long step or a slow model load
+    does not look like a lost worker."""
+
+    def __init__(self, c: Claim, every: float = HEARTBEAT_SECONDS):
+        self.claim, self.every = c, every
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                with session_scope() as session:
+                    fenced(session, self.claim)
+            except LeaseLost:
+                self.lost.set()
+                return
+            except Exception:  # database blip: try again next beat
+                log.warning("heartbeat for %s failed", self.claim.job_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class JobReporter:
+    """The recipe's view of the job: events, metrics, cancel checks, checkpoints."""
+
+    def __init__(self, c: Claim, heartbeat: Heartbeat):
+        self.claim = c
+        self.heartbeat = heartbeat
+        self.started = time.monotonic()
+        self._polled = 0.0
+
+    def message(self, text: str, *, level: str = "info",
+                data: dict[str, Any] | None = None) -> None:
+        with session_scope() as session:
+            job = fenced(session, self.claim)
+            job_repo.add_event(session, job, text, level=level, data=data)
+
+    def metrics(self, values: dict[str, Any]) -> None:
+        step, total = values["step"], values["total_steps"]
+        elapsed = time.monotonic() - self.started
+        remaining = elapsed / max(step, 1) * (total - step)
+        text = f"Step {step}/{total}: training loss={values['train_loss']:.4f}"
+        if values.get("valid_loss") is not None:
+            text += f", validation loss={values['valid_loss']:.4f}"
+        with session_scope() as session:
+            job = fenced(session, self.claim)
+            job.trained_tokens = values["trained_tokens"]
+            job.estimated_finish = utcnow() + timedelta(seconds=remaining)
+            job_repo.add_event(session, job, text, type="metrics", data=values)
+
+    def should_stop(self) -> str | None:
+        if self.heartbeat.lost.is_set():
+            return "lease_lost"
+        now = time.monotonic()
+        if now - self._polled < CANCEL_POLL_SECONDS:
+            return None
+        self._polled = now
+        with session_scope() as session:
+            row = session.execute(
+                select(FineTuningJob.status, FineTuningJob.lease_token,
+                       FineTuningJob.cancel_requested_at)
+                .where(FineTuningJob.id == self.claim.job_id)
+            ).one()
+        if row.status != jobstate.RUNNING or row.lease_token != self.claim.lease_token:
+            return "lease_lost"
+        return "cancel" if row.cancel_requested_at is not None else None
+
+    def checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
+        prefix = checkpoint_prefix(self.claim.tenant_id, self.claim.job_id, step)
+        storage = get_storage()
+        for path in sorted(directory.iterdir()):
+            storage.upload_file(path, prefix + path.name)
+        with session_scope() as session:
+            job = fenced(session, self.claim)
+            checkpoint_repo.add(session, tenant_id=job.tenant_id, job_id=job.id, step=step,
+                                metrics=metrics, object_prefix=prefix)
+            job_repo.add_event(session, job, f"Checkpoint saved at step {step}",
+                               data={"step": step})
+
+
+def explain(exc: BaseException) -> dict[str, Any]:
+    """The error object a failed job shows: what went wrong, in the user's terms."""
+    import torch
+
+    from worker.training.data import NoTrainableTokens
+    from worker.training.model import UnreadableModel
+
+    if isinstance(exc, NoTrainableTokens):
+        return {"code": "no_trainable_tokens", "message": str(exc), "param": "training_file"}
+    if isinstance(exc, UnreadableModel):
+        return {"code": "base_model_unreadable", "message": str(exc), "param": "model"}
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return {"code": "out_of_memory",
+                "message": "training ran out of memory; try a smaller batch_size, or a "
+                           f"GPU class with more memory ({type(exc).__name__}: {exc})",
+                "param": "hyperparameters.batch_size"}
+    if isinstance(exc, StorageUnavailable):
+        return {"code": "storage_unavailable", "message": exc.message, "param": None}
+    return {"code": "training_error", "message": f"{type(exc).__name__}: {exc}",
+            "param": None}
+
+
+def finish(c: Claim, target: str, message: str, *, level: str = "info",
+           values: dict[str, Any] | None = None) -> None:
+    with session_scope() as session:
+        job = jobstate.transition(session, c.job_id, target, lease_token=c.lease_token,
+                                  values={"estimated_finish": None, **(values or {})})
+        if job is None:
+            raise LeaseLost(c.job_id)
+        job_repo.add_event(session, job, message, level=level)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "safetensors"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            found[name] = md.version(name)
+    return found
+
+
+def fine_tuned_name(c: Claim, adapter_name: str) -> str:
+    return f"ft:{c.model}:{c.tenant_id}:{c.suffix or adapter_name}:{c.job_id}"
+
+
+def adapter_name(c: Claim) -> str:
+    return c.suffix or c.model.rsplit("/", 1)[-1]
+
+
+def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
+    columns = ["step", "epoch", "train_loss", "valid_loss", "learning_rate",
+               "tokens_per_second", "trained_tokens"]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def publish(c: Claim, adapter_dir: Path, history: list[dict[str, Any]],
+            trained_tokens: int, work_dir: Path) -> AdapterVersion:
+    """One transaction: next version number, files to S3, version row, result file, job
+    succeeded. The adapter row lock serialises versions; the unique job_id makes a second
+    publish of the same job impossible."""
+    storage = get_storage()
+    name = adapter_name(c)
+    csv_path = work_dir / "metrics.csv"
+    write_metrics_csv(history, csv_path)
+    with session_scope() as session:
+        job = fenced(session, c)
+        tenant_id = TenantId(job.tenant_id)
+        adapter = adapter_repo.lock_or_create(session, tenant_id, name)
+        version = adapter_repo.next_version(session, adapter)
+        prefix = adapter_prefix(job.tenant_id, name, version)
+        ft_name = fine_tuned_name(c, name)
+        files = [{"name": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(adapter_dir.iterdir()) if p.is_file()]
+        last = history[-1] if history else {}
+        manifest = {
+            "adapter": name, "version": version, "fine_tuned_model": ft_name,
+            "job_id": job.id, "base_model": job.model, "method": job.method,
+            "seed": job.seed, "dataset_sha256": c.dataset_sha256,
+            "metrics": {k: last.get(k) for k in ("step", "train_loss", "valid_loss")},
+            "trained_tokens": trained_tokens, "files": files,
+            "libraries": _library_versions(), "created_at": utcnow().isoformat(),
+        }
+        (adapter_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for path in sorted(adapter_dir.iterdir()):
+            storage.upload_file(path, prefix + path.name)
+        result_id = ids.new_id(ids.FILE)
+        storage.upload_file(csv_path, result_file_key(job.tenant_id, result_id))
+        session.add(File(
+            id=result_id, tenant_id=job.tenant_id, filename="step_metrics.csv",
+            purpose="fine-tune-results", bytes=csv_path.stat().st_size,
+            sha256=_sha256(csv_path), format="csv", line_count=len(history) + 1,
+            example_count=0, status="processed",
+            object_key=result_file_key(job.tenant_id, result_id),
+        ))
+        row = AdapterVersion(
+            id=ids.new_id("adpv"), tenant_id=job.tenant_id, adapter_id=adapter.id,
+            version=version, job_id=job.id, base_model=job.model, fine_tuned_model=ft_name,
+            object_prefix=prefix,
+            files=[*files, {"name": "manifest.json",
+                            "bytes": (adapter_dir / "manifest.json").stat().st_size,
+                            "sha256": _sha256(adapter_dir / "manifest.json")}],
+            manifest=manifest, aliases=[],
+        )
+        session.add(row)
+        done = jobstate.transition(session, job.id, jobstate.SUCCEEDED,
+                                   lease_token=c.lease_token, values={
+                                       "fine_tuned_model": ft_name,
+                                       "trained_tokens": trained_tokens,
+                                       "result_files": [result_id],
+                                       "estimated_finish": None})
+        if done is None:
+            raise LeaseLost(c.job_id)
+        job_repo.add_event(session, done, f"New fine-tuned model created: {ft_name}",
+                           data={"adapter": name, "version": version})
+        job_repo.add_event(session, done, "The job has successfully completed")
+        return row
+
+
+def _schedule(c: Claim) -> dict[str, int]:
+    """How often to log and checkpoint: about 100 metric events and 4 checkpoints."""
+    hp = c.method["supervised"]["hyperparameters"]
+    examples = int(c.method.get("dataset", {}).get("examples", 1))
+    steps = math.ceil(examples / int(hp["batch_size"])) * int(hp["n_epochs"])
+    configured = get_settings().checkpoint_every_steps
+    return {"log_every": max(1, steps // 100),
+            "checkpoint_every": configured if configured > 0 else max(1, steps // 4)}
+
+
+def run_job(job_id: str, worker_id: str) -> str:
+    """Run one job to an end state; returns what happened (for logs and tests)."""
+    from worker.training.recipe import Recipe, Stopped, TrainSpec
+
+    c = claim(job_id, worker_id)
+    if c is None:
+        return "not-claimed"
+    with tempfile.TemporaryDirectory(prefix=f"{job_id}-") as tmp, Heartbeat(c) as heartbeat:
+        work = Path(tmp)
+        reporter = JobReporter(c, heartbeat)
+        try:
+            storage = get_storage()
+            train_path = work / "train.jsonl"
+            storage.download_file(c.training_key, train_path)
+            valid_path = None
+            if c.validation_key:
+                valid_path = work / "valid.jsonl"
+                storage.download_file(c.validation_key, valid_path)
+            spec = TrainSpec.from_job(c.method, c.seed, **_schedule(c))
+            reporter.message(f"Loading base model {c.model} "
+                             f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
+            recipe = Recipe(spec, c.model_path, train_path, reporter, valid_file=valid_path,
+                            work_dir=work)
+            recipe.setup()
+            reporter.message(
+                f"Training started: {len(recipe.train.examples)} examples, "
+                f"{recipe.total_steps} steps ({spec.n_epochs} epochs of "
+                f"{recipe.steps_per_epoch}) on {recipe.device.type}",
+                data={"total_steps": recipe.total_steps, "device": recipe.device.type,
+                      "trainable_tokens": recipe.train.trainable_tokens})
+            result = recipe.train_loop()
+            adapter_dir = work / "adapter"
+            recipe.save(adapter_dir)
+            publish(c, adapter_dir, result.history, result.trained_tokens, work)
+            return "succeeded"
+        except Stopped as stop:
+            if stop.reason == "cancel":
+                finish(c, jobstate.CANCELLED, f"Job cancelled at step {stop.step}")
+                return "cancelled"
+            log.warning("job %s: lease lost at step %s; another worker has it", job_id,
+                        stop.step)
+            return "lease-lost"
+        except LeaseLost:
+            log.warning("job %s: lease lost; another worker has it", job_id)
+            return "lease-lost"
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            error = explain(exc)
+            try:
+                finish(c, jobstate.FAILED, f"Fine-tuning job failed: {error['message']}",
+                       level="error", values={"error": error})
+            except LeaseLost:
+                return "lease-lost"
+            return "failed"

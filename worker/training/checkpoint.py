@@ -1,0 +1,104 @@
+"""Training checkpoints: adapter, optimizer, scheduler, RNG and data position, written
+with safetensors and JSON only (nothing is ever unpickled).
+
+Layout of a checkpoint directory::
+
+    adapter_model.safetensors, adapter_config.json   the LoRA weights (peft)
+    optimizer.safetensors                            per-parameter AdamW state tensors
+    rng.safetensors                                  torch (and CUDA) RNG states
+    state.json                                       position, optimizer groups/steps,
+                                                     scheduler, metrics history
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from worker.training.recipe import Position
+
+FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors",
+         "rng.safetensors", "state.json")
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor],
+                                                                dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
+         scheduler: torch.optim.lr_scheduler.LRScheduler, position: Position,
+         history: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tensors, opt_meta = _optimizer_state(optimizer)
+    save_file(tensors, str(directory / "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda.{i}"] = s
+    save_file(rng, str(directory / "rng.safetensors"))
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    (directory / "state.json").write_text(json.dumps({
+        "position": asdict(position), "optimizer": opt_meta, "scheduler": sched,
+        "history": history, "python_random": _jsonable(random.getstate()),
+    }))
+    return directory
+
+
+def load(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
+         scheduler: torch.optim.lr_scheduler.LRScheduler,
+         history: list[dict[str, Any]]) -> Position:
+    from peft import set_peft_model_state_dict
+
+    from worker.training.recipe import Position
+
+    state = json.loads((directory / "state.json").read_text())
+    set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        opt_state.setdefault(int(index), {})[name] = value
+    for index, values in state["optimizer"]["scalars"].items():
+        opt_state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": opt_state,
+                               "param_groups": state["optimizer"]["param_groups"]})
+    scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
+    rng = load_file(str(directory / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    random.setstate(_tuples(state["python_random"]))
+    history[:] = state["history"]
+    return Position(**state["position"])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value

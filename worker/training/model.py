@@ -1,0 +1,88 @@
+"""Base model loading (safetensors only, never remote code), 4-bit NF4 quantization
+through bitsandbytes, and LoRA adapters through peft. QLoRA is a flag, not a recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class UnreadableModel(ValueError):
+    """The base model cannot be loaded safely (missing, or not safetensors)."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    quantization: str = "nf4"
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "config.json").exists():
+        raise UnreadableModel(f"base model directory {path} has no config.json")
+    if not any(path.glob("*.safetensors")):
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        raise UnreadableModel(
+            f"base model directory {path} has no .safetensors weights"
+            + (f" (only pickle files: {', '.join(pickles)})" if pickles else "")
+            + "; pickle weights are never loaded"
+        )
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    check_model_dir(path)
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+
+
+def load_base(path: Path, quantization: str, device: torch.device) -> Any:
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    check_model_dir(path)
+    dtype = compute_dtype(device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False,
+                              "use_safetensors": True}
+    if quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise UnreadableModel(f"cannot load base model from {path}: {exc}") from exc
+    if quantization != "nf4":
+        model.to(device)  # type: ignore[arg-type]
+    model.config.use_cache = False
+    return model
+
+
+def add_lora(model: Any, spec: LoraSpec) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    config = LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft takes floats
+        lora_dropout=spec.dropout, target_modules=spec.target_modules, bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

@@ -1,0 +1,287 @@
+"""The QLoRA fine-tuning recipe: ``setup()`` → ``train()`` → ``save()``.
+
+Takes a frozen spec and paths, reports through a small callback interface, and imports
+neither FastAPI nor SQLAlchemy. The same code runs on CPU (tests, CI) and CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from worker.training import checkpoint, data, loss, packing
+from worker.training.model import LoraSpec, add_lora, load_base, load_tokenizer
+
+BASE_LEARNING_RATE = 2e-4  # times the job's learning_rate_multiplier
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    max_seq_len: int | None = None  # default: the model's context length
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    log_every: int = 1
+    checkpoint_every: int = 0  # steps; 0 = none
+    micro_batch_tokens: int = 16384
+    pack: bool = True
+
+    @classmethod
+    def from_job(cls, method: dict[str, Any], seed: int, **overrides: Any) -> TrainSpec:
+        hp = method["supervised"]["hyperparameters"]
+        lora = method.get("lora", {})
+        return cls(
+            n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
+            learning_rate=BASE_LEARNING_RATE * float(hp["learning_rate_multiplier"]),
+            seed=seed,
+            lora=LoraSpec(
+                r=int(lora.get("r", 8)), alpha=float(lora.get("alpha", 16)),
+                dropout=float(lora.get("dropout", 0.05)),
+                target_modules=lora.get("target_modules", "all-linear"),
+                quantization=lora.get("quantization", "nf4"),
+            ),
+            **overrides,
+        )
+
+
+class Reporter(Protocol):
+    def message(self, text: str, *, level: str = "info",
+                data: dict[str, Any] | None = None) -> None: ...
+
+    def metrics(self, values: dict[str, Any]) -> None: ...
+
+    def should_stop(self) -> str | None: ...
+
+    def checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None: ...
+
+
+class Stopped(Exception):
+    """Training stopped early because the reporter asked (cancel or pause)."""
+
+    def __init__(self, reason: str, step: int):
+        super().__init__(f"stopped at step {step}: {reason}")
+        self.reason = reason
+        self.step = step
+
+
+@dataclass
+class Position:
+    """Where training is: enough to resume exactly (with the RNG state)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    trained_tokens: int = 0
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    trained_tokens: int
+    final_loss: float
+    valid_loss: float | None
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+class Recipe:
+    def __init__(self, spec: TrainSpec, model_dir: Path, train_file: Path,
+                 reporter: Reporter, *, valid_file: Path | None = None,
+                 work_dir: Path, device: torch.device | None = None):
+        self.spec = spec
+        self.model_dir = model_dir
+        self.train_file = train_file
+        self.valid_file = valid_file
+        self.reporter = reporter
+        self.work_dir = work_dir
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.position = Position()
+        self.history: list[dict[str, Any]] = []
+
+    # ----- setup ---------------------------------------------------------------------
+
+    def setup(self, resume_from: Path | None = None) -> None:
+        seed_everything(self.spec.seed)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.model = add_lora(load_base(self.model_dir, self.spec.lora.quantization,
+                                        self.device), self.spec.lora)
+        context = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.max_len = min(self.spec.max_seq_len or context, context)
+        self.train = data.load(self.train_file, self.tokenizer, self.max_len)
+        self.valid = (data.load(self.valid_file, self.tokenizer, self.max_len)
+                      if self.valid_file else None)
+        if self.train.truncated:
+            self.reporter.message(
+                f"{self.train.truncated} training examples were longer than the model's "
+                f"context and were truncated to {self.max_len} tokens", level="warn",
+                data={"truncated": self.train.truncated, "max_len": self.max_len},
+            )
+        self.lengths = [len(e) for e in self.train.examples]
+        self.steps_per_epoch = math.ceil(len(self.train.examples) / self.spec.batch_size)
+        self.total_steps = self.steps_per_epoch * self.spec.n_epochs
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.spec.learning_rate,
+                                           weight_decay=self.spec.weight_decay)
+        self.scheduler = cosine_with_warmup(
+            self.optimizer, warmup=int(self.total_steps * self.spec.warmup_ratio),
+            total=self.total_steps,
+        )
+        if resume_from is not None:
+            self.position = checkpoint.load(resume_from, self.model, self.optimizer,
+                                            self.scheduler, self.history)
+
+    # ----- train ---------------------------------------------------------------------
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        if self.spec.pack:
+            return packing.epoch_batches(len(self.lengths), self.lengths,
+                                         self.spec.batch_size, seed=self.spec.seed,
+                                         epoch=epoch)
+        rng = random.Random(self.spec.seed * 1_000_003 + epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        return [order[i : i + self.spec.batch_size]
+                for i in range(0, len(order), self.spec.batch_size)]
+
+    def step(self, indices: list[int]) -> tuple[float, int, int]:
+        """One optimizer step over ``indices``: (mean loss, trained tokens, input tokens)."""
+        row_len = self.max_len if self.spec.pack else 0
+        batch = (packing.pack(self.train.examples, indices, row_len) if self.spec.pack
+                 else packing.pad(self.train.examples, indices))
+        count = batch.trainable_tokens
+        total = 0.0
+        self.model.train()
+        for micro in packing.split_rows(batch, self.spec.micro_batch_tokens):
+            out = self.model(input_ids=micro.input_ids.to(self.device),
+                             position_ids=micro.position_ids.to(self.device),
+                             use_cache=False)
+            summed, _ = loss.summed(out.logits, micro.targets.to(self.device))
+            (summed / count).backward()  # type: ignore[no-untyped-call]
+            total += float(summed.detach())
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.mean(total, count), count, batch.tokens
+
+    def train_loop(self) -> TrainResult:
+        spec, pos = self.spec, self.position
+        started = time.monotonic()
+        window_tokens, window_start = 0, time.monotonic()
+        last_loss = float("nan")
+        if pos.step:
+            self.reporter.message(
+                f"Resuming from step {pos.step} (epoch {pos.epoch + 1}, batch "
+                f"{pos.batch_in_epoch + 1})", data={"step": pos.step})
+        while pos.epoch < spec.n_epochs:
+            batches = self.batches(pos.epoch)
+            for index in range(pos.batch_in_epoch, len(batches)):
+                reason = self.reporter.should_stop()
+                if reason:
+                    raise Stopped(reason, pos.step)
+                last_loss, _, tokens = self.step(batches[index])
+                epoch_end = index + 1 == len(batches)
+                pos.step += 1
+                pos.trained_tokens += tokens
+                pos.epoch, pos.batch_in_epoch = ((pos.epoch + 1, 0) if epoch_end
+                                                 else (pos.epoch, index + 1))
+                window_tokens += tokens
+                done = pos.step == self.total_steps
+                if pos.step % spec.log_every == 0 or done:
+                    elapsed = max(time.monotonic() - window_start, 1e-9)
+                    metrics = self._metrics(last_loss, window_tokens / elapsed,
+                                            epoch_end=epoch_end)
+                    window_tokens, window_start = 0, time.monotonic()
+                    self.history.append(metrics)
+                    self.reporter.metrics(metrics)
+                if spec.checkpoint_every and pos.step % spec.checkpoint_every == 0 and not done:
+                    self.save_checkpoint()
+        valid = next((h["valid_loss"] for h in reversed(self.history)
+                      if h.get("valid_loss") is not None), None)
+        return TrainResult(steps=pos.step, trained_tokens=pos.trained_tokens,
+                           final_loss=last_loss, valid_loss=valid, history=self.history,
+                           seconds=time.monotonic() - started)
+
+    def _metrics(self, train_loss: float, tokens_per_second: float, *,
+                 epoch_end: bool) -> dict[str, Any]:
+        pos = self.position
+        metrics: dict[str, Any] = {
+            "step": pos.step, "total_steps": self.total_steps, "epoch": pos.epoch,
+            "train_loss": round(train_loss, 6),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "tokens_per_second": round(tokens_per_second, 1),
+            "trained_tokens": pos.trained_tokens,
+        }
+        if self.valid is not None and (epoch_end or pos.step == self.total_steps):
+            metrics["valid_loss"] = round(self.evaluate(self.valid), 6)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, dataset: data.Dataset) -> float:
+        # Only dropout goes to eval mode: a whole-model .eval() switches bitsandbytes'
+        # CPU 4-bit layers to an inference weight layout that training must not see.
+        dropouts = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout)]
+        for module in dropouts:
+            module.eval()
+        try:
+            return self._evaluate(dataset)
+        finally:
+            for module in dropouts:
+                module.train()
+
+    def _evaluate(self, dataset: data.Dataset) -> float:
+        total, count = 0.0, 0
+        indices = list(range(len(dataset.examples)))
+        for start in range(0, len(indices), max(self.spec.batch_size, 8)):
+            batch = packing.pack(dataset.examples, indices[start : start + 8], self.max_len)
+            out = self.model(input_ids=batch.input_ids.to(self.device),
+                             position_ids=batch.position_ids.to(self.device), use_cache=False)
+            summed, n = loss.summed(out.logits, batch.targets.to(self.device))
+            total, count = total + float(summed), count + n
+        return loss.mean(total, count)
+
+    # ----- save ----------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        directory = self.work_dir / "checkpoints" / f"step-{self.position.step}"
+        checkpoint.save(directory, self.model, self.optimizer, self.scheduler,
+                        self.position, self.history)
+        self.reporter.checkpoint(self.position.step, directory,
+                                 self.history[-1] if self.history else {})
+        return directory
+
+    def save(self, out_dir: Path) -> list[Path]:
+        """The adapter (safetensors + adapter_config.json) for publishing."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(out_dir), safe_serialization=True)
+        return sorted(p for p in out_dir.iterdir() if p.is_file())
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, *, warmup: int,
+                       total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
