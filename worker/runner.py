@@ -45,7 +45,6 @@ from core.storage import (
 )
 
 log = logging.getLogger("loramill.worker")
-HEARTBEAT_SECONDS = 5.0
 CANCEL_POLL_SECONDS = 1.0
 
 
@@ -67,6 +66,8 @@ class Claim:
     seed: int
     suffix: str | None
     dataset_sha256: str
+    resume_step: int | None = None
+    resume_prefix: str | None = None
 
 
 def claim(job_id: str, worker_id: str) -> Claim | None:
@@ -85,7 +86,10 @@ def claim(job_id: str, worker_id: str) -> Claim | None:
         assert base is not None and training is not None
         job_repo.add_event(session, job, f"Fine-tuning job started on {worker_id} "
                            f"(attempt {job.attempt})", data={"worker": worker_id})
+        latest = checkpoint_repo.latest(session, job.id)
         return Claim(
+            resume_step=latest.step if latest else None,
+            resume_prefix=latest.object_prefix if latest else None,
             job_id=job.id, tenant_id=job.tenant_id, lease_token=token, attempt=job.attempt,
             model=job.model, model_path=Path(base.source_uri),
             training_key=training.object_key,
@@ -115,8 +119,8 @@ class Heartbeat:
     """Beats every few seconds on its own thread, so a long step or a slow model load
     does not look like a lost worker."""
 
-    def __init__(self, c: Claim, every: float = HEARTBEAT_SECONDS):
-        self.claim, self.every = c, every
+    def __init__(self, c: Claim, every: float | None = None):
+        self.claim, self.every = c, every or get_settings().heartbeat_seconds
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -144,9 +148,11 @@ class Heartbeat:
 class JobReporter:
     """The recipe's view of the job: events, metrics, cancel checks, checkpoints."""
 
-    def __init__(self, c: Claim, heartbeat: Heartbeat):
+    def __init__(self, c: Claim, heartbeat: Heartbeat,
+                 shutting_down: threading.Event | None = None):
         self.claim = c
         self.heartbeat = heartbeat
+        self.shutting_down = shutting_down or threading.Event()
         self.started = time.monotonic()
         self._polled = 0.0
 
@@ -172,6 +178,8 @@ class JobReporter:
     def should_stop(self) -> str | None:
         if self.heartbeat.lost.is_set():
             return "lease_lost"
+        if self.shutting_down.is_set():
+            return "shutdown"
         now = time.monotonic()
         if now - self._polled < CANCEL_POLL_SECONDS:
             return None
@@ -179,12 +187,14 @@ class JobReporter:
         with session_scope() as session:
             row = session.execute(
                 select(FineTuningJob.status, FineTuningJob.lease_token,
-                       FineTuningJob.cancel_requested_at)
+                       FineTuningJob.cancel_requested_at, FineTuningJob.pause_requested_at)
                 .where(FineTuningJob.id == self.claim.job_id)
             ).one()
         if row.status != jobstate.RUNNING or row.lease_token != self.claim.lease_token:
             return "lease_lost"
-        return "cancel" if row.cancel_requested_at is not None else None
+        if row.cancel_requested_at is not None:
+            return "cancel"
+        return "pause" if row.pause_requested_at is not None else None
 
     def checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
         prefix = checkpoint_prefix(self.claim.tenant_id, self.claim.job_id, step)
@@ -339,8 +349,36 @@ def _schedule(c: Claim) -> dict[str, int]:
             "checkpoint_every": configured if configured > 0 else max(1, steps // 4)}
 
 
-def run_job(job_id: str, worker_id: str) -> str:
-    """Run one job to an end state; returns what happened (for logs and tests)."""
+def _download_checkpoint(c: Claim, work: Path) -> Path | None:
+    if c.resume_prefix is None:
+        return None
+    storage = get_storage()
+    directory = work / "resume"
+    directory.mkdir()
+    for key in storage.list_keys(c.resume_prefix):
+        storage.download_file(key, directory / key.rsplit("/", 1)[-1])
+    return directory
+
+
+def hand_back(c: Claim, target: str, message: str) -> None:
+    """Pause, or return to the queue on shutdown: the attempt does not count as a loss."""
+    values: dict[str, Any] = {"lease_token": None, "worker_id": None,
+                              "attempt": FineTuningJob.attempt - 1}
+    if target == jobstate.QUEUED:
+        values["dispatched_at"] = None
+    else:
+        values["pause_requested_at"] = None
+    with session_scope() as session:
+        job = jobstate.transition(session, c.job_id, target, lease_token=c.lease_token,
+                                  values={"estimated_finish": None, **values})
+        if job is None:
+            raise LeaseLost(c.job_id)
+        job_repo.add_event(session, job, message)
+
+
+def run_job(job_id: str, worker_id: str, *,
+            shutting_down: threading.Event | None = None) -> str:
+    """Run one job to an end state, a pause or a hand-back; returns what happened."""
     from worker.training.recipe import Recipe, Stopped, TrainSpec
 
     c = claim(job_id, worker_id)
@@ -348,7 +386,8 @@ def run_job(job_id: str, worker_id: str) -> str:
         return "not-claimed"
     with tempfile.TemporaryDirectory(prefix=f"{job_id}-") as tmp, Heartbeat(c) as heartbeat:
         work = Path(tmp)
-        reporter = JobReporter(c, heartbeat)
+        reporter = JobReporter(c, heartbeat, shutting_down)
+        recipe: Recipe | None = None
         try:
             storage = get_storage()
             train_path = work / "train.jsonl"
@@ -362,25 +401,21 @@ def run_job(job_id: str, worker_id: str) -> str:
                              f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
             recipe = Recipe(spec, c.model_path, train_path, reporter, valid_file=valid_path,
                             work_dir=work)
-            recipe.setup()
-            reporter.message(
-                f"Training started: {len(recipe.train.examples)} examples, "
-                f"{recipe.total_steps} steps ({spec.n_epochs} epochs of "
-                f"{recipe.steps_per_epoch}) on {recipe.device.type}",
-                data={"total_steps": recipe.total_steps, "device": recipe.device.type,
-                      "trainable_tokens": recipe.train.trainable_tokens})
+            recipe.setup(resume_from=_download_checkpoint(c, work))
+            if not recipe.position.step:
+                reporter.message(
+                    f"Training started: {len(recipe.train.examples)} examples, "
+                    f"{recipe.total_steps} steps ({spec.n_epochs} epochs of "
+                    f"{recipe.steps_per_epoch}) on {recipe.device.type}",
+                    data={"total_steps": recipe.total_steps, "device": recipe.device.type,
+                          "trainable_tokens": recipe.train.trainable_tokens})
             result = recipe.train_loop()
             adapter_dir = work / "adapter"
             recipe.save(adapter_dir)
             publish(c, adapter_dir, result.history, result.trained_tokens, work)
             return "succeeded"
         except Stopped as stop:
-            if stop.reason == "cancel":
-                finish(c, jobstate.CANCELLED, f"Job cancelled at step {stop.step}")
-                return "cancelled"
-            log.warning("job %s: lease lost at step %s; another worker has it", job_id,
-                        stop.step)
-            return "lease-lost"
+            return _stopped(c, recipe, stop)
         except LeaseLost:
             log.warning("job %s: lease lost; another worker has it", job_id)
             return "lease-lost"
@@ -393,3 +428,25 @@ def run_job(job_id: str, worker_id: str) -> str:
             except LeaseLost:
                 return "lease-lost"
             return "failed"
+
+
+def _stopped(c: Claim, recipe: Any, stop: Any) -> str:
+    if stop.reason == "cancel":
+        finish(c, jobstate.CANCELLED, f"Job cancelled at step {stop.step}")
+        return "cancelled"
+    if stop.reason == "lease_lost":
+        log.warning("job %s: lease lost at step %s; another worker has it", c.job_id,
+                    stop.step)
+        return "lease-lost"
+    if recipe is not None and stop.step != recipe.last_checkpoint_step:
+        recipe.save_checkpoint()  # so the next claim resumes exactly here
+    if stop.reason == "pause":
+        hand_back(c, jobstate.PAUSED, f"Job paused at step {stop.step}; resume continues "
+                                      "from this checkpoint")
+        return "paused"
+    hand_back(c, jobstate.QUEUED, f"Worker shutting down: job checkpointed at step "
+                                  f"{stop.step} and returned to the queue")
+    from core.services import dispatch
+
+    dispatch.wake_dispatcher()
+    return "handed-back"

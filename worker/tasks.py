@@ -1,18 +1,28 @@
-"""Celery tasks: thin adapters from a message to a service call."""
+"""Celery tasks and worker signals: thin adapters from a message to a service call."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import threading
+from typing import Any
 
-from worker.celery_app import TRAIN_TASK, app
+from celery import signals
+from celery.exceptions import WorkerShutdown
+
+from core.db import session_scope
+from core.services import dispatch
+from core.settings import get_settings
+from worker import scheduler
+from worker.celery_app import DISPATCH_TASK, SWEEP_TASK, TRAIN_TASK, app
 
 log = logging.getLogger("loramill.worker")
+SHUTTING_DOWN = threading.Event()  # set on SIGTERM: running jobs checkpoint and hand back
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"  # per process: prefork children differ
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @app.task(name=TRAIN_TASK)  # type: ignore[untyped-decorator]
@@ -21,5 +31,89 @@ def train_job(job_id: str) -> None:
     queued and does nothing."""
     from worker.runner import run_job
 
-    outcome = run_job(job_id, worker_id())
+    outcome = run_job(job_id, worker_id(), shutting_down=SHUTTING_DOWN)
     log.info("job %s: %s", job_id, outcome)
+    if SHUTTING_DOWN.is_set():
+        # The job is checkpointed and back in the queue; stop now rather than wait for the
+        # solo pool's event loop to notice the warm shutdown.
+        raise WorkerShutdown()
+
+
+@app.task(name=DISPATCH_TASK)  # type: ignore[untyped-decorator]
+def dispatch_jobs() -> None:
+    settings = get_settings()
+    with session_scope() as session:
+        picks = scheduler.dispatch_tick(session, settings)
+    failed = [p.job_id for p in picks if not dispatch.enqueue(p.job_id, p.gpu_class)]
+    if failed:
+        with session_scope() as session:
+            scheduler.undispatch(session, failed)
+
+
+@app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
+def sweep_jobs() -> None:
+    with session_scope() as session:
+        result = scheduler.sweep(session, get_settings())
+    if any(result.values()):
+        log.warning("sweep: %s", result)
+
+
+# ----- training workers announce themselves ---------------------------------------------
+
+
+class WorkerHeartbeat:
+    def __init__(self, gpu_class: str, capacity: int):
+        self.id, self.gpu_class, self.capacity = worker_id(), gpu_class, capacity
+        self._stop = threading.Event()
+
+    def beat(self, stopped: bool = False) -> None:
+        from sqlalchemy import func
+        from sqlalchemy.dialects.postgresql import insert
+
+        from core.models import Worker
+
+        values: dict[str, Any] = {
+            "id": self.id, "hostname": socket.gethostname(), "gpu_class": self.gpu_class,
+            "capacity": self.capacity, "last_heartbeat_at": func.now(),
+            "stopped_at": func.now() if stopped else None,
+        }
+        with session_scope() as session:
+            session.execute(insert(Worker).values(started_at=func.now(), **values)
+                            .on_conflict_do_update(index_elements=["id"], set_=values))
+
+    def run(self) -> None:
+        every = get_settings().heartbeat_seconds
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception:
+                log.warning("worker heartbeat failed", exc_info=True)
+            self._stop.wait(every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.beat(stopped=True)
+        except Exception:
+            log.warning("could not mark worker %s stopped", self.id, exc_info=True)
+
+
+_heartbeat: WorkerHeartbeat | None = None
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _announce(sender: Any = None, **_: Any) -> None:
+    global _heartbeat
+    queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
+    gpu_queues = [q for q in queues if q.startswith("gpu-")]
+    if not gpu_queues:
+        return  # the scheduler: no training slots
+    _heartbeat = WorkerHeartbeat(gpu_queues[0].removeprefix("gpu-"), 1)
+    threading.Thread(target=_heartbeat.run, name="worker-heartbeat", daemon=True).start()
+
+
+@signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _shutting_down(**_: Any) -> None:
+    SHUTTING_DOWN.set()
+    if _heartbeat is not None:
+        _heartbeat.stop()

@@ -35,8 +35,7 @@ def create_job(body: CreateJob, tenant_id: CurrentTenant, uow: UoW) -> JobObject
         suffix=body.suffix or None, seed=body.seed, metadata=body.metadata,
     )
     job = job_service.create(uow.session, tenant_id, req)
-    job_id, gpu_class = job.id, job.gpu_class
-    uow.after_commit(lambda: dispatch.enqueue(job_id, gpu_class))
+    uow.after_commit(dispatch.wake_dispatcher)
     return JobObject.of(job)
 
 
@@ -68,6 +67,18 @@ def get_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
 @router.post("/{job_id}/cancel", response_model=JobObject)
 def cancel_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
     return JobObject.of(job_service.cancel(uow.session, tenant_id, job_id))
+
+
+@router.post("/{job_id}/pause", response_model=JobObject)
+def pause_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+    return JobObject.of(job_service.pause(uow.session, tenant_id, job_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobObject)
+def resume_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+    job = job_service.resume(uow.session, tenant_id, job_id)
+    uow.after_commit(dispatch.wake_dispatcher)
+    return JobObject.of(job)
 
 
 @router.get("/{job_id}/events", response_model=ListPage[EventObject])

@@ -14,6 +14,9 @@ class FineTuningJob(Base):
     __table_args__ = (
         Index("ix_fine_tuning_jobs_tenant_id_id", "tenant_id", "id"),
         Index("ix_fine_tuning_jobs_status_created_at", "status", "created_at"),
+        # The dispatcher's per-tenant head-of-queue lookups.
+        Index("ix_fine_tuning_jobs_dispatch", "tenant_id", "gpu_class", text("priority DESC"),
+              "created_at", postgresql_where=text("status = 'queued' AND dispatched_at IS NULL")),
     )
 
     id: Mapped[str] = mapped_column(IdString(), primary_key=True)
@@ -43,6 +46,10 @@ class FineTuningJob(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
+    pause_requested_at: Mapped[datetime | None]
+    # Set when the dispatcher hands the job to Celery; cleared if no worker claims it in
+    # time (a lost message), so the job is dispatched again.
+    dispatched_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

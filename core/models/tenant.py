@@ -19,3 +19,6 @@ class Tenant(Base):
     storage_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     suspended_at: Mapped[datetime | None]
+    # When the dispatcher last started one of this tenant's jobs: the round-robin
+    # tie-breaker between tenants with as many jobs running and the same priority.
+    last_dispatched_at: Mapped[datetime | None]

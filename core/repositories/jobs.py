@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import ids
@@ -53,3 +53,8 @@ def list_events(
 ) -> tuple[list[JobEvent], bool]:
     stmt = select(JobEvent).where(JobEvent.tenant_id == tenant_id, JobEvent.job_id == job_id)
     return newest_first(session, stmt, JobEvent.id, after=after, limit=limit)
+
+
+def count_queued(session: Session, tenant_id: TenantId) -> int:
+    return int(session.scalar(select(func.count()).select_from(FineTuningJob).where(
+        FineTuningJob.tenant_id == tenant_id, FineTuningJob.status == "queued")) or 0)

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core import ids, jobstate
-from core.errors import InvalidRequest, NotFound
-from core.models import File, FineTuningJob
+from core.errors import InvalidRequest, NotFound, RateLimited
+from core.models import File, FineTuningJob, Tenant
 from core.models.base import utcnow
 from core.repositories import base_models as model_repo
 from core.repositories import files as file_repo
@@ -67,7 +67,20 @@ def _usable_file(session: Session, tenant_id: TenantId, file_id: str, param: str
     return file
 
 
+def check_queued_quota(session: Session, tenant: Tenant) -> None:
+    queued = job_repo.count_queued(session, TenantId(tenant.id))
+    if queued >= tenant.max_queued_jobs:
+        raise RateLimited(
+            f"max_queued_jobs quota reached: {queued} of {tenant.max_queued_jobs} jobs are "
+            "already queued; wait for some to start or ask for a higher quota",
+            code="max_queued_jobs_exceeded",
+        )
+
+
 def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuningJob:
+    tenant = session.get(Tenant, tenant_id, with_for_update=True)  # serialise the quota
+    assert tenant is not None
+    check_queued_quota(session, tenant)
     base = model_repo.get_enabled(session, req.model)
     if base is None:
         raise InvalidRequest(
@@ -132,3 +145,38 @@ def cancel(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
         return cancel(session, tenant_id, job_id)
     job_repo.add_event(session, cancelled, "Job cancelled")
     return cancelled
+
+
+def pause(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
+    """Ask a running job to checkpoint and free its worker; it becomes ``paused``."""
+    job = get(session, tenant_id, job_id)
+    if job.status == jobstate.PAUSED:
+        return job
+    if job.status != jobstate.RUNNING:
+        raise InvalidRequest(f"only running jobs can be paused; job {job_id} is {job.status}",
+                             param="fine_tuning_job_id", code="job_not_pausable")
+    if job.pause_requested_at is None:
+        job.pause_requested_at = utcnow()
+        job_repo.add_event(session, job, "Pause requested; checkpointing at the next step")
+        session.flush()
+    return job
+
+
+def resume(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
+    """Put a paused job back in the queue; it continues from its pause checkpoint."""
+    job = get(session, tenant_id, job_id)
+    if job.status != jobstate.PAUSED:
+        raise InvalidRequest(f"only paused jobs can be resumed; job {job_id} is {job.status}",
+                             param="fine_tuning_job_id", code="job_not_resumable")
+    tenant = session.get(Tenant, tenant_id, with_for_update=True)
+    assert tenant is not None
+    check_queued_quota(session, tenant)
+    resumed = jobstate.transition(session, job_id, jobstate.QUEUED, tenant_id=tenant_id,
+                                  values={"pause_requested_at": None, "dispatched_at": None})
+    if resumed is None:
+        session.refresh(job)
+        raise InvalidRequest(f"job {job_id} is {job.status} and cannot be resumed",
+                             param="fine_tuning_job_id", code="job_not_resumable")
+    job_repo.add_event(session, resumed, "Job resumed; queued to continue from its "
+                                         "last checkpoint")
+    return resumed

@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import update
 
+from core.db import session_scope
+from core.models import FineTuningJob, Tenant
 from tests.api.helpers import CHAT, assert_error, jsonl, upload_ok
 from tests.conftest import StackInfo, TenantHandle
 
@@ -44,15 +47,39 @@ def test_create_stores_a_queued_job_with_its_frozen_spec(tenant: TenantHandle) -
     assert all(e["object"] == "fine_tuning.job.event" for e in events["data"])
 
 
-def test_job_id_is_handed_to_celery_after_commit(stack: StackInfo,
-                                                  tenant: TenantHandle) -> None:
-    """No worker runs in this stack, so the message waits in the gpu-cpu queue."""
-    job = create(tenant).json()
+def test_a_new_job_wakes_the_dispatcher_after_commit(stack: StackInfo,
+                                                     tenant: TenantHandle) -> None:
+    """No scheduler runs in this stack: the job stays queued and undispatched, and the
+    wake-up message waits in the scheduler's queue."""
     broker = redis.Redis.from_url(stack.redis_url)
-    messages = [json.loads(m) for m in broker.lrange("gpu-cpu", 0, -1)]
-    headers = [m["headers"] for m in messages]
-    assert any(h["task"] == "loramill.train_job" and job["id"] in h["argsrepr"]
-               for h in headers)
+    broker.delete("loramill-scheduler")
+    job = create(tenant).json()
+    messages = [json.loads(m) for m in broker.lrange("loramill-scheduler", 0, -1)]
+    assert [m["headers"]["task"] for m in messages] == ["loramill.dispatch"]
+    with session_scope() as session:
+        row = session.get(FineTuningJob, job["id"])
+        assert row is not None and row.status == "queued" and row.dispatched_at is None
+
+
+def test_queued_quota_answers_429_naming_the_quota(tenant: TenantHandle) -> None:
+    with session_scope() as session:
+        session.execute(update(Tenant).where(Tenant.id == tenant.id)
+                        .values(max_queued_jobs=2))
+    file_id = upload_ok(tenant.client)["id"]
+    for _ in range(2):
+        assert create(tenant, training_file=file_id).status_code == 200
+    error = assert_error(create(tenant, training_file=file_id), 429,
+                         contains="max_queued_jobs")
+    assert error["code"] == "max_queued_jobs_exceeded" and error["type"] == "rate_limit_error"
+    assert len(tenant.client.get("/v1/fine_tuning/jobs").json()["data"]) == 2
+
+
+def test_pause_and_resume_need_the_right_state(tenant: TenantHandle) -> None:
+    job = create(tenant).json()
+    assert_error(tenant.client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause"), 400,
+                 contains="only running jobs can be paused")
+    assert_error(tenant.client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume"), 400,
+                 contains="only paused jobs can be resumed")
 
 
 @pytest.mark.parametrize(("fields", "status", "param", "message"), [

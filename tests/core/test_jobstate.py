@@ -36,7 +36,8 @@ def make_job(status: str) -> tuple[str, str]:
         session.flush()
         job = FineTuningJob(
             id=ids.new_id(ids.JOB), tenant_id=tenant.id, model="loramill/tiny-llama",
-            training_file=file.id, method={}, seed=1, status=status, gpu_class="cpu",
+            training_file=file.id, method={}, seed=1, status=status,
+            gpu_class="jobstate-test",  # no worker serves it: these jobs never run
         )
         session.add(job)
         return job.id, tenant.id

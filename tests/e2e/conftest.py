@@ -4,27 +4,68 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from tests.conftest import StackInfo
 
+if TYPE_CHECKING:
+    from core.localstack import LocalStack
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
-def worker(stack: StackInfo) -> Iterator[None]:
+def local_stack(stack: StackInfo) -> LocalStack:
     from core.localstack import LocalStack
     from core.settings import get_settings
 
-    local = LocalStack(get_settings())
-    local.up(pieces=("worker",), log=lambda _: None)
+    return LocalStack(get_settings())
+
+
+@pytest.fixture(scope="module")
+def worker(local_stack: LocalStack) -> Iterator[None]:
+    """A real training worker and the scheduler (beat, dispatch, sweep) as processes,
+    starting from an idle queue (earlier API tests leave jobs queued on purpose)."""
+    from sqlalchemy import update
+
+    from core import jobstate
+    from core.db import session_scope
+    from core.models import FineTuningJob
+
+    with session_scope() as session:
+        session.execute(update(FineTuningJob)
+                        .where(FineTuningJob.status.in_(jobstate.ACTIVE))
+                        .values(status=jobstate.CANCELLED))
+    local_stack.up(pieces=("worker", "scheduler"), log=lambda _: None)
+    wait_for_worker()
     try:
         yield
     finally:
-        local._stop_pid("worker")
+        local_stack._stop_pid("scheduler")
+        local_stack._stop_pid("worker")
+
+
+def wait_for_worker(timeout: float = 60) -> None:
+    """Until a training worker has announced its slot (dispatch counts only those)."""
+    from sqlalchemy import func, select
+
+    from core.db import session_scope
+    from core.models import Worker
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope() as session:
+            alive = session.scalar(select(func.count()).select_from(Worker).where(
+                Worker.stopped_at.is_(None),
+                Worker.last_heartbeat_at > func.now() - timedelta(seconds=5)))
+        if alive:
+            return
+        time.sleep(0.3)
+    raise AssertionError("no training worker announced itself")
 
 
 def wait_for(client: httpx.Client, job_id: str, statuses: set[str] = TERMINAL,

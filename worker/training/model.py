@@ -3,6 +3,7 @@ through bitsandbytes, and LoRA adapters through peft. QLoRA is a flag, not a rec
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import torch
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# bitsandbytes looks for optional hub-downloaded CPU kernels and logs a warning on every
+# load when they are absent; we never download code at run time, so the notice is noise.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class UnreadableModel(ValueError):

@@ -4,7 +4,7 @@ Each optimizer step takes ``batch_size`` examples. Examples of similar length ar
 (shuffle, sort within large chunks, then shuffle the batches), and each batch is packed
 first-fit-decreasing into rows of at most ``row_len`` tokens. Position ids restart at 0
 for every example; transformers turns that into a block-diagonal causal mask, so an
-example attends only to itself. Padding, if any, is its own segment and has no targets.
+example attends only to itself. Padding, if any, comes last in a row and has no targets.
 """
 
 from __future__ import annotations
@@ -79,7 +79,11 @@ def pack(examples: list[Example], indices: list[int], row_len: int) -> PackedBat
             pos[r, at:end] = torch.arange(len(ex))
             spans.append((i, at, end))
             at = end
-        pos[r, at:] = torch.arange(length - at)  # padding: a segment of its own
+        # Padding continues the last example's positions: it has no targets, and causal
+        # attention never lets a real token see it. Rows holding one example then need no
+        # packed mask at all, which lets attention take its fast causal path.
+        last = len(examples[row[-1]])
+        pos[r, at:] = torch.arange(last, last + length - at)
         segments.append(spans)
     return PackedBatch(input_ids=ids, position_ids=pos, targets=tgt, segments=segments)
 

@@ -147,6 +147,7 @@ class Recipe:
         if resume_from is not None:
             self.position = checkpoint.load(resume_from, self.model, self.optimizer,
                                             self.scheduler, self.history)
+        self.last_checkpoint_step = self.position.step
 
     # ----- train ---------------------------------------------------------------------
 
@@ -163,9 +164,14 @@ class Recipe:
 
     def step(self, indices: list[int]) -> tuple[float, int, int]:
         """One optimizer step over ``indices``: (mean loss, trained tokens, input tokens)."""
-        row_len = self.max_len if self.spec.pack else 0
-        batch = (packing.pack(self.train.examples, indices, row_len) if self.spec.pack
-                 else packing.pad(self.train.examples, indices))
+        if self.spec.pack:
+            # Rows no longer than the batch's longest example: never more padded slots than
+            # plain padding, fewer rows when short examples share one, and attention cost
+            # (quadratic in row length) stays that of the examples themselves.
+            row_len = max(self.lengths[i] for i in indices)
+            batch = packing.pack(self.train.examples, indices, row_len)
+        else:
+            batch = packing.pad(self.train.examples, indices)
         count = batch.trainable_tokens
         total = 0.0
         self.model.train()
@@ -265,6 +271,7 @@ class Recipe:
         directory = self.work_dir / "checkpoints" / f"step-{self.position.step}"
         checkpoint.save(directory, self.model, self.optimizer, self.scheduler,
                         self.position, self.history)
+        self.last_checkpoint_step = self.position.step
         self.reporter.checkpoint(self.position.step, directory,
                                  self.history[-1] if self.history else {})
         return directory

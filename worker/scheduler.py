@@ -1,0 +1,206 @@
+"""The scheduler's two duties (design.md §1), run as Celery tasks on a beat schedule:
+
+- **dispatch**: hand queued jobs to Celery only when a worker of their GPU class has a
+  free slot, choosing across tenants — fewest running first, then priority, then the
+  tenant served least recently, then age — within each tenant's ``max_running_jobs``.
+  One tenant's 1,000 queued jobs cannot starve another tenant's one.
+- **sweep**: a running job whose heartbeat is older than the lease timeout lost its worker;
+  re-queue it (``attempt + 1``, it resumes from its last checkpoint) or, after
+  ``max_attempts``, fail it with ``worker_lost``. Dispatched jobs nobody claimed in time
+  (a lost message, a restarted Redis) are made dispatchable again.
+
+Both run in one transaction under a PostgreSQL advisory lock, so scheduler replicas and
+wake-up hints never double-dispatch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.orm import Session
+
+from core import jobstate
+from core.models import FineTuningJob, IdempotencyKey, Tenant, Worker
+from core.repositories import jobs as job_repo
+from core.settings import Settings
+
+log = logging.getLogger("loramill.scheduler")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DISPATCH_LOCK = 0x10A4A111  # advisory lock ids
+SWEEP_LOCK = 0x10A4A112
+
+HEADS_SQL = text("""
+    SELECT j.id, j.tenant_id, j.priority, j.created_at
+    FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT id, tenant_id, priority, created_at
+        FROM fine_tuning_jobs
+        WHERE tenant_id = t.id AND gpu_class = :gpu_class
+          AND status = 'queued' AND dispatched_at IS NULL
+        ORDER BY priority DESC, created_at
+        LIMIT :per_tenant
+    ) j
+    WHERE t.suspended_at IS NULL
+""")
+
+
+@dataclass(frozen=True)
+class Pick:
+    job_id: str
+    tenant_id: str
+    gpu_class: str
+
+
+def _locked(session: Session, lock_id: int) -> bool:
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(lock_id))))
+
+
+def free_slots(session: Session, settings: Settings, now: datetime) -> dict[str, int]:
+    """Capacity of recently seen workers minus jobs running or already dispatched."""
+    alive_since = now - timedelta(seconds=settings.worker_timeout_seconds)
+    capacity = dict(session.execute(
+        select(Worker.gpu_class, func.sum(Worker.capacity))
+        .where(Worker.last_heartbeat_at >= alive_since, Worker.stopped_at.is_(None))
+        .group_by(Worker.gpu_class)
+    ).all())
+    busy = dict(session.execute(
+        select(FineTuningJob.gpu_class, func.count())
+        .where((FineTuningJob.status == jobstate.RUNNING)
+               | ((FineTuningJob.status == jobstate.QUEUED)
+                  & FineTuningJob.dispatched_at.is_not(None)))
+        .group_by(FineTuningJob.gpu_class)
+    ).all())
+    return {gpu: int(cap) - int(busy.get(gpu, 0)) for gpu, cap in capacity.items()
+            if int(cap) - int(busy.get(gpu, 0)) > 0}
+
+
+def tenant_load(session: Session) -> dict[str, tuple[int, int]]:
+    """Per tenant with work in flight: (running or dispatched jobs, max_running_jobs)."""
+    rows = session.execute(text("""
+        SELECT t.id, count(j.id), t.max_running_jobs
+        FROM tenants t JOIN fine_tuning_jobs j ON j.tenant_id = t.id
+        WHERE j.status = 'running' OR (j.status = 'queued' AND j.dispatched_at IS NOT NULL)
+        GROUP BY t.id
+    """)).all()
+    return {tenant: (int(n), int(quota)) for tenant, n, quota in rows}
+
+
+def choose(session: Session, gpu_class: str, slots: int) -> list[Pick]:
+    """The next ``slots`` jobs of one GPU class, fairly across tenants."""
+    load = tenant_load(session)
+    tenants = {tid: (int(q), served or EPOCH) for tid, q, served in session.execute(
+        text("SELECT id, max_running_jobs, last_dispatched_at FROM tenants")).all()}
+    heads: dict[str, list[tuple[int, datetime, str]]] = {}
+    for job_id, tenant_id, priority, created_at in session.execute(
+            HEADS_SQL, {"gpu_class": gpu_class, "per_tenant": slots}):
+        heads.setdefault(tenant_id, []).append((-priority, created_at, job_id))
+    # (running, -priority, tenant last served, job created, job id, tenant)
+    heap: list[tuple[int, int, datetime, datetime, str, str]] = []
+
+    def offer(tenant_id: str, running: int, served: datetime) -> None:
+        quota = tenants[tenant_id][0]
+        if heads[tenant_id] and running < quota:
+            neg_priority, created, job_id = heads[tenant_id][0]
+            heapq.heappush(heap, (running, neg_priority, served, created, job_id, tenant_id))
+
+    for tenant_id in heads:
+        offer(tenant_id, load.get(tenant_id, (0, 0))[0], tenants[tenant_id][1])
+    picks: list[Pick] = []
+    now = datetime.now(UTC)
+    while heap and len(picks) < slots:
+        running, _, _, _, job_id, tenant_id = heapq.heappop(heap)
+        picks.append(Pick(job_id, tenant_id, gpu_class))
+        heads[tenant_id].pop(0)
+        offer(tenant_id, running + 1, now)
+    return picks
+
+
+def dispatch_tick(session: Session, settings: Settings) -> list[Pick]:
+    """Choose and mark jobs as dispatched; the caller sends them after commit."""
+    if not _locked(session, DISPATCH_LOCK):
+        return []
+    now = session.scalar(select(func.now()))
+    assert now is not None
+    picks: list[Pick] = []
+    for gpu_class, slots in sorted(free_slots(session, settings, now).items()):
+        picks += choose(session, gpu_class, slots)
+    if picks:
+        session.execute(
+            update(FineTuningJob)
+            .where(FineTuningJob.id.in_([p.job_id for p in picks]),
+                   FineTuningJob.status == jobstate.QUEUED)
+            .values(dispatched_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            update(Tenant).where(Tenant.id.in_({p.tenant_id for p in picks}))
+            .values(last_dispatched_at=now).execution_options(synchronize_session=False)
+        )
+    return picks
+
+
+def undispatch(session: Session, job_ids: list[str]) -> None:
+    """The broker refused the messages: let the next tick try again."""
+    session.execute(update(FineTuningJob)
+                    .where(FineTuningJob.id.in_(job_ids),
+                           FineTuningJob.status == jobstate.QUEUED)
+                    .values(dispatched_at=None)
+                    .execution_options(synchronize_session=False))
+
+
+def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
+    """Re-queue or fail jobs whose worker stopped heartbeating; re-arm lost dispatches."""
+    if not _locked(session, SWEEP_LOCK):
+        return {"requeued": [], "failed": [], "redispatched": []}
+    now = session.scalar(select(func.now()))
+    assert now is not None
+    stale = list(session.scalars(
+        select(FineTuningJob)
+        .where(FineTuningJob.status == jobstate.RUNNING,
+               FineTuningJob.heartbeat_at.is_(None)
+               | (FineTuningJob.heartbeat_at < now - timedelta(
+                   seconds=settings.lease_timeout_seconds)))
+        .with_for_update(skip_locked=True)
+    ))
+    out: dict[str, list[str]] = {"requeued": [], "failed": [], "redispatched": []}
+    for job in stale:
+        silent = int((now - job.heartbeat_at).total_seconds()) if job.heartbeat_at else 0
+        lost = f"worker {job.worker_id} stopped heartbeating {silent}s ago"
+        if job.attempt >= settings.max_attempts:
+            error = {"code": "worker_lost", "param": None,
+                     "message": f"the job lost its worker {job.attempt} times (last: {lost}); "
+                                f"giving up after {settings.max_attempts} attempts"}
+            done = jobstate.transition(session, job.id, jobstate.FAILED,
+                                       lease_token=job.lease_token,
+                                       values={"error": error, "lease_token": None})
+            if done is not None:
+                job_repo.add_event(session, done, f"Fine-tuning job failed: {error['message']}",
+                                   level="error")
+                out["failed"].append(job.id)
+            continue
+        done = jobstate.transition(session, job.id, jobstate.QUEUED,
+                                   lease_token=job.lease_token,
+                                   values={"lease_token": None, "worker_id": None,
+                                           "dispatched_at": None})
+        if done is not None:
+            job_repo.add_event(
+                session, done, f"Worker lost ({lost}); job re-queued, attempt "
+                f"{done.attempt + 1} of {settings.max_attempts} will resume from its last "
+                "checkpoint", level="warn")
+            out["requeued"].append(job.id)
+    rearmed = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.status == jobstate.QUEUED,
+               FineTuningJob.dispatched_at < now - timedelta(
+                   seconds=settings.dispatch_timeout_seconds))
+        .values(dispatched_at=None)
+        .returning(FineTuningJob.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    out["redispatched"] = list(rearmed)
+    session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+    return out
