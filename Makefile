@@ -45,6 +45,7 @@ lint: install  ## ruff and mypy
 bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their results
 	$(PY) bench/upload.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/dispatch.py
 
 clean: down  ## stop the stack and remove local state (.loramill, .loramill-test)
 	rm -rf .loramill .loramill-test

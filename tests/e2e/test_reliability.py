@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from core.localstack import LocalStack
+from core.localstack import LocalStack, _pid_alive
 from tests.api.helpers import jsonl, upload_ok
 from tests.conftest import TenantHandle
 from tests.e2e.conftest import all_events, wait_for, wait_for_worker
@@ -43,12 +43,11 @@ def wait_for_checkpoint(tenant: TenantHandle, job_id: str, timeout: float = 120)
     raise AssertionError("no checkpoint was written")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def kill_worker(local_stack: LocalStack, pid: int) -> None:
+    """SIGKILL and wait until it is really gone (delivery is asynchronous)."""
+    os.killpg(pid, signal.SIGKILL)
+    while _pid_alive(pid):
+        time.sleep(0.05)
 
 
 def versions(tenant: TenantHandle, name: str) -> list[dict[str, Any]]:
@@ -66,7 +65,7 @@ def test_sigkill_after_a_checkpoint_resumes_on_a_new_worker(
     job = long_job(tenant, "chaos")
     step = wait_for_checkpoint(tenant, job["id"])
     pid = int((local_stack.run_dir / "worker.pid").read_text())
-    os.killpg(pid, signal.SIGKILL)
+    kill_worker(local_stack, pid)
     local_stack.up(pieces=("worker",), log=lambda _: None)  # reported crashed, restarted
     done = wait_for(tenant.client, job["id"], timeout=240)
     assert done["status"] == "succeeded", done["error"]
@@ -92,10 +91,10 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tenant: TenantHandle,
     # The job is safe now (checkpointed, queued). The old process usually exits within
     # seconds, but may linger (see the developer notes); don't wait on it for the rest.
     deadline = time.monotonic() + 15
-    while _alive(pid) and time.monotonic() < deadline:
+    while _pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+    if _pid_alive(pid):
+        kill_worker(local_stack, pid)
     local_stack.up(pieces=("worker",), log=lambda _: None)
     wait_for_worker()
     done = wait_for(tenant.client, job["id"], timeout=240)
