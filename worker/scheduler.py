@@ -34,7 +34,8 @@ DISPATCH_LOCK = 0x10A4A111  # advisory lock ids
 SWEEP_LOCK = 0x10A4A112
 
 HEADS_SQL = text("""
-    SELECT j.id, j.tenant_id, j.priority, j.created_at
+    SELECT j.id, j.tenant_id, j.priority, j.created_at, t.max_running_jobs,
+           t.last_dispatched_at
     FROM tenants t
     CROSS JOIN LATERAL (
         SELECT id, tenant_id, priority, created_at
@@ -42,9 +43,18 @@ HEADS_SQL = text("""
         WHERE tenant_id = t.id AND gpu_class = :gpu_class
           AND status = 'queued' AND dispatched_at IS NULL
         ORDER BY priority DESC, created_at
-        LIMIT :per_tenant
+        LIMIT LEAST(:per_tenant, t.max_running_jobs)
     ) j
     WHERE t.suspended_at IS NULL
+""")
+
+# Jobs holding (or about to hold) a worker slot. Written exactly as the partial index
+# ix_fine_tuning_jobs_inflight's predicate, so PostgreSQL reads only that small index.
+INFLIGHT_SQL = text("""
+    SELECT tenant_id, gpu_class, count(*)
+    FROM fine_tuning_jobs
+    WHERE status = 'running' OR (status = 'queued' AND dispatched_at IS NOT NULL)
+    GROUP BY tenant_id, gpu_class
 """)
 
 
@@ -59,45 +69,42 @@ def _locked(session: Session, lock_id: int) -> bool:
     return bool(session.scalar(select(func.pg_try_advisory_xact_lock(lock_id))))
 
 
-def free_slots(session: Session, settings: Settings, now: datetime) -> dict[str, int]:
+@dataclass(frozen=True)
+class InFlight:
+    by_class: dict[str, int]  # running or dispatched jobs per GPU class
+    by_tenant: dict[str, int]  # ... and per tenant, across classes
+
+    @classmethod
+    def read(cls, session: Session) -> InFlight:
+        by_class: dict[str, int] = {}
+        by_tenant: dict[str, int] = {}
+        for tenant_id, gpu_class, n in session.execute(INFLIGHT_SQL):
+            by_class[gpu_class] = by_class.get(gpu_class, 0) + int(n)
+            by_tenant[tenant_id] = by_tenant.get(tenant_id, 0) + int(n)
+        return cls(by_class, by_tenant)
+
+
+def free_slots(session: Session, settings: Settings, now: datetime,
+               inflight: InFlight) -> dict[str, int]:
     """Capacity of recently seen workers minus jobs running or already dispatched."""
     alive_since = now - timedelta(seconds=settings.worker_timeout_seconds)
-    capacity = dict(session.execute(
+    capacity = session.execute(
         select(Worker.gpu_class, func.sum(Worker.capacity))
         .where(Worker.last_heartbeat_at >= alive_since, Worker.stopped_at.is_(None))
         .group_by(Worker.gpu_class)
-    ).all())
-    busy = dict(session.execute(
-        select(FineTuningJob.gpu_class, func.count())
-        .where((FineTuningJob.status == jobstate.RUNNING)
-               | ((FineTuningJob.status == jobstate.QUEUED)
-                  & FineTuningJob.dispatched_at.is_not(None)))
-        .group_by(FineTuningJob.gpu_class)
-    ).all())
-    return {gpu: int(cap) - int(busy.get(gpu, 0)) for gpu, cap in capacity.items()
-            if int(cap) - int(busy.get(gpu, 0)) > 0}
+    ).all()
+    free = {gpu: int(cap) - inflight.by_class.get(gpu, 0) for gpu, cap in capacity}
+    return {gpu: n for gpu, n in free.items() if n > 0}
 
 
-def tenant_load(session: Session) -> dict[str, tuple[int, int]]:
-    """Per tenant with work in flight: (running or dispatched jobs, max_running_jobs)."""
-    rows = session.execute(text("""
-        SELECT t.id, count(j.id), t.max_running_jobs
-        FROM tenants t JOIN fine_tuning_jobs j ON j.tenant_id = t.id
-        WHERE j.status = 'running' OR (j.status = 'queued' AND j.dispatched_at IS NOT NULL)
-        GROUP BY t.id
-    """)).all()
-    return {tenant: (int(n), int(quota)) for tenant, n, quota in rows}
-
-
-def choose(session: Session, gpu_class: str, slots: int) -> list[Pick]:
+def choose(session: Session, gpu_class: str, slots: int, inflight: InFlight) -> list[Pick]:
     """The next ``slots`` jobs of one GPU class, fairly across tenants."""
-    load = tenant_load(session)
-    tenants = {tid: (int(q), served or EPOCH) for tid, q, served in session.execute(
-        text("SELECT id, max_running_jobs, last_dispatched_at FROM tenants")).all()}
+    tenants: dict[str, tuple[int, datetime]] = {}
     heads: dict[str, list[tuple[int, datetime, str]]] = {}
-    for job_id, tenant_id, priority, created_at in session.execute(
+    for job_id, tenant_id, priority, created_at, quota, served in session.execute(
             HEADS_SQL, {"gpu_class": gpu_class, "per_tenant": slots}):
         heads.setdefault(tenant_id, []).append((-priority, created_at, job_id))
+        tenants[tenant_id] = (int(quota), served or EPOCH)
     # (running, -priority, tenant last served, job created, job id, tenant)
     heap: list[tuple[int, int, datetime, datetime, str, str]] = []
 
@@ -108,7 +115,7 @@ def choose(session: Session, gpu_class: str, slots: int) -> list[Pick]:
             heapq.heappush(heap, (running, neg_priority, served, created, job_id, tenant_id))
 
     for tenant_id in heads:
-        offer(tenant_id, load.get(tenant_id, (0, 0))[0], tenants[tenant_id][1])
+        offer(tenant_id, inflight.by_tenant.get(tenant_id, 0), tenants[tenant_id][1])
     picks: list[Pick] = []
     now = datetime.now(UTC)
     while heap and len(picks) < slots:
@@ -125,9 +132,10 @@ def dispatch_tick(session: Session, settings: Settings) -> list[Pick]:
         return []
     now = session.scalar(select(func.now()))
     assert now is not None
+    inflight = InFlight.read(session)
     picks: list[Pick] = []
-    for gpu_class, slots in sorted(free_slots(session, settings, now).items()):
-        picks += choose(session, gpu_class, slots)
+    for gpu_class, slots in sorted(free_slots(session, settings, now, inflight).items()):
+        picks += choose(session, gpu_class, slots, inflight)
     if picks:
         session.execute(
             update(FineTuningJob)

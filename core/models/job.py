@@ -17,6 +17,9 @@ class FineTuningJob(Base):
         # The dispatcher's per-tenant head-of-queue lookups.
         Index("ix_fine_tuning_jobs_dispatch", "tenant_id", "gpu_class", text("priority DESC"),
               "created_at", postgresql_where=text("status = 'queued' AND dispatched_at IS NULL")),
+        # Jobs holding a worker slot: few, counted on every dispatcher tick.
+        Index("ix_fine_tuning_jobs_inflight", "tenant_id", "gpu_class", postgresql_where=text(
+            "status = 'running' OR (status = 'queued' AND dispatched_at IS NOT NULL)")),
     )
 
     id: Mapped[str] = mapped_column(IdString(), primary_key=True)
