@@ -15,10 +15,11 @@ help:  ## list the commands
 
 install: $(STAMP)  ## create .venv with the server, training and dev packages
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ./sdk
 	$(PY) -m pip install -q -e '.[train,dev]'
 	@touch $(STAMP)
 
@@ -40,7 +41,7 @@ test: install  ## run the whole test suite against real services
 
 lint: install  ## ruff and mypy
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy api core worker
+	$(VENV)/bin/mypy api core worker sdk/loramill
 
 bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their results
 	$(PY) bench/upload.py

@@ -1,0 +1,358 @@
+"""``loramill``: the command line for CI pipelines.
+
+Exit codes: 0 succeeded, 1 the job failed (its error is printed), 2 usage or validation
+error (a bad dataset prints its first problems by line), 3 the job was cancelled, 4 timed
+out waiting, 5 cannot reach the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from loramill import datasets
+from loramill.client import Client
+from loramill.errors import (
+    APIConnectionError,
+    APIError,
+    JobCancelledError,
+    JobFailedError,
+    LoramillError,
+    WaitTimeoutError,
+)
+from loramill.types import FineTuningJob, JobEvent
+
+OK, FAILED, USAGE, CANCELLED, TIMED_OUT, UNREACHABLE = 0, 1, 2, 3, 4, 5
+
+
+class UsageError(Exception):
+    pass
+
+
+def _out(args: argparse.Namespace, value: Any, text: str) -> None:
+    if args.json:
+        if is_dataclass(value) and not isinstance(value, type):
+            value = getattr(value, "raw", None) or asdict(value)
+        elif isinstance(value, list):
+            value = [getattr(v, "raw", None) or asdict(v) for v in value]
+        print(json.dumps(value, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _check_local(path: Path) -> None:
+    report = datasets.validate(path)
+    if not report.ok:
+        problems = "\n".join(f"  {p}" for p in report.problems)
+        more = report.problem_count - len(report.problems)
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise UsageError(f"{path} is not a valid fine-tuning dataset "
+                         f"({report.problem_count} problems):\n{problems}{tail}")
+
+
+def _file_id(client: Client, value: str, check: bool) -> str:
+    """An existing file id, or a local path to upload first."""
+    path = Path(value)
+    if value.startswith("file-") and not path.exists():
+        return value
+    if not path.exists():
+        raise UsageError(f"{value}: no such file (give a local .jsonl path or a file id)")
+    if check:
+        _check_local(path)
+    return client.files.create(path).id
+
+
+# ----- commands ---------------------------------------------------------------------------
+
+
+def files_upload(client: Client, args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if not args.no_check:
+        _check_local(path)
+    f = client.files.create(path)
+    _out(args, f, f"{f.id}  {f.filename}  {f.bytes} bytes  {f.example_count} {f.format} "
+                  "examples")
+    return OK
+
+
+def files_list(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.files.list())
+    _out(args, items, "\n".join(f"{f.id}  {f.filename}  {f.bytes} bytes  {f.status}"
+                                for f in items) or "(no files)")
+    return OK
+
+
+def files_get(client: Client, args: argparse.Namespace) -> int:
+    f = client.files.retrieve(args.id)
+    _out(args, f, f"{f.id}  {f.filename}  {f.bytes} bytes  {f.status}  sha256 {f.sha256}")
+    return OK
+
+
+def files_delete(client: Client, args: argparse.Namespace) -> int:
+    client.files.delete(args.id)
+    _out(args, {"id": args.id, "deleted": True}, f"deleted {args.id}")
+    return OK
+
+
+def _job_line(job: FineTuningJob) -> str:
+    extra = f"  {job.fine_tuned_model}" if job.fine_tuned_model else ""
+    return f"{job.id}  {job.status:<10} {job.model}{extra}"
+
+
+class Progress:
+    """A live progress bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, tty: bool):
+        self.tty = tty
+        self.started = time.monotonic()
+
+    def __call__(self, event: JobEvent) -> None:
+        if event.type == "metrics" and event.data:
+            m = event.data
+            step, total = m.get("step", 0), m.get("total_steps", 0) or 1
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / max(step, 1) * (total - step)
+            if self.tty:
+                width = 30
+                filled = int(width * step / total)
+                bar = "#" * filled + "-" * (width - filled)
+                print(f"\r[{bar}] {step}/{total}  loss {m.get('train_loss', 0):.4f}  "
+                      f"ETA {eta:.0f}s ", end="", file=sys.stderr, flush=True)
+                return
+            if step % max(1, total // 20) == 0 or step == total:  # ~20 lines for CI logs
+                print(f"step {step}/{total} loss {m.get('train_loss', 0):.4f} "
+                      f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
+        else:
+            prefix = "\n" if self.tty else ""
+            print(f"{prefix}[{event.level}] {event.message}", file=sys.stderr, flush=True)
+
+
+def _wait(client: Client, args: argparse.Namespace, job_id: str) -> int:
+    progress = None if args.json else Progress(sys.stderr.isatty())
+    try:
+        job = client.fine_tuning.jobs.wait(job_id, timeout=args.timeout, poll=args.poll,
+                                           on_event=progress)
+    finally:
+        if progress is not None and progress.tty:
+            print(file=sys.stderr)
+    _out(args, job, _job_line(job))
+    return OK
+
+
+def jobs_create(client: Client, args: argparse.Namespace) -> int:
+    training = _file_id(client, args.training_file, not args.no_check)
+    validation = (_file_id(client, args.validation_file, not args.no_check)
+                  if args.validation_file else None)
+    lora = {"r": args.lora_r} if args.lora_r else None
+    job = client.fine_tuning.jobs.create(
+        model=args.model, training_file=training, validation_file=validation,
+        n_epochs=args.epochs if args.epochs else "auto",
+        batch_size=args.batch_size if args.batch_size else "auto",
+        learning_rate_multiplier=(args.learning_rate_multiplier
+                                  if args.learning_rate_multiplier else "auto"),
+        suffix=args.suffix, seed=args.seed, lora=lora,
+    )
+    if args.wait:
+        print(f"created {job.id}", file=sys.stderr)
+        return _wait(client, args, job.id)
+    _out(args, job, _job_line(job))
+    return OK
+
+
+def jobs_wait(client: Client, args: argparse.Namespace) -> int:
+    return _wait(client, args, args.id)
+
+
+def jobs_list(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.fine_tuning.jobs.list())
+    _out(args, items, "\n".join(_job_line(j) for j in items) or "(no jobs)")
+    return OK
+
+
+def jobs_get(client: Client, args: argparse.Namespace) -> int:
+    job = client.fine_tuning.jobs.retrieve(args.id)
+    text = _job_line(job)
+    if job.error:
+        text += f"\n  error: {job.error.get('code')}: {job.error.get('message')}"
+    _out(args, job, text)
+    return OK
+
+
+def _action(name: str):  # type: ignore[no-untyped-def]
+    def run(client: Client, args: argparse.Namespace) -> int:
+        job = getattr(client.fine_tuning.jobs, name)(args.id)
+        _out(args, job, _job_line(job))
+        return OK
+    return run
+
+
+def jobs_events(client: Client, args: argparse.Namespace) -> int:
+    jobs = client.fine_tuning.jobs
+    if not args.follow:
+        events = list(jobs.events(args.id))[::-1]
+        _out(args, events, "\n".join(f"[{e.level}] {e.message}" for e in events))
+        return OK
+    seen: set[str] = set()
+    while True:
+        for event in jobs.new_events(args.id, seen):
+            print(json.dumps(asdict(event)) if args.json else f"[{event.level}] {event.message}",
+                  flush=True)
+        if jobs.retrieve(args.id).done:
+            for event in jobs.new_events(args.id, seen):
+                print(json.dumps(asdict(event)) if args.json
+                      else f"[{event.level}] {event.message}", flush=True)
+            return OK
+        time.sleep(args.poll)
+
+
+def adapters_list(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.adapters.list())
+    _out(args, items, "\n".join(f"{a.name}  latest v{a.latest_version}" for a in items)
+         or "(no adapters)")
+    return OK
+
+
+def adapters_versions(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.adapters.versions(args.name))
+    _out(args, items, "\n".join(f"v{v.version}  {v.fine_tuned_model}  job {v.fine_tuning_job_id}"
+                                for v in items))
+    return OK
+
+
+def adapters_download(client: Client, args: argparse.Namespace) -> int:
+    version = args.version or max(v.version for v in client.adapters.versions(args.name))
+    dest = Path(args.dest or f"{args.name}-v{version}")
+    client.adapters.download(args.name, version, dest)
+    _out(args, {"adapter": args.name, "version": version, "path": str(dest)},
+         f"downloaded {args.name} v{version} to {dest} (sha256 verified)")
+    return OK
+
+
+def models_list(client: Client, args: argparse.Namespace) -> int:
+    items = client.models.list()
+    _out(args, items, "\n".join(f"{m.id}  ({m.owned_by})" for m in items))
+    return OK
+
+
+# ----- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Accepted before or after the command; SUPPRESS keeps a subcommand's default from
+    # overwriting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    common.add_argument("--api-key", default=argparse.SUPPRESS,
+                        help="default: $LORAMILL_API_KEY")
+    common.add_argument("--base-url", default=argparse.SUPPRESS,
+                        help="default: $LORAMILL_BASE_URL")
+    parser = argparse.ArgumentParser(prog="loramill", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[common])
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    def command(sub: Any, name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_, parents=[common])
+        p.set_defaults(fn=fn)
+        return p
+
+    files = groups.add_parser("files", help="datasets").add_subparsers(dest="cmd",
+                                                                       required=True)
+    p = command(files, "upload", files_upload, "check a JSONL file locally, then upload it")
+    p.add_argument("path")
+    p.add_argument("--no-check", action="store_true", help="skip the local check")
+    command(files, "list", files_list, "list files")
+    command(files, "get", files_get, "show a file").add_argument("id")
+    command(files, "delete", files_delete, "delete a file").add_argument("id")
+
+    jobs = groups.add_parser("jobs", help="fine-tuning jobs").add_subparsers(dest="cmd",
+                                                                             required=True)
+    p = command(jobs, "create", jobs_create, "start a fine-tuning job")
+    p.add_argument("--model", required=True)
+    p.add_argument("--training-file", required=True, help="a local .jsonl path or a file id")
+    p.add_argument("--validation-file", help="a local .jsonl path or a file id")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate-multiplier", type=float)
+    p.add_argument("--suffix")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--no-check", action="store_true", help="skip the local dataset check")
+    p.add_argument("--wait", action="store_true", help="wait for the job, with progress")
+    waiter = command(jobs, "wait", jobs_wait, "wait for a job to end")
+    waiter.add_argument("id")
+    for q in (p, waiter):
+        q.add_argument("--timeout", type=float, help="seconds to wait (exit 4 after)")
+        q.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+    command(jobs, "list", jobs_list, "list jobs")
+    for name in ("get", "cancel", "pause", "resume"):
+        fn = jobs_get if name == "get" else _action(name)
+        command(jobs, name, fn, f"{name} a job").add_argument("id")
+    p = command(jobs, "events", jobs_events, "show a job's events (oldest first)")
+    p.add_argument("id")
+    p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+
+    adapters = groups.add_parser("adapters", help="published adapters").add_subparsers(
+        dest="cmd", required=True)
+    command(adapters, "list", adapters_list, "list adapters")
+    command(adapters, "versions", adapters_versions, "list versions").add_argument("name")
+    p = command(adapters, "download", adapters_download,
+                "download a version (sha256 checked against its manifest)")
+    p.add_argument("name")
+    p.add_argument("version", type=int, nargs="?", help="default: the latest")
+    p.add_argument("--dest", help="directory (default: NAME-vN)")
+
+    models = groups.add_parser("models", help="models").add_subparsers(dest="cmd",
+                                                                       required=True)
+    command(models, "list", models_list, "base and fine-tuned models")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        return int(exc.code or 0)
+    for name, default in (("json", False), ("api_key", None), ("base_url", None)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    try:
+        client = Client(api_key=args.api_key, base_url=args.base_url)
+        return int(args.fn(client, args))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+    except JobFailedError as exc:
+        error = exc.job.error or {}
+        print(f"job {exc.job.id} failed: {error.get('code')}: {error.get('message')}",
+              file=sys.stderr)
+        return FAILED
+    except JobCancelledError as exc:
+        print(f"job {exc.job.id} was cancelled", file=sys.stderr)
+        return CANCELLED
+    except WaitTimeoutError as exc:
+        print(f"timed out: {exc}", file=sys.stderr)
+        return TIMED_OUT
+    except APIConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    except APIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+    except LoramillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

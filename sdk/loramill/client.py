@@ -1,0 +1,227 @@
+"""``loramill.Client``: files, fine-tuning jobs, adapters and models."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loramill._http import Transport
+from loramill.errors import (
+    ChecksumError,
+    JobCancelledError,
+    JobFailedError,
+    LoramillError,
+    WaitTimeoutError,
+)
+from loramill.types import (
+    Adapter,
+    AdapterVersion,
+    Checkpoint,
+    File,
+    FineTuningJob,
+    JobEvent,
+    Model,
+)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+
+
+class Files:
+    def __init__(self, t: Transport):
+        self._t = t
+
+    def create(self, path: str | Path, *, purpose: str = "fine-tune") -> File:
+        path = Path(path)
+
+        def parts() -> dict[str, Any]:
+            return {"file": (path.name, path.open("rb"))}
+
+        return File.of(self._t.request("POST", "/v1/files", files=parts,
+                                       data={"purpose": purpose}))
+
+    def list(self, *, purpose: str | None = None, page_size: int = 100) -> Iterator[File]:
+        params: dict[str, Any] = {"limit": page_size, **({"purpose": purpose} if purpose else {})}
+        return (File.of(d) for d in self._t.pages("/v1/files", params))
+
+    def retrieve(self, file_id: str) -> File:
+        return File.of(self._t.request("GET", f"/v1/files/{file_id}"))
+
+    def delete(self, file_id: str) -> bool:
+        return bool(self._t.request("DELETE", f"/v1/files/{file_id}")["deleted"])
+
+    def content(self, file_id: str) -> bytes:
+        return b"".join(self._t.stream(f"/v1/files/{file_id}/content"))
+
+
+class Jobs:
+    def __init__(self, t: Transport):
+        self._t = t
+
+    def create(self, *, model: str, training_file: str, validation_file: str | None = None,
+               n_epochs: int | str = "auto", batch_size: int | str = "auto",
+               learning_rate_multiplier: float | str = "auto", suffix: str | None = None,
+               seed: int | None = None, metadata: dict[str, str] | None = None,
+               lora: dict[str, Any] | None = None) -> FineTuningJob:
+        body: dict[str, Any] = {
+            "model": model, "training_file": training_file,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": n_epochs, "batch_size": batch_size,
+                "learning_rate_multiplier": learning_rate_multiplier}}},
+        }
+        optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed,
+                    "metadata": metadata, "lora": lora}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return FineTuningJob.of(self._t.request("POST", "/v1/fine_tuning/jobs", json=body))
+
+    def list(self, *, metadata: dict[str, str] | None = None,
+             page_size: int = 100) -> Iterator[FineTuningJob]:
+        params: dict[str, Any] = {"limit": page_size}
+        params.update({f"metadata[{k}]": v for k, v in (metadata or {}).items()})
+        return (FineTuningJob.of(d) for d in self._t.pages("/v1/fine_tuning/jobs", params))
+
+    def retrieve(self, job_id: str) -> FineTuningJob:
+        return FineTuningJob.of(self._t.request("GET", f"/v1/fine_tuning/jobs/{job_id}"))
+
+    def _action(self, job_id: str, action: str) -> FineTuningJob:
+        return FineTuningJob.of(self._t.request("POST",
+                                                f"/v1/fine_tuning/jobs/{job_id}/{action}"))
+
+    def cancel(self, job_id: str) -> FineTuningJob:
+        return self._action(job_id, "cancel")
+
+    def pause(self, job_id: str) -> FineTuningJob:
+        return self._action(job_id, "pause")
+
+    def resume(self, job_id: str) -> FineTuningJob:
+        return self._action(job_id, "resume")
+
+    def events(self, job_id: str, *, page_size: int = 100) -> Iterator[JobEvent]:
+        """Newest first, like the API."""
+        return (JobEvent.of(d) for d in self._t.pages(f"/v1/fine_tuning/jobs/{job_id}/events",
+                                                      {"limit": page_size}))
+
+    def checkpoints(self, job_id: str) -> Iterator[Checkpoint]:
+        return (Checkpoint.of(d) for d in self._t.pages(
+            f"/v1/fine_tuning/jobs/{job_id}/checkpoints", {"limit": 100}))
+
+    def new_events(self, job_id: str, seen: set[str]) -> builtins.list[JobEvent]:
+        """Events not in ``seen`` (oldest first); adds them to it."""
+        fresh = []
+        for event in self.events(job_id, page_size=100):
+            if event.id in seen:
+                break
+            fresh.append(event)
+        seen.update(e.id for e in fresh)
+        return fresh[::-1]
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 2.0,
+             on_event: Callable[[JobEvent], None] | None = None,
+             raise_on_failure: bool = True) -> FineTuningJob:
+        """Poll until the job ends. Raises JobFailedError / JobCancelledError (unless
+        ``raise_on_failure=False``) and WaitTimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: set[str] = set()
+        while True:
+            job = self.retrieve(job_id)
+            if on_event is not None:
+                for event in self.new_events(job_id, seen):
+                    on_event(event)
+            if job.done:
+                if raise_on_failure and job.status == "failed":
+                    raise JobFailedError(job)
+                if raise_on_failure and job.status == "cancelled":
+                    raise JobCancelledError(job)
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(job, timeout or 0)
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline -
+                                                                   time.monotonic())))
+
+
+class FineTuning:
+    def __init__(self, t: Transport):
+        self.jobs = Jobs(t)
+
+
+class Adapters:
+    def __init__(self, t: Transport):
+        self._t = t
+
+    def list(self) -> Iterator[Adapter]:
+        return (Adapter.of(d) for d in self._t.pages("/v1/adapters", {"limit": 100}))
+
+    def versions(self, name: str) -> Iterator[AdapterVersion]:
+        return (AdapterVersion.of(d) for d in self._t.pages(f"/v1/adapters/{name}/versions",
+                                                            {"limit": 100}))
+
+    def download(self, name: str, version: int, dest: str | Path) -> Path:
+        """Fetch every file of a version into ``dest`` and check each sha256 against the
+        version's manifest; a mismatch raises ChecksumError and leaves no file behind."""
+        info = self._t.request("GET", f"/v1/adapters/{name}/versions/{version}/download")
+        meta = self._t.request("GET", f"/v1/adapters/{name}/versions/{version}")
+        expected = {f["name"]: f["sha256"] for f in meta["manifest"]["files"]}
+        expected.update({f["name"]: f["sha256"] for f in meta["files"]})
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in info["files"]:
+            target = dest / f["name"]
+            partial = target.with_suffix(target.suffix + ".part")
+            digest = hashlib.sha256()
+            with httpx.stream("GET", f["url"], timeout=300) as response:
+                response.raise_for_status()
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        out.write(chunk)
+            if digest.hexdigest() != expected.get(f["name"], f["sha256"]):
+                partial.unlink()
+                raise ChecksumError(f"{f['name']}: sha256 {digest.hexdigest()} does not "
+                                    f"match the manifest's {expected.get(f['name'])}")
+            partial.replace(target)
+        return dest
+
+
+class Models:
+    def __init__(self, t: Transport):
+        self._t = t
+
+    def list(self) -> list[Model]:
+        return [Model.of(d) for d in self._t.request("GET", "/v1/models")["data"]]
+
+
+class Client:
+    """``Client(api_key=…, base_url=…)``; both default to ``LORAMILL_API_KEY`` and
+    ``LORAMILL_BASE_URL`` (or ``LORAMILL_API_URL``)."""
+
+    def __init__(self, api_key: str | None = None, base_url: str | None = None, *,
+                 timeout: float = 60.0, max_retries: int = 5,
+                 http_client: httpx.Client | None = None):
+        api_key = api_key or os.environ.get("LORAMILL_API_KEY")
+        if not api_key:
+            raise LoramillError("no API key: pass api_key= or set LORAMILL_API_KEY")
+        base_url = (base_url or os.environ.get("LORAMILL_BASE_URL")
+                    or os.environ.get("LORAMILL_API_URL") or DEFAULT_BASE_URL)
+        base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.base_url = base_url
+        self._t = Transport(base_url, api_key, timeout=timeout, max_retries=max_retries,
+                            client=http_client)
+        self.files = Files(self._t)
+        self.fine_tuning = FineTuning(self._t)
+        self.adapters = Adapters(self._t)
+        self.models = Models(self._t)
+
+    def close(self) -> None:
+        self._t.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,130 @@
+"""Typed result objects. Each keeps the server's full JSON in ``raw``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class File:
+    id: str
+    filename: str
+    bytes: int
+    purpose: str
+    status: str
+    created_at: int
+    sha256: str | None = None
+    format: str | None = None
+    example_count: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> File:
+        return cls(id=d["id"], filename=d["filename"], bytes=d["bytes"], purpose=d["purpose"],
+                   status=d["status"], created_at=d["created_at"], sha256=d.get("sha256"),
+                   format=d.get("format"), example_count=d.get("example_count"), raw=d)
+
+
+@dataclass(frozen=True)
+class FineTuningJob:
+    id: str
+    status: str
+    model: str
+    training_file: str
+    created_at: int
+    fine_tuned_model: str | None
+    trained_tokens: int | None
+    error: dict[str, Any] | None
+    hyperparameters: dict[str, Any]
+    estimated_finish: int | None = None
+    suffix: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> FineTuningJob:
+        return cls(id=d["id"], status=d["status"], model=d["model"],
+                   training_file=d["training_file"], created_at=d["created_at"],
+                   fine_tuned_model=d.get("fine_tuned_model"),
+                   trained_tokens=d.get("trained_tokens"), error=d.get("error"),
+                   hyperparameters=d.get("hyperparameters", {}),
+                   estimated_finish=d.get("estimated_finish"),
+                   suffix=d.get("user_provided_suffix"), raw=d)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: str
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> JobEvent:
+        return cls(id=d["id"], created_at=d["created_at"], level=d["level"],
+                   message=d["message"], type=d.get("type", "message"), data=d.get("data"))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: str
+    step_number: int
+    metrics: dict[str, Any]
+    created_at: int
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Checkpoint:
+        return cls(id=d["id"], step_number=d["step_number"], metrics=d["metrics"],
+                   created_at=d["created_at"])
+
+
+@dataclass(frozen=True)
+class Adapter:
+    id: str
+    name: str
+    latest_version: int | None
+    created_at: int
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Adapter:
+        return cls(id=d["id"], name=d["name"], latest_version=d.get("latest_version"),
+                   created_at=d["created_at"])
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    id: str
+    adapter: str
+    version: int
+    fine_tuning_job_id: str
+    base_model: str
+    fine_tuned_model: str
+    files: list[dict[str, Any]]
+    manifest: dict[str, Any]
+    created_at: int
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> AdapterVersion:
+        return cls(id=d["id"], adapter=d["adapter"], version=d["version"],
+                   fine_tuning_job_id=d["fine_tuning_job_id"], base_model=d["base_model"],
+                   fine_tuned_model=d["fine_tuned_model"], files=d["files"],
+                   manifest=d["manifest"], created_at=d["created_at"])
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    owned_by: str
+    created: int
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Model:
+        return cls(id=d["id"], owned_by=d["owned_by"], created=d["created"])
