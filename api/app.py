@@ -8,7 +8,8 @@ from fastapi import FastAPI
 
 from api import errors
 from api.idempotency import IdempotencyMiddleware
-from api.routes import adapters, files, health, jobs, models
+from api.limits import BodyLimitMiddleware
+from api.routes import adapters, files, health, jobs, keys, models
 
 
 def create_app() -> FastAPI:
@@ -21,7 +22,8 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(IdempotencyMiddleware)
-    for module in (health, files, jobs, models, adapters):
+    app.add_middleware(BodyLimitMiddleware)  # outermost: refuse before anything reads
+    for module in (health, files, jobs, models, adapters, keys):
         app.include_router(module.router)
     return app
 

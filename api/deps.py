@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from core import keys
+from core import keys, ratelimit
 from core.db import get_sessionmaker
 from core.errors import AuthenticationFailed, PermissionDenied
 from core.models import Tenant
@@ -109,6 +109,7 @@ def authenticate(request: Request, uow: UoW) -> Principal:
         tenant = uow.session.get(Tenant, key.tenant_id)
         if tenant is None or tenant.suspended_at is not None:
             raise AuthenticationFailed("this account is suspended", code="account_suspended")
+    ratelimit.check(key.id)
     tenant_repo.touch_key(uow.session, key)
     tenant_id = TenantId(key.tenant_id) if key.tenant_id else None
     return Principal(key_id=key.id, tenant_id=tenant_id, scopes=tuple(key.scopes))
@@ -123,3 +124,22 @@ def current_tenant(principal: Annotated[Principal, Depends(authenticate)]) -> Te
 
 
 CurrentTenant = Annotated[TenantId, Depends(current_tenant)]
+
+
+def require(scope: str) -> Callable[..., TenantId]:
+    """A tenant whose key carries ``scope`` (read-only keys cannot change anything)."""
+
+    def check(principal: Annotated[Principal, Depends(authenticate)],
+              tenant_id: CurrentTenant) -> TenantId:
+        if scope not in principal.scopes:
+            raise PermissionDenied(
+                f"this API key lacks the '{scope}' scope (it has: "
+                f"{', '.join(principal.scopes) or 'none'})", code="missing_scope")
+        return tenant_id
+
+    return check
+
+
+FilesWriter = Annotated[TenantId, Depends(require(keys.FILES_WRITE))]
+JobsWriter = Annotated[TenantId, Depends(require(keys.JOBS_WRITE))]
+KeysWriter = Annotated[TenantId, Depends(require(keys.KEYS_WRITE))]

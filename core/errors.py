@@ -13,6 +13,7 @@ class LoramillError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers: dict[str, str] | None = None
         if code is not None:
             self.code = code
 

@@ -8,7 +8,11 @@ import secrets
 
 KEY_PREFIX = "lm-sk-"
 _KEY_RE = re.compile(r"^lm-sk-[A-Za-z0-9_-]{43}$")
-TENANT_SCOPES = ("files:write", "jobs:write", "read")
+READ = "read"
+FILES_WRITE = "files:write"
+JOBS_WRITE = "jobs:write"
+KEYS_WRITE = "keys:write"
+TENANT_SCOPES = (READ, FILES_WRITE, JOBS_WRITE, KEYS_WRITE)
 ADMIN_SCOPE = "admin"
 
 

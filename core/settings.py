@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     default_max_queued_jobs: int = 100
     default_storage_bytes: int = 50 * 1024 * MiB
 
+    # Abuse limits
+    rate_limit_per_second: float = 50.0  # per API key; 0 turns rate limiting off
+    rate_limit_burst: int = 100
+    max_request_bytes: int = 1024 * 1024  # JSON bodies (uploads have max_file_bytes)
+
     # Workers
     gpu_class: str = "cpu"
     worker_concurrency: int = 1

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentTenant, SettingsDep, UoW
+from api.deps import CurrentTenant, FilesWriter, SettingsDep, UoW
 from api.schemas.common import ListPage
 from api.schemas.files import FileDeleted, FileObject
 from api.uploads import drain, stream_form
-from core.errors import InvalidRequest, LoramillError, PayloadTooLarge
+from core.errors import InvalidRequest, LoramillError
 from core.models import Tenant
 from core.repositories import files as file_repo
 from core.services import files as file_service
@@ -21,19 +21,21 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 
 @router.post("", response_model=FileObject)
 async def upload_file(
-    request: Request, tenant_id: CurrentTenant, uow: UoW, settings: SettingsDep
+    request: Request, tenant_id: FilesWriter, uow: UoW, settings: SettingsDep
 ) -> FileObject:
     tenant = await run_in_threadpool(uow.session.get, Tenant, tenant_id)
     assert tenant is not None  # authentication checked it
-    limit = min(tenant.max_file_bytes, settings.max_file_bytes)
+    limit, too_large = await run_in_threadpool(file_service.upload_limit, uow.session,
+                                               tenant, settings)
     declared = int(request.headers.get("content-length") or 0)
     if declared > limit + 64 * 1024:  # multipart framing adds a little
         await drain(request)
-        raise PayloadTooLarge(f"file is larger than the limit of {limit} bytes", param="file")
+        raise file_service.too_large(too_large)
 
     file_id = file_service.new_file_id()
     ingest = file_service.FileIngest(
-        get_storage(), file_key(tenant_id, file_id), max_bytes=limit, settings=settings
+        get_storage(), file_key(tenant_id, file_id), max_bytes=limit, settings=settings,
+        too_large=too_large,
     )
 
     def start(filename: str | None) -> None:
@@ -86,7 +88,7 @@ def get_file(file_id: str, tenant_id: CurrentTenant, uow: UoW) -> FileObject:
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
-def delete_file(file_id: str, tenant_id: CurrentTenant, uow: UoW) -> FileDeleted:
+def delete_file(file_id: str, tenant_id: FilesWriter, uow: UoW) -> FileDeleted:
     file = file_service.delete(uow.session, tenant_id, file_id)
     key = file.object_key
     uow.after_commit(lambda: get_storage().delete(key))

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import CurrentTenant, UoW
+from api.deps import CurrentTenant, JobsWriter, UoW
 from api.schemas.adapters import CheckpointObject
 from api.schemas.common import ListPage
 from api.schemas.jobs import CreateJob, EventObject, JobObject
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
 @router.post("", response_model=JobObject)
-def create_job(body: CreateJob, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+def create_job(body: CreateJob, tenant_id: JobsWriter, uow: UoW) -> JobObject:
     hyper = body.hyperparameters
     if body.method and body.method.supervised and body.method.supervised.hyperparameters:
         if hyper is not None:
@@ -65,17 +65,17 @@ def get_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject)
-def cancel_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+def cancel_job(job_id: str, tenant_id: JobsWriter, uow: UoW) -> JobObject:
     return JobObject.of(job_service.cancel(uow.session, tenant_id, job_id))
 
 
 @router.post("/{job_id}/pause", response_model=JobObject)
-def pause_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+def pause_job(job_id: str, tenant_id: JobsWriter, uow: UoW) -> JobObject:
     return JobObject.of(job_service.pause(uow.session, tenant_id, job_id))
 
 
 @router.post("/{job_id}/resume", response_model=JobObject)
-def resume_job(job_id: str, tenant_id: CurrentTenant, uow: UoW) -> JobObject:
+def resume_job(job_id: str, tenant_id: JobsWriter, uow: UoW) -> JobObject:
     job = job_service.resume(uow.session, tenant_id, job_id)
     uow.after_commit(dispatch.wake_dispatcher)
     return JobObject.of(job)

@@ -53,3 +53,13 @@ def touch_key(session: Session, key: ApiKey) -> None:
     now = utcnow()
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
         key.last_used_at = now
+
+
+def keys_of(session: Session, tenant_id: str) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id)
+                                .order_by(ApiKey.id.desc())))
+
+
+def key_of(session: Session, tenant_id: str, key_id: str) -> ApiKey | None:
+    return session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id,
+                                                ApiKey.id == key_id)).one_or_none()

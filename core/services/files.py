@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from core import ids, jobstate
 from core.datasets.validation import DatasetValidator, Report
 from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from core.models import File, FineTuningJob
+from core.models import File, FineTuningJob, Tenant
 from core.models.base import utcnow
 from core.repositories import files as file_repo
 from core.repositories.scope import TenantId
@@ -33,9 +33,11 @@ class FileIngest:
     validator keeps reading, so the report can name up to N problems.
     """
 
-    def __init__(self, storage: Storage, key: str, *, max_bytes: int, settings: Settings):
+    def __init__(self, storage: Storage, key: str, *, max_bytes: int, settings: Settings,
+                 too_large: str | None = None):
         self.key = key
         self.max_bytes = max_bytes
+        self.too_large = too_large or f"file is larger than the limit of {max_bytes} bytes"
         self.size = 0
         self._sha = hashlib.sha256()
         self._validator = DatasetValidator(
@@ -49,9 +51,7 @@ class FileIngest:
         self.size += len(chunk)
         if self.size > self.max_bytes:
             self.abort()
-            raise PayloadTooLarge(
-                f"file is larger than the limit of {self.max_bytes} bytes", param="file"
-            )
+            raise too_large(self.too_large)
         self._sha.update(chunk)
         self._validator.feed(chunk)
         if self._writer is not None:
@@ -79,6 +79,23 @@ class FileIngest:
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
+
+
+def too_large(message: str) -> PayloadTooLarge:
+    code = "storage_quota_exceeded" if "quota" in message else "file_too_large"
+    return PayloadTooLarge(message, param="file", code=code)
+
+
+def upload_limit(session: Session, tenant: Tenant, settings: Settings) -> tuple[int, str]:
+    """The most bytes this upload may have, and what to say when it has more: the file
+    size limit, or what is left of the tenant's storage quota if that is less."""
+    file_limit = min(tenant.max_file_bytes, settings.max_file_bytes)
+    used = file_repo.stored_bytes(session, TenantId(tenant.id))
+    left = max(0, tenant.storage_bytes - used)
+    if left < file_limit:
+        return left, (f"storage quota of {tenant.storage_bytes} bytes exceeded ({used} bytes "
+                      "already stored); delete files or ask for a larger quota")
+    return file_limit, f"file is larger than the limit of {file_limit} bytes"
 
 
 def check_purpose(purpose: str | None) -> str:

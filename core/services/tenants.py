@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from core import keys
 from core.errors import Conflict, NotFound
 from core.models import ApiKey, Tenant
+from core.models.base import utcnow
 from core.repositories import tenants as tenant_repo
 from core.settings import Settings
 
@@ -46,3 +47,18 @@ def issue_key(
 def key_is_valid(session: Session, secret: str) -> bool:
     row = tenant_repo.find_key(session, keys.hash_key(secret))
     return row is not None and row.revoked_at is None
+
+
+def list_keys(session: Session, tenant_id: str) -> list[ApiKey]:
+    return tenant_repo.keys_of(session, tenant_id)
+
+
+def revoke_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
+    """Revoke one of the tenant's keys; effective on its next request."""
+    key = tenant_repo.key_of(session, tenant_id, key_id)
+    if key is None:
+        raise NotFound(f"no API key with id {key_id!r}", param="key_id")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
