@@ -34,7 +34,8 @@ def _prepare_env() -> None:
     from core.localstack import find_ports
 
     os.environ["LORAMILL_HOME"] = str(TEST_HOME)
-    os.environ.setdefault("LORAMILL_API_PORT", str(find_ports(1, 31000)[0]))
+    # a per-process start port, so two test runs on one machine do not race for one
+    os.environ.setdefault("LORAMILL_API_PORT", str(find_ports(1, 31000 + os.getpid() % 2000)[0]))
     os.environ.setdefault("LORAMILL_MAX_LINE_BYTES", str(64 * 1024))
     # Fast failure detection, so the chaos tests finish in seconds.
     for name, value in (("HEARTBEAT_SECONDS", "1"), ("LEASE_TIMEOUT_SECONDS", "6"),
