@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import ids
+from core.jobstate import ACTIVE
 from core.models import FineTuningJob, JobEvent
 from core.repositories.pagination import newest_first
 from core.repositories.scope import TenantId
@@ -58,3 +59,16 @@ def list_events(
 def count_queued(session: Session, tenant_id: TenantId) -> int:
     return int(session.scalar(select(func.count()).select_from(FineTuningJob).where(
         FineTuningJob.tenant_id == tenant_id, FineTuningJob.status == "queued")) or 0)
+
+
+def active_job_using_file(session: Session, tenant_id: TenantId, file_id: str) -> str | None:
+    """An unfinished job of the tenant that trains or validates on ``file_id``."""
+    found: str | None = session.scalars(
+        select(FineTuningJob.id).where(
+            FineTuningJob.tenant_id == tenant_id,
+            FineTuningJob.status.in_(ACTIVE),
+            (FineTuningJob.training_file == file_id)
+            | (FineTuningJob.validation_file == file_id),
+        ).limit(1)
+    ).first()
+    return found

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import ids, jobstate
+from core import ids
 from core.datasets.validation import DatasetValidator, Report
 from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from core.models import File, FineTuningJob, Tenant
+from core.models import File, Tenant
 from core.models.base import utcnow
 from core.repositories import files as file_repo
+from core.repositories import jobs as job_repo
 from core.repositories.scope import TenantId
 from core.settings import Settings
 from core.storage import MultipartWriter, Storage, file_key
@@ -149,14 +149,7 @@ def get(session: Session, tenant_id: TenantId, file_id: str) -> File:
 def delete(session: Session, tenant_id: TenantId, file_id: str) -> File:
     """Mark the file deleted; the caller removes its object once this commits."""
     file = get(session, tenant_id, file_id)
-    active = session.scalars(
-        select(FineTuningJob.id).where(
-            FineTuningJob.tenant_id == tenant_id,
-            FineTuningJob.status.in_(jobstate.ACTIVE),
-            (FineTuningJob.training_file == file_id)
-            | (FineTuningJob.validation_file == file_id),
-        ).limit(1)
-    ).first()
+    active = job_repo.active_job_using_file(session, tenant_id, file_id)
     if active:
         raise Conflict(
             f"file {file_id} is used by job {active}, which has not finished; cancel the "
