@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI
 
 from api import errors
 from api.idempotency import IdempotencyMiddleware
 from api.limits import BodyLimitMiddleware
+from api.request_ids import RequestIdMiddleware
 from api.routes import adapters, files, health, jobs, keys, models
+from core import logs
 
 
 def create_app() -> FastAPI:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     app = FastAPI(
         title="loramill",
         version="0.1.0",
@@ -22,7 +22,8 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(BodyLimitMiddleware)  # outermost: refuse before anything reads
+    app.add_middleware(BodyLimitMiddleware)  # refuse before anything reads the body
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
     for module in (health, files, jobs, models, adapters, keys):
         app.include_router(module.router)
     return app

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from core import keys, ratelimit
+from core import keys, logs, ratelimit
 from core.db import get_sessionmaker
 from core.errors import AuthenticationFailed, PermissionDenied
 from core.models import Tenant
@@ -112,6 +112,7 @@ def authenticate(request: Request, uow: UoW) -> Principal:
     ratelimit.check(key.id)
     tenant_repo.touch_key(uow.session, key)
     tenant_id = TenantId(key.tenant_id) if key.tenant_id else None
+    logs.bind(tenant_id=tenant_id)
     return Principal(key_id=key.id, tenant_id=tenant_id, scopes=tuple(key.scopes))
 
 
