@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api import errors
@@ -12,9 +15,15 @@ from api.routes import adapters, files, health, jobs, keys, models
 from core import logs
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    logs.configure()  # when a server runs the app; importing it configures nothing
+    yield
+
+
 def create_app() -> FastAPI:
-    logs.configure()
     app = FastAPI(
+        lifespan=lifespan,
         title="loramill",
         version="0.1.0",
         description="Managed LoRA/QLoRA fine-tuning, wire-compatible with OpenAI's "
