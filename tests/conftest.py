@@ -55,7 +55,11 @@ def stack() -> Iterator[StackInfo]:
     old.down(log=lambda _: None)
     shutil.rmtree(TEST_HOME, ignore_errors=True)
     stack = LocalStack(settings_module.load_settings())
-    stack.up(pieces=("postgres", "redis", "s3", "api"), log=lambda _: None)
+    try:
+        stack.up(pieces=("postgres", "redis", "s3", "api"), log=lambda _: None)
+    except BaseException:
+        stack.down(log=lambda _: None)  # leave no half-started servers behind
+        raise
     settings_module.get_settings.cache_clear()
     settings = settings_module.get_settings()
     _register_tiny_model(settings)
