@@ -84,26 +84,12 @@ class Storage:
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
 
-    def get_bytes(self, key: str) -> bytes:
-        response = self._call("download", self.client.get_object, Bucket=self.bucket, Key=key)
-        body: bytes = response["Body"].read()
-        return body
-
     def iter_object(self, key: str, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
         response = self._call("download", self.client.get_object, Bucket=self.bucket, Key=key)
         yield from response["Body"].iter_chunks(chunk_bytes)
 
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=key)
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
