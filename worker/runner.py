@@ -233,6 +233,8 @@ def explain(exc: BaseException) -> dict[str, Any]:
 
 def finish(c: Claim, target: str, message: str, *, level: str = "info",
            values: dict[str, Any] | None = None) -> None:
+    """Move the job on under our lease (ending, pausing or handing it back), with an
+    event saying so."""
     with session_scope() as session:
         job = jobstate.transition(session, c.job_id, target, lease_token=c.lease_token,
                                   values={"estimated_finish": None, **(values or {})})
@@ -368,12 +370,7 @@ def hand_back(c: Claim, target: str, message: str) -> None:
         values["dispatched_at"] = None
     else:
         values["pause_requested_at"] = None
-    with session_scope() as session:
-        job = jobstate.transition(session, c.job_id, target, lease_token=c.lease_token,
-                                  values={"estimated_finish": None, **values})
-        if job is None:
-            raise LeaseLost(c.job_id)
-        job_repo.add_event(session, job, message)
+    finish(c, target, message, values=values)
 
 
 def run_job(job_id: str, worker_id: str, *,
