@@ -19,7 +19,6 @@ from loramill import datasets
 from loramill.client import Client
 from loramill.errors import (
     APIConnectionError,
-    APIError,
     JobCancelledError,
     JobFailedError,
     LoramillError,
@@ -32,6 +31,18 @@ OK, FAILED, USAGE, CANCELLED, TIMED_OUT, UNREACHABLE = 0, 1, 2, 3, 4, 5
 
 class UsageError(Exception):
     pass
+
+
+# The first matching kind decides the exit code; JobFailedError's text is
+# "job ID failed: CODE: MESSAGE". APIError (any other API refusal) is a usage error.
+EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
+    (UsageError, USAGE, "error: "),
+    (JobFailedError, FAILED, ""),
+    (JobCancelledError, CANCELLED, ""),
+    (WaitTimeoutError, TIMED_OUT, "timed out: "),
+    (APIConnectionError, UNREACHABLE, "error: "),
+    (LoramillError, USAGE, "error: "),
+)
 
 
 def _out(args: argparse.Namespace, value: Any, text: str) -> None:
@@ -201,13 +212,11 @@ def jobs_events(client: Client, args: argparse.Namespace) -> int:
         return OK
     seen: set[str] = set()
     while True:
+        done = jobs.retrieve(args.id).done  # read first: events up to the end still print
         for event in jobs.new_events(args.id, seen):
-            print(json.dumps(asdict(event)) if args.json else f"[{event.level}] {event.message}",
-                  flush=True)
-        if jobs.retrieve(args.id).done:
-            for event in jobs.new_events(args.id, seen):
-                print(json.dumps(asdict(event)) if args.json
-                      else f"[{event.level}] {event.message}", flush=True)
+            print(json.dumps(asdict(event)) if args.json
+                  else f"[{event.level}] {event.message}", flush=True)
+        if done:
             return OK
         time.sleep(args.poll)
 
@@ -329,30 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = Client(api_key=args.api_key, base_url=args.base_url)
         return int(args.fn(client, args))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USAGE
-    except JobFailedError as exc:
-        error = exc.job.error or {}
-        print(f"job {exc.job.id} failed: {error.get('code')}: {error.get('message')}",
-              file=sys.stderr)
-        return FAILED
-    except JobCancelledError as exc:
-        print(f"job {exc.job.id} was cancelled", file=sys.stderr)
-        return CANCELLED
-    except WaitTimeoutError as exc:
-        print(f"timed out: {exc}", file=sys.stderr)
-        return TIMED_OUT
-    except APIConnectionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return UNREACHABLE
-    except APIError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USAGE
-    except LoramillError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USAGE
-
+    except (UsageError, LoramillError) as exc:
+        code, prefix = next((code, prefix) for kind, code, prefix in EXIT_CODES
+                            if isinstance(exc, kind))
+        print(f"{prefix}{exc}", file=sys.stderr)
+        return code
 
 if __name__ == "__main__":
     sys.exit(main())
