@@ -35,7 +35,9 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def latency(jobs: int) -> dict[str, float]:
-    env = dict(line.split("=", 1) for line in (HOME / "dev.env").read_text().splitlines())
+    from core.settings import read_env_file
+
+    env = read_env_file(HOME / "dev.env")
     client = httpx.Client(base_url=env["LORAMILL_API_URL"], timeout=60,
                           headers={"Authorization": f"Bearer {env['LORAMILL_API_KEY']}"})
     data = json.dumps({"prompt": "ping", "completion": "pong"}).encode() + b"\n"

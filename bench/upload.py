@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from core.settings import read_env_file
+
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("LORAMILL_HOME", ROOT / ".loramill"))
 DATA = ROOT / "bench" / "data"
@@ -56,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=200)
     args = parser.parse_args()
-    env = dict(line.split("=", 1) for line in (HOME / "dev.env").read_text().splitlines())
+    env = read_env_file(HOME / "dev.env")
     api_pid = int((HOME / "run" / "api.pid").read_text())
     path = DATA / f"chat-{args.mb}mb.jsonl"
     make_dataset(path, args.mb)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from core.settings import Settings, load_settings
+from core.settings import Settings, load_settings, read_env_file
 
 DEMO_TENANT = "demo"
 
@@ -56,7 +55,7 @@ def _ensure_demo(settings: Settings) -> None:
     from core.services import tenants as tenant_service
 
     dev_env = settings.home / "dev.env"
-    existing = _read_env(dev_env)
+    existing = read_env_file(dev_env)
     with _session() as session:
         tenant = tenant_repo.get_by_name(session, DEMO_TENANT)
         if tenant is None:
@@ -93,13 +92,6 @@ def _ensure_tiny_model(settings: Settings) -> None:
         base_models.register(session, tinymodel.MODEL_ID, str(path), gpu_class="cpu")
         session.commit()
     print(f"model    {tinymodel.MODEL_ID} ({path})")
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def cmd_down(args: argparse.Namespace) -> int:

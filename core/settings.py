@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         return self.s3_endpoint_url
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines (stack.env, dev.env); {} when the file does not exist."""
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def load_settings() -> Settings:
     """Settings from the environment, then from the local stack's env file."""
     home = default_home()

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from core.settings import read_env_file
+
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("LORAMILL_HOME", ROOT / ".loramill"))
 DATASET = ROOT / "examples" / "data" / "capitals.jsonl"
@@ -29,8 +31,7 @@ def load_dev_env() -> dict[str, str]:
     path = HOME / "dev.env"
     if not path.exists():
         sys.exit(f"{path} not found: run `make up` first")
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {k: v for k, v in pairs}
+    return read_env_file(path)
 
 
 def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:

@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from core.localstack import find_ports
+from core.settings import read_env_file
 from tests.conftest import ROOT
 
 HOME = ROOT / ".loramill-test" / "cli-stack"
@@ -25,10 +25,6 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "core.cli", *args], env=env, capture_output=True, text=True,
         timeout=300, cwd=ROOT,
     )
-
-
-def read_env(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 @pytest.fixture
@@ -42,7 +38,7 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
     try:
         first = cli("up", env=env)
         assert first.returncode == 0, first.stdout + first.stderr
-        dev = read_env(HOME / "dev.env")
+        dev = read_env_file(HOME / "dev.env")
         assert set(dev) == {"LORAMILL_API_URL", "LORAMILL_API_KEY", "LORAMILL_ADMIN_KEY"}
         headers = {"Authorization": f"Bearer {dev['LORAMILL_API_KEY']}"}
         models = httpx.get(f"{dev['LORAMILL_API_URL']}/v1/models", headers=headers).json()
@@ -70,7 +66,7 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
         # up twice: nothing restarted, same keys
         again = cli("up", env=env)
         assert again.returncode == 0 and "api        running   (already)" in again.stdout
-        assert read_env(HOME / "dev.env") == dev
+        assert read_env_file(HOME / "dev.env") == dev
 
         # a crashed worker is reported, then restarted by up
         worker_pid = int((HOME / "run" / "worker.pid").read_text())
