@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help install up down status demo test lint bench clean
+.PHONY: help install browser up down status demo test lint bench clean
 
 help:  ## list the commands
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,7 +35,19 @@ status:  ## show the local stack's processes
 demo: up  ## stack up, a real fine-tune, the adapter downloaded, answers side by side
 	$(PY) examples/demo.py
 
-test: install  ## run the whole test suite against real services
+# Debian's chromium for the dashboard's Playwright test; the test is skipped, with its
+# reason, where it cannot be installed (no apt-get, no root, no package mirror).
+browser:  ## install Debian's chromium for the dashboard's browser test
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  echo "installing chromium (apt-get) for the dashboard's browser test"; \
+	  $$sudo apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || { $$sudo apt-get update -q >/dev/null 2>&1 \
+	       && $$sudo apt-get install -y -q chromium >/dev/null 2>&1; } \
+	  || echo "chromium could not be installed: the browser test will be skipped"; \
+	fi
+
+test: install browser  ## run the whole test suite against real services
 	@set +e; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; rc=0; fi; exit $$rc
 

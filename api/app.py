@@ -11,7 +11,7 @@ from api import errors
 from api.idempotency import IdempotencyMiddleware
 from api.limits import BodyLimitMiddleware
 from api.request_ids import RequestIdMiddleware
-from api.routes import adapters, files, health, jobs, keys, models
+from api.routes import adapters, admin, files, health, jobs, keys, models, ops
 from core import logs
 
 
@@ -33,7 +33,7 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodyLimitMiddleware)  # refuse before anything reads the body
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
-    for module in (health, files, jobs, models, adapters, keys):
+    for module in (health, files, jobs, models, adapters, keys, admin, ops):
         app.include_router(module.router)
     return app
 

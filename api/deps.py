@@ -97,8 +97,12 @@ def _bearer(request: Request) -> str:
 
 
 def authenticate(request: Request, uow: UoW) -> Principal:
-    token = _bearer(request)
-    key = tenant_repo.find_key(uow.session, keys.hash_key(token))
+    return principal_for(uow.session, _bearer(request))
+
+
+def principal_for(session: Session, token: str) -> Principal:
+    """Who a well-formed key belongs to; refused when unknown, revoked or suspended."""
+    key = tenant_repo.find_key(session, keys.hash_key(token))
     if key is None:
         raise AuthenticationFailed(f"unknown API key {keys.display_prefix(token)}...")
     if key.revoked_at is not None:
@@ -106,11 +110,11 @@ def authenticate(request: Request, uow: UoW) -> Principal:
             f"API key {key.prefix}... was revoked", code="revoked_api_key"
         )
     if key.tenant_id is not None:
-        tenant = uow.session.get(Tenant, key.tenant_id)
+        tenant = session.get(Tenant, key.tenant_id)
         if tenant is None or tenant.suspended_at is not None:
             raise AuthenticationFailed("this account is suspended", code="account_suspended")
     ratelimit.check(key.id)
-    tenant_repo.touch_key(uow.session, key)
+    tenant_repo.touch_key(session, key)
     tenant_id = TenantId(key.tenant_id) if key.tenant_id else None
     logs.bind(tenant_id=tenant_id)
     return Principal(key_id=key.id, tenant_id=tenant_id, scopes=tuple(key.scopes))
@@ -144,3 +148,14 @@ def require(scope: str) -> Callable[..., TenantId]:
 FilesWriter = Annotated[TenantId, Depends(require(keys.FILES_WRITE))]
 JobsWriter = Annotated[TenantId, Depends(require(keys.JOBS_WRITE))]
 KeysWriter = Annotated[TenantId, Depends(require(keys.KEYS_WRITE))]
+
+
+def admin_actor(principal: Annotated[Principal, Depends(authenticate)]) -> str:
+    """An admin key's audit name; tenant keys are refused."""
+    if keys.ADMIN_SCOPE not in principal.scopes:
+        raise PermissionDenied("this endpoint is for operators: use an admin key",
+                               code="admin_only")
+    return f"key:{principal.key_id}"
+
+
+AdminActor = Annotated[str, Depends(admin_actor)]

@@ -1,5 +1,6 @@
 """``X-Request-ID``: taken from the request when it is sane, else made here; echoed on
-the response and attached to every log line of the request, with one access line each."""
+the response and attached to every log line of the request, with one access line each
+and one sample of the latency histogram (by route template, so ids do not make series)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import logs
+from core import logs, metrics
 
 log = logging.getLogger("loramill.access")
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -41,7 +42,10 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_LATENCY.labels(scope["method"], route, str(status)).observe(elapsed)
             log.info("%s %s %s", scope["method"], scope["path"], status, extra={
                 "method": scope["method"], "path": scope["path"], "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
+                "duration_ms": round(elapsed * 1000, 1)})
             logs.end(token)

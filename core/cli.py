@@ -44,7 +44,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = load_settings()
     _ensure_demo(settings)
     _ensure_tiny_model(settings)
-    print(f"\nAPI      {settings.api_url}\nenv      {settings.home / 'dev.env'}  "
+    print(f"\nAPI      {settings.api_url}\n"
+          f"ops      {settings.api_url}/ops  (sign in with LORAMILL_ADMIN_KEY from dev.env)\n"
+          f"metrics  {settings.api_url}/metrics\n"
+          f"env      {settings.home / 'dev.env'}  "
           f"(source it: set -a; . {settings.home / 'dev.env'}; set +a)")
     return 0
 
@@ -122,8 +125,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _actor() -> str:
+    """The audit log's name for whoever runs this command."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
 def cmd_create_tenant(args: argparse.Namespace) -> int:
     from core.errors import LoramillError
+    from core.services import ops
     from core.services import tenants as tenant_service
 
     with _session() as session:
@@ -133,6 +144,10 @@ def cmd_create_tenant(args: argparse.Namespace) -> int:
             print(f"error: {exc.message}", file=sys.stderr)
             return 2
         issued = tenant_service.issue_key(session, tenant, name="initial")
+        ops.audit(session, _actor(), "tenant.create", "tenant", tenant.id, tenant_id=tenant.id,
+                  details={"name": tenant.name})
+        ops.audit(session, _actor(), "key.create", "api_key", issued.row.id,
+                  tenant_id=tenant.id, details={"prefix": issued.row.prefix})
         session.commit()
     print(f"tenant {tenant.id} ({tenant.name})", file=sys.stderr)
     print(issued.secret)
@@ -141,6 +156,7 @@ def cmd_create_tenant(args: argparse.Namespace) -> int:
 
 def cmd_create_key(args: argparse.Namespace) -> int:
     from core.repositories import tenants as tenant_repo
+    from core.services import ops
     from core.services import tenants as tenant_service
 
     with _session() as session:
@@ -154,6 +170,9 @@ def cmd_create_key(args: argparse.Namespace) -> int:
                 print(f"error: no tenant named {args.tenant!r}", file=sys.stderr)
                 return 2
         issued = tenant_service.issue_key(session, tenant, admin=args.admin, name=args.name)
+        ops.audit(session, _actor(), "key.create", "api_key", issued.row.id,
+                  tenant_id=tenant.id if tenant else None,
+                  details={"prefix": issued.row.prefix, "scopes": list(issued.row.scopes)})
         session.commit()
     print(issued.secret)
     return 0

@@ -29,7 +29,8 @@ ACTIVE = frozenset(STATUSES) - TERMINAL
 
 # target status -> the statuses it may be entered from
 ALLOWED_FROM: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({VALIDATING_FILES, RUNNING, PAUSED}),  # RUNNING: worker lost, re-queued
+    # RUNNING: worker lost, re-queued; FAILED: an operator's requeue (POST /v1/admin/...)
+    QUEUED: frozenset({VALIDATING_FILES, RUNNING, PAUSED, FAILED}),
     RUNNING: frozenset({QUEUED}),
     PAUSED: frozenset({RUNNING}),
     SUCCEEDED: frozenset({RUNNING}),

@@ -33,6 +33,7 @@ WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
 DB_NAME = "loramill"
 # Celery's own worker-to-worker chatter: our workers heartbeat in PostgreSQL instead, and
 # without it a worker starts and stops seconds faster.
+METRICS_PIECES = ("worker", "scheduler")  # the API serves /metrics on its own port
 QUIET_CELERY = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
@@ -128,7 +129,17 @@ class LocalStack:
             state["ports"] = ports
             self.home.mkdir(parents=True, exist_ok=True)
             self._save_state(state)
+        if "metrics" not in ports:  # stacks made before workers served /metrics
+            found = find_ports(len(METRICS_PIECES), ports["redis"] + 20)
+            ports["metrics"] = dict(zip(METRICS_PIECES, found, strict=True))
+            state["ports"] = ports
+            self.home.mkdir(parents=True, exist_ok=True)
+            self._save_state(state)
         return ports
+
+    def metrics_url(self, name: str) -> str:
+        """Where a worker or the scheduler serves its Prometheus metrics."""
+        return f"http://127.0.0.1:{self._ports()['metrics'][name]}/metrics"
 
     def env(self) -> dict[str, str]:
         """Variables that point loramill processes at this stack."""
@@ -177,7 +188,8 @@ class LocalStack:
             if pid is None:
                 out.append(PieceStatus(name, "stopped"))
             elif _pid_alive(pid):
-                out.append(PieceStatus(name, "running", f"pid {pid}"))
+                extra = f", metrics {self.metrics_url(name)}" if name in METRICS_PIECES else ""
+                out.append(PieceStatus(name, "running", f"pid {pid}{extra}"))
             else:
                 out.append(PieceStatus(
                     name, "crashed",
@@ -325,8 +337,16 @@ class LocalStack:
         storage.ensure_bucket()
         return True
 
-    def _python_env(self) -> dict[str, str]:
-        return {**self.env(), "PYTHONUNBUFFERED": "1"}
+    def _python_env(self, name: str) -> dict[str, str]:
+        """The environment of one of our processes, with an empty directory of its own for
+        Prometheus' multi-process samples (left-overs from a previous run would count)."""
+        samples = self.run_dir / "metrics" / name
+        shutil.rmtree(samples, ignore_errors=True)
+        samples.mkdir(parents=True)
+        env = {**self.env(), "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(samples)}
+        if name in METRICS_PIECES:
+            env["LORAMILL_METRICS_PORT"] = str(self._ports()["metrics"][name])
+        return env
 
     def _start_api(self) -> None:
         s = self.settings
@@ -335,7 +355,7 @@ class LocalStack:
         self._spawn("api", [
             sys.executable, "-m", "uvicorn", "api.app:app", "--host", s.api_host,
             "--port", str(s.api_port), "--no-access-log",
-        ], env=self._python_env())
+        ], env=self._python_env("api"))
         url = f"http://{s.api_host}:{s.api_port}/readyz"
         self._wait("api", lambda: httpx.get(url, timeout=2).status_code == 200, 60)
 
@@ -344,22 +364,22 @@ class LocalStack:
 
         # solo pool: one job per process, and SIGTERM reaches the job (graceful hand-back)
         self._spawn("worker", [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            sys.executable, "-m", "celery", "--quiet", "-A", "worker.celery_app", "worker",
             "-Q", queue_for(self.settings.gpu_class), "--loglevel", "INFO",
             "--hostname", f"worker-{self.settings.gpu_class}-{os.getpid()}@%h",
             "--pool", "solo", *QUIET_CELERY,
-        ], env=self._python_env())
+        ], env=self._python_env("worker"))
 
     def _start_scheduler(self) -> None:
         from worker.celery_app import SCHEDULER_QUEUE
 
         # a small worker with beat embedded: beat ticks, the worker runs dispatch/sweep
         self._spawn("scheduler", [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-B",
+            sys.executable, "-m", "celery", "--quiet", "-A", "worker.celery_app", "worker", "-B",
             "-Q", SCHEDULER_QUEUE, "--loglevel", "INFO", "--pool", "solo", *QUIET_CELERY,
             "--hostname", f"scheduler-{os.getpid()}@%h",
             "--schedule", str(self.home / "run" / "beat-schedule"),
-        ], env=self._python_env())
+        ], env=self._python_env("scheduler"))
 
     # ----- commands ------------------------------------------------------------------
 

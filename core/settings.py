@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = 0  # 0: about four checkpoints per job
     heartbeat_seconds: float = 5.0
     lease_timeout_seconds: float = 60.0  # no heartbeat for this long: the worker is lost
+    metrics_port: int = 0  # workers and the scheduler serve /metrics here; 0: off
     max_attempts: int = 3  # worker losses before a job fails with worker_lost
 
     # Scheduler

@@ -140,6 +140,8 @@ def main() -> int:
     print("\n   question                        base model            fine-tuned")
     for country, before, after in answers(out, model_dir):
         print(f"   capital of {country:<20} {before[:20]!r:<22} {after!r}")
+    print(f"\n== ops dashboard: {env['LORAMILL_API_URL']}/ops/jobs/{job['id']} "
+          f"(sign in with LORAMILL_ADMIN_KEY from {HOME / 'dev.env'})")
     return 0
 
 

@@ -119,3 +119,25 @@ def other_tenant(stack: StackInfo) -> Iterator[TenantHandle]:
     handle = make_tenant(stack)
     yield handle
     handle.client.close()
+
+
+@dataclass
+class AdminHandle:
+    key_id: str
+    key: str
+    client: httpx.Client
+
+
+@pytest.fixture
+def admin(stack: StackInfo) -> Iterator[AdminHandle]:
+    """An operator: an admin key (no tenant) and a client that sends it."""
+    from core.db import session_scope
+    from core.services import tenants as tenant_service
+
+    with session_scope() as session:
+        issued = tenant_service.issue_key(session, None, admin=True, name="test operator")
+        key_id, secret = issued.row.id, issued.secret
+    client = httpx.Client(base_url=stack.api_url, timeout=60,
+                          headers={"Authorization": f"Bearer {secret}"})
+    yield AdminHandle(key_id=key_id, key=secret, client=client)
+    client.close()

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import ids, jobstate
+from core import ids, jobstate, metrics
 from core.db import session_scope
 from core.models import AdapterVersion, BaseModel, File, FineTuningJob
 from core.models.base import utcnow
@@ -68,6 +68,7 @@ class Claim:
     dataset_sha256: str
     resume_step: int | None = None
     resume_prefix: str | None = None
+    trained_tokens: int = 0  # as last reported, so a resumed run counts only new tokens
 
 
 def claim(job_id: str, worker_id: str) -> Claim | None:
@@ -95,7 +96,7 @@ def claim(job_id: str, worker_id: str) -> Claim | None:
             training_key=training.object_key,
             validation_key=validation.object_key if validation else None,
             method=dict(job.method), seed=job.seed, suffix=job.suffix,
-            dataset_sha256=training.sha256,
+            dataset_sha256=training.sha256, trained_tokens=job.trained_tokens or 0,
         )
 
 
@@ -155,6 +156,7 @@ class JobReporter:
         self.shutting_down = shutting_down or threading.Event()
         self.started = time.monotonic()
         self._polled = 0.0
+        self._tokens = c.trained_tokens
 
     def message(self, text: str, *, level: str = "info",
                 data: dict[str, Any] | None = None) -> None:
@@ -174,6 +176,9 @@ class JobReporter:
             job.trained_tokens = values["trained_tokens"]
             job.estimated_finish = utcnow() + timedelta(seconds=remaining)
             job_repo.add_event(session, job, text, type="metrics", data=values)
+        new_tokens = values["trained_tokens"] - self._tokens
+        self._tokens = values["trained_tokens"]
+        metrics.TRAINED_TOKENS.labels(get_settings().gpu_class).inc(max(new_tokens, 0))
 
     def should_stop(self) -> str | None:
         if self.heartbeat.lost.is_set():
@@ -241,6 +246,14 @@ def finish(c: Claim, target: str, message: str, *, level: str = "info",
         if job is None:
             raise LeaseLost(c.job_id)
         job_repo.add_event(session, job, message, level=level)
+    _observe_end(job)
+
+
+def _observe_end(job: FineTuningJob) -> None:
+    """A finished job's duration, first start to end, for the metrics histogram."""
+    if job.status in jobstate.TERMINAL and job.started_at and job.finished_at:
+        metrics.JOB_DURATION.labels(job.gpu_class, job.status).observe(
+            (job.finished_at - job.started_at).total_seconds())
 
 
 def _sha256(path: Path) -> str:
@@ -338,7 +351,8 @@ def publish(c: Claim, adapter_dir: Path, history: list[dict[str, Any]],
         job_repo.add_event(session, done, f"New fine-tuned model created: {ft_name}",
                            data={"adapter": name, "version": version})
         job_repo.add_event(session, done, "The job has successfully completed")
-        return row
+    _observe_end(done)
+    return row
 
 
 def _schedule(c: Claim) -> dict[str, int]:

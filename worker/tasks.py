@@ -11,6 +11,7 @@ from typing import Any
 from celery import signals
 from celery.exceptions import WorkerShutdown
 
+from core import logs, metrics
 from core.db import session_scope
 from core.services import dispatch
 from core.settings import get_settings
@@ -31,8 +32,12 @@ def train_job(job_id: str) -> None:
     queued and does nothing."""
     from worker.runner import run_job
 
-    outcome = run_job(job_id, worker_id(), shutting_down=SHUTTING_DOWN)
-    log.info("job %s: %s", job_id, outcome)
+    token = logs.start(job_id=job_id)  # every log line of this job carries its id
+    try:
+        outcome = run_job(job_id, worker_id(), shutting_down=SHUTTING_DOWN)
+        log.info("job %s: %s", job_id, outcome, extra={"outcome": outcome})
+    finally:
+        logs.end(token)
     if SHUTTING_DOWN.is_set():
         # The job is checkpointed and back in the queue; stop now rather than wait for the
         # solo pool's event loop to notice the warm shutdown.
@@ -54,6 +59,9 @@ def dispatch_jobs() -> None:
 def sweep_jobs() -> None:
     with session_scope() as session:
         result = scheduler.sweep(session, get_settings())
+    for outcome in ("requeued", "failed"):
+        if result[outcome]:
+            metrics.LEASE_EXPIRIES.labels(outcome).inc(len(result[outcome]))
     if any(result.values()):
         log.warning("sweep: %s", result)
 
@@ -101,9 +109,19 @@ class WorkerHeartbeat:
 _heartbeat: WorkerHeartbeat | None = None
 
 
+@signals.setup_logging.connect  # type: ignore[untyped-decorator]
+def _json_logs(**_: Any) -> None:
+    """Celery's own lines and ours, as JSON lines (connecting here replaces Celery's
+    logging setup)."""
+    logs.configure()
+
+
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _announce(sender: Any = None, **_: Any) -> None:
     global _heartbeat
+    port = get_settings().metrics_port
+    if port:
+        metrics.serve(port)
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
     gpu_queues = [q for q in queues if q.startswith("gpu-")]
     if not gpu_queues:

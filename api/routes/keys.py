@@ -10,8 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import KeysWriter, UoW
 from api.schemas.common import ListPage, ts
-from core import keys
-from core.errors import InvalidRequest
 from core.models import ApiKey, Tenant
 from core.services import tenants as tenant_service
 
@@ -45,16 +43,9 @@ class KeyObject(BaseModel):
 
 @router.post("", response_model=KeyObject)
 def create_key(body: CreateKey, tenant_id: KeysWriter, uow: UoW) -> KeyObject:
-    scopes = body.scopes if body.scopes is not None else list(keys.TENANT_SCOPES)
-    unknown = sorted(set(scopes) - set(keys.TENANT_SCOPES))
-    if unknown or not scopes:
-        raise InvalidRequest(f"scopes must be a non-empty subset of "
-                             f"{', '.join(keys.TENANT_SCOPES)} (unknown: {unknown})",
-                             param="scopes")
-    if keys.READ not in scopes:
-        scopes = [keys.READ, *scopes]
     tenant = uow.session.get(Tenant, tenant_id)
-    issued = tenant_service.issue_key(uow.session, tenant, name=body.name, scopes=scopes)
+    issued = tenant_service.issue_key(uow.session, tenant, name=body.name,
+                                      scopes=tenant_service.tenant_scopes(body.scopes))
     return KeyObject.of(issued.row, secret=issued.secret)
 
 

@@ -2,6 +2,7 @@
 
 from core.models.adapter import Adapter, AdapterVersion
 from core.models.api_key import ApiKey
+from core.models.audit import AuditEntry
 from core.models.base import Base
 from core.models.base_model import BaseModel
 from core.models.checkpoint import JobCheckpoint
@@ -13,6 +14,6 @@ from core.models.tenant import Tenant
 from core.models.worker import Worker
 
 __all__ = [
-    "Adapter", "AdapterVersion", "ApiKey", "Base", "BaseModel", "File", "FineTuningJob",
-    "IdempotencyKey", "JobCheckpoint", "JobEvent", "Tenant", "Worker",
+    "Adapter", "AdapterVersion", "ApiKey", "AuditEntry", "Base", "BaseModel", "File",
+    "FineTuningJob", "IdempotencyKey", "JobCheckpoint", "JobEvent", "Tenant", "Worker",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from core import keys
-from core.errors import Conflict, NotFound
+from core.errors import Conflict, InvalidRequest, NotFound
 from core.models import ApiKey, Tenant
 from core.models.base import utcnow
 from core.repositories import tenants as tenant_repo
@@ -42,6 +42,18 @@ def issue_key(
         name=name,
     )
     return IssuedKey(row=row, secret=secret)
+
+
+def tenant_scopes(scopes: list[str] | None) -> list[str]:
+    """The scopes of a new tenant key: all of them by default; ``read`` always."""
+    if scopes is None:
+        return list(keys.TENANT_SCOPES)
+    unknown = sorted(set(scopes) - set(keys.TENANT_SCOPES))
+    if unknown or not scopes:
+        raise InvalidRequest(f"scopes must be a non-empty subset of "
+                             f"{', '.join(keys.TENANT_SCOPES)} (unknown: {unknown})",
+                             param="scopes")
+    return scopes if keys.READ in scopes else [keys.READ, *scopes]
 
 
 def key_is_valid(session: Session, secret: str) -> bool:

@@ -49,3 +49,22 @@ def assert_error(response: httpx.Response, status: int, *, param: str | None = N
         assert error["param"] == param, error
     assert contains in error["message"], error
     return error
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def prometheus_samples(url: str) -> tuple[str, Samples]:
+    """A /metrics page, raw and parsed: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text, {(s.name, tuple(sorted(s.labels.items()))): s.value
+                           for family in text_string_to_metric_families(response.text)
+                           for s in family.samples}
+
+
+def sample(found: Samples, name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)

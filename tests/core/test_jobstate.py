@@ -23,6 +23,7 @@ ALLOWED = {
     (jobstate.RUNNING, jobstate.PAUSED), (jobstate.RUNNING, jobstate.CANCELLED),
     (jobstate.RUNNING, jobstate.QUEUED),
     (jobstate.PAUSED, jobstate.QUEUED), (jobstate.PAUSED, jobstate.CANCELLED),
+    (jobstate.FAILED, jobstate.QUEUED),  # an operator's requeue
 }
 
 

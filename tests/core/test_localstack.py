@@ -38,6 +38,7 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
     try:
         first = cli("up", env=env)
         assert first.returncode == 0, first.stdout + first.stderr
+        assert "/ops" in first.stdout and "/metrics" in first.stdout
         dev = read_env_file(HOME / "dev.env")
         assert set(dev) == {"LORAMILL_API_URL", "LORAMILL_API_KEY", "LORAMILL_ADMIN_KEY"}
         headers = {"Authorization": f"Bearer {dev['LORAMILL_API_KEY']}"}
@@ -55,6 +56,12 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
         acme = {"Authorization": f"Bearer {created.stdout.strip()}"}
         assert httpx.get(f"{dev['LORAMILL_API_URL']}/v1/files", headers=acme).status_code == 200
         assert cli("create-tenant", "acme", env=env).returncode == 2  # names are unique
+        acme_id = created.stderr.split()[1]
+        operator = {"Authorization": f"Bearer {dev['LORAMILL_ADMIN_KEY']}"}
+        trail = httpx.get(f"{dev['LORAMILL_API_URL']}/v1/admin/audit_log", headers=operator,
+                          params={"target_id": acme_id}).json()["data"]
+        assert [(e["action"], e["actor"].split(":")[0]) for e in trail] == [
+            ("tenant.create", "cli")]
         pickled = HOME / "pickled-model"
         pickled.mkdir()
         (pickled / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from core.localstack import LocalStack, _pid_alive
-from tests.api.helpers import jsonl, upload_ok
+from tests.api.helpers import jsonl, prometheus_samples, sample, upload_ok
 from tests.conftest import TenantHandle
 from tests.e2e.conftest import all_events, wait_for, wait_for_worker
 
@@ -62,6 +62,9 @@ def messages(tenant: TenantHandle, job_id: str) -> list[str]:
 
 def test_sigkill_after_a_checkpoint_resumes_on_a_new_worker(
         tenant: TenantHandle, local_stack: LocalStack) -> None:
+    expiries = local_stack.metrics_url("scheduler")
+    requeued_before = sample(prometheus_samples(expiries)[1], "loramill_lease_expiries_total",
+                             outcome="requeued")
     job = long_job(tenant, "chaos")
     step = wait_for_checkpoint(tenant, job["id"])
     pid = int((local_stack.run_dir / "worker.pid").read_text())
@@ -74,6 +77,8 @@ def test_sigkill_after_a_checkpoint_resumes_on_a_new_worker(
     resumed = [m for m in log if m.startswith("Resuming from step")]
     assert resumed and int(resumed[0].split()[3]) >= step
     assert [v["fine_tuning_job_id"] for v in versions(tenant, "chaos")] == [job["id"]]
+    assert sample(prometheus_samples(expiries)[1], "loramill_lease_expiries_total",
+                  outcome="requeued") >= requeued_before + 1
 
 
 def test_sigterm_checkpoints_and_hands_the_job_back(tenant: TenantHandle,
