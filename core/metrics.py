@@ -76,6 +76,21 @@ class QueueCollector(Collector):
         self.worker_timeout = worker_timeout_seconds
         self.gpu_class = gpu_class  # reported with zeros when nothing is known yet
 
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The families, empty (a registry asks for them without querying anything)."""
+        return [
+            GaugeMetricFamily("loramill_database_up",
+                              "1 when the metrics query reached PostgreSQL."),
+            GaugeMetricFamily("loramill_jobs", "Unfinished jobs by status and GPU class.",
+                              labels=["status", "gpu_class"]),
+            GaugeMetricFamily("loramill_oldest_queued_job_age_seconds",
+                              "Age of the oldest job waiting in the queue.",
+                              labels=["gpu_class"]),
+            GaugeMetricFamily("loramill_workers_alive",
+                              "Training workers heard from within the worker timeout.",
+                              labels=["gpu_class"]),
+        ]
+
     def collect(self) -> Iterator[Metric]:
         from sqlalchemy import func, select
 
@@ -83,16 +98,7 @@ class QueueCollector(Collector):
         from core.db import session_scope
         from core.models import FineTuningJob, Worker
 
-        up = GaugeMetricFamily("loramill_database_up",
-                               "1 when the metrics query reached PostgreSQL.")
-        depth = GaugeMetricFamily("loramill_jobs", "Unfinished jobs by status and GPU class.",
-                                  labels=["status", "gpu_class"])
-        oldest = GaugeMetricFamily("loramill_oldest_queued_job_age_seconds",
-                                   "Age of the oldest job waiting in the queue.",
-                                   labels=["gpu_class"])
-        alive = GaugeMetricFamily("loramill_workers_alive",
-                                  "Training workers heard from within the worker timeout.",
-                                  labels=["gpu_class"])
+        up, depth, oldest, alive = self.describe()
         try:
             with session_scope() as session:
                 counts = session.execute(
