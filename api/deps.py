@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from core import keys, logs, ratelimit
-from core.db import get_sessionmaker
+from core.db import admin_scope, get_admin_sessionmaker, get_sessionmaker, set_tenant
 from core.errors import AuthenticationFailed, PermissionDenied
 from core.models import Tenant
 from core.repositories import tenants as tenant_repo
@@ -48,7 +48,18 @@ class UnitOfWork:
 
 
 def get_uow() -> Iterator[UnitOfWork]:
-    uow = UnitOfWork(get_sessionmaker()())
+    """The request's transaction as the app role; tenant endpoints scope it to the caller's
+    tenant (:func:`current_tenant`), so row-level security backs every query's filter."""
+    yield from _unit_of_work(get_sessionmaker())
+
+
+def get_admin_uow() -> Iterator[UnitOfWork]:
+    """The request's transaction as the admin role, for /v1/admin and /ops."""
+    yield from _unit_of_work(get_admin_sessionmaker())
+
+
+def _unit_of_work(factory: sessionmaker[Session]) -> Iterator[UnitOfWork]:
+    uow = UnitOfWork(factory())
     try:
         yield uow
         uow.session.commit()
@@ -64,6 +75,7 @@ def get_uow() -> Iterator[UnitOfWork]:
 # scope="function": commit (and the after-commit work) runs when the endpoint returns,
 # before the response is sent, so a client never sees a 200 for a rolled-back write.
 UoW = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
+AdminUoW = Annotated[UnitOfWork, Depends(get_admin_uow, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -96,8 +108,12 @@ def _bearer(request: Request) -> str:
     return token
 
 
-def authenticate(request: Request, uow: UoW) -> Principal:
-    return principal_for(uow.session, _bearer(request))
+def authenticate(request: Request) -> Principal:
+    """Who is calling. Keys are found by hash before any tenant is known, so this is the
+    admin role's one short transaction per request."""
+    token = _bearer(request)
+    with admin_scope() as session:
+        return principal_for(session, token)
 
 
 def principal_for(session: Session, token: str) -> Principal:
@@ -120,11 +136,13 @@ def principal_for(session: Session, token: str) -> Principal:
     return Principal(key_id=key.id, tenant_id=tenant_id, scopes=tuple(key.scopes))
 
 
-def current_tenant(principal: Annotated[Principal, Depends(authenticate)]) -> TenantId:
+def current_tenant(principal: Annotated[Principal, Depends(authenticate)],
+                   uow: UoW) -> TenantId:
     if principal.tenant_id is None:
         raise PermissionDenied(
             "admin keys manage the service and cannot act as a tenant; use a tenant key"
         )
+    set_tenant(uow.session, principal.tenant_id)  # SET LOCAL: this transaction only
     return principal.tenant_id
 
 

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import keys
-from core.db import session_scope
+from core.db import admin_scope, tenant_scope
 from core.models import IdempotencyKey
 from core.models.base import utcnow
 from core.repositories import tenants as tenant_repo
@@ -42,14 +42,14 @@ def _tenant_for(authorization: str) -> str | None:
     token = token.strip()
     if scheme.lower() != "bearer" or not keys.is_well_formed(token):
         return None
-    with session_scope() as session:
+    with admin_scope() as session:  # the key names the tenant: looked up across tenants
         row = tenant_repo.find_key(session, keys.hash_key(token))
         return row.tenant_id if row is not None and row.revoked_at is None else None
 
 
 def _reserve(tenant_id: str, key: str) -> bool:
     now = utcnow()
-    with session_scope() as session:
+    with tenant_scope(tenant_id) as session:
         session.execute(delete(IdempotencyKey).where(
             IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key,
             IdempotencyKey.expires_at < now))
@@ -64,14 +64,14 @@ def _reserve(tenant_id: str, key: str) -> bool:
 
 
 def _load(tenant_id: str, key: str) -> IdempotencyKey | None:
-    with session_scope() as session:
+    with tenant_scope(tenant_id) as session:
         return session.scalars(select(IdempotencyKey).where(
             IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)).one_or_none()
 
 
 def _store(tenant_id: str, key: str, request_hash: str, status: int,
            response: dict[str, Any] | None) -> None:
-    with session_scope() as session:
+    with tenant_scope(tenant_id) as session:
         if response is None or status >= 500:
             session.execute(delete(IdempotencyKey).where(
                 IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key))

@@ -74,7 +74,7 @@ def tick_cost(queued: int, tenants: int) -> tuple[dict[str, float], str]:
     from worker import scheduler
 
     settings = load_settings()
-    base_url = settings.require_database_url()
+    base_url = settings.require_admin_database_url()  # creates a database: the admin role
     name = f"bench_dispatch_{uuid.uuid4().hex[:6]}"
     admin = create_engine(normalize_url(base_url.replace("/loramill?", "/postgres?")),
                           isolation_level="AUTOCOMMIT")

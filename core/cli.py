@@ -27,7 +27,9 @@ def _settings() -> Settings:
 def _session() -> Session:
     from core.db import make_engine
 
-    return Session(make_engine(_settings().require_database_url()), expire_on_commit=False)
+    # the server CLI administers every tenant: the admin role
+    return Session(make_engine(_settings().require_admin_database_url()),
+                   expire_on_commit=False)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -118,8 +120,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from core.storage import Storage, make_client
 
     settings = _settings()
-    migrate.upgrade(settings.require_database_url())
+    admin_url = settings.require_admin_database_url()
+    migrate.upgrade(admin_url)
     print("database is at the latest migration")
+    role = migrate.ensure_app_role(admin_url, settings.require_database_url())
+    print(f"app role {role} is ready (row-level security applies to it)" if role else
+          "warning: LORAMILL_DATABASE_URL and LORAMILL_ADMIN_DATABASE_URL use one role, so "
+          "row-level security is not a second wall; see docs/security.md")
     Storage(make_client(settings), settings.s3_bucket).ensure_bucket()
     print(f"bucket {settings.s3_bucket} is ready")
     return 0

@@ -1,7 +1,18 @@
-"""Engine and session factories, and the worker-side transaction scope.
+"""Engines, session factories and transaction scopes for the two database roles.
 
-The API's transaction belongs to its session dependency (api/deps.py); everything else
-uses :func:`session_scope`. Repositories and services only flush.
+Row-level security (migration 0006) keeps every tenant table to the rows of the tenant
+named by the transaction-local setting ``loramill.tenant_id``; without it a query sees no
+tenant rows at all. So:
+
+- :func:`tenant_scope` — the app role (``database_url``), with the tenant set: everything
+  done on a tenant's behalf (the API's tenant endpoints, a worker training a job).
+- :func:`session_scope` — the app role, no tenant: tables without tenants (workers'
+  heartbeats, base models).
+- :func:`admin_scope` — the admin role (``admin_database_url``): work that spans tenants
+  (auth key lookup, dispatch and sweep, the admin API, the server CLI, migrations).
+
+The API's transaction belongs to its session dependency (api/deps.py). Repositories and
+services only flush.
 """
 
 from __future__ import annotations
@@ -10,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import get_settings
@@ -33,9 +44,20 @@ def make_engine(url: str) -> Engine:
     )
 
 
+TENANT_SETTING = "loramill.tenant_id"
+
+
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
+    """The app role's engine: subject to row-level security."""
     return make_engine(get_settings().require_database_url())
+
+
+@lru_cache(maxsize=1)
+def get_admin_engine() -> Engine:
+    settings = get_settings()
+    url = settings.require_admin_database_url()
+    return get_engine() if url == settings.require_database_url() else make_engine(url)
 
 
 @lru_cache(maxsize=1)
@@ -43,9 +65,41 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
+@lru_cache(maxsize=1)
+def get_admin_sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(bind=get_admin_engine(), expire_on_commit=False)
+
+
+def set_tenant(session: Session, tenant_id: str) -> None:
+    """Scope the session's current transaction to one tenant's rows (``SET LOCAL``)."""
+    session.execute(select(func.set_config(TENANT_SETTING, tenant_id, True)))
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    session = get_sessionmaker()()
+    """A transaction as the app role, with no tenant: tenant tables look empty."""
+    with _scope(get_sessionmaker()) as session:
+        yield session
+
+
+@contextmanager
+def tenant_scope(tenant_id: str) -> Iterator[Session]:
+    """A transaction as the app role that sees and writes only ``tenant_id``'s rows."""
+    with _scope(get_sessionmaker()) as session:
+        set_tenant(session, tenant_id)
+        yield session
+
+
+@contextmanager
+def admin_scope() -> Iterator[Session]:
+    """A transaction as the admin role, across tenants."""
+    with _scope(get_admin_sessionmaker()) as session:
+        yield session
+
+
+@contextmanager
+def _scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    session = factory()
     try:
         yield session
         session.commit()

@@ -31,6 +31,7 @@ from core.settings import Settings
 ORDER = ("postgres", "redis", "s3", "api", "worker", "scheduler")
 WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
 DB_NAME = "loramill"
+APP_ROLE = "loramill_app"  # the API's and workers' role: row-level security applies to it
 # Celery's own worker-to-worker chatter: our workers heartbeat in PostgreSQL instead, and
 # without it a worker starts and stops seconds faster.
 METRICS_PIECES = ("worker", "scheduler")  # the API serves /metrics on its own port
@@ -147,16 +148,19 @@ class LocalStack:
         env: dict[str, str] = {"LORAMILL_HOME": str(self.home)}
         ports = self._ports()
         if emb["postgres"]:
-            env["LORAMILL_DATABASE_URL"] = self._postgres_url()
+            env["LORAMILL_DATABASE_URL"] = self._postgres_url(APP_ROLE)
+            env["LORAMILL_ADMIN_DATABASE_URL"] = self._postgres_url()
         if emb["redis"]:
             env["LORAMILL_REDIS_URL"] = f"redis://127.0.0.1:{ports['redis']}/0"
         if emb["s3"]:
             env["LORAMILL_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{ports['weed']['s3']}"
         return env
 
-    def _postgres_url(self) -> str:
+    def _postgres_url(self, role: str = "postgres") -> str:
+        """The embedded server over its socket (trust auth), as ``role``: the superuser
+        for migrations and admin work, APP_ROLE for the API and workers."""
         socket_dir = self._state().get("postgres_socket_dir", str(self.home / "postgres"))
-        return f"postgresql://postgres@/{DB_NAME}?host={socket_dir}"
+        return f"postgresql://{role}@/{DB_NAME}?host={socket_dir}"
 
     def _write_env_file(self) -> None:
         env = self.env()
@@ -411,8 +415,9 @@ class LocalStack:
             if name == "postgres":
                 from core import migrate
 
-                migrate.upgrade(self.env().get("LORAMILL_DATABASE_URL")
-                                or self.settings.require_database_url())
+                admin_url = self.settings.require_admin_database_url()
+                migrate.upgrade(admin_url)
+                migrate.ensure_app_role(admin_url, self.settings.require_database_url())
             log(f"{name:<10} started   ({time.monotonic() - t0:.1f}s)")
         self._write_env_file()
 
@@ -433,6 +438,7 @@ def _redis_ping(port: int) -> bool:
 
 
 def _settings_update(env: dict[str, str]) -> dict[str, Any]:
-    mapping = {"LORAMILL_DATABASE_URL": "database_url", "LORAMILL_REDIS_URL": "redis_url",
-               "LORAMILL_S3_ENDPOINT_URL": "s3_endpoint_url"}
+    mapping = {"LORAMILL_DATABASE_URL": "database_url",
+               "LORAMILL_ADMIN_DATABASE_URL": "admin_database_url",
+               "LORAMILL_REDIS_URL": "redis_url", "LORAMILL_S3_ENDPOINT_URL": "s3_endpoint_url"}
     return {field: env[var] for var, field in mapping.items() if var in env}

@@ -95,12 +95,12 @@ class QueueCollector(Collector):
         from sqlalchemy import func, select
 
         from core import jobstate
-        from core.db import session_scope
+        from core.db import admin_scope
         from core.models import FineTuningJob, Worker
 
         up, depth, oldest, alive = self.describe()
         try:
-            with session_scope() as session:
+            with admin_scope() as session:  # counts across tenants
                 counts = session.execute(
                     select(FineTuningJob.status, FineTuningJob.gpu_class, func.count())
                     .where(FineTuningJob.status.in_(jobstate.ACTIVE))

@@ -27,7 +27,13 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home)
 
     # Services. None means "embedded, started by the local stack".
+    # The API and workers connect with database_url: a role without BYPASSRLS, so
+    # PostgreSQL's row-level security keeps each transaction to its tenant's rows.
+    # admin_database_url is for migrations and cross-tenant work (auth key lookup,
+    # scheduler, admin API, CLI): the tables' owner or a role with BYPASSRLS. Unset, it is
+    # database_url (then that role must bypass RLS, and RLS is no second wall).
     database_url: str | None = None
+    admin_database_url: str | None = None
     redis_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_bucket: str = "loramill"
@@ -89,6 +95,9 @@ class Settings(BaseSettings):
                 f"(no {self.stack_env_file}); run `loramill-server up` first"
             )
         return self.database_url
+
+    def require_admin_database_url(self) -> str:
+        return self.admin_database_url or self.require_database_url()
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

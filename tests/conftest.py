@@ -25,7 +25,8 @@ TEST_HOME = ROOT / ".loramill-test"
 @dataclass
 class StackInfo:
     api_url: str
-    database_url: str
+    database_url: str  # the app role's: row-level security applies
+    admin_database_url: str  # the superuser's: migrations, cross-tenant setup in tests
     redis_url: str
     s3_endpoint_url: str
 
@@ -66,6 +67,7 @@ def stack() -> Iterator[StackInfo]:
     try:
         yield StackInfo(
             api_url=settings.api_url, database_url=settings.require_database_url(),
+            admin_database_url=settings.require_admin_database_url(),
             redis_url=settings.require_redis_url(),
             s3_endpoint_url=settings.require_s3_endpoint(),
         )
@@ -74,12 +76,12 @@ def stack() -> Iterator[StackInfo]:
 
 
 def _register_tiny_model(settings: object) -> None:
-    from core.db import session_scope
+    from core.db import admin_scope
     from core.services import base_models
     from worker.training import tinymodel
 
     path = tinymodel.ensure(ROOT / ".loramill-test-models" / "tiny-llama")
-    with session_scope() as session:
+    with admin_scope() as session:
         base_models.register(session, tinymodel.MODEL_ID, str(path), gpu_class="cpu")
 
 
@@ -92,12 +94,12 @@ class TenantHandle:
 
 
 def make_tenant(stack: StackInfo, name: str | None = None) -> TenantHandle:
-    from core.db import session_scope
+    from core.db import admin_scope
     from core.services import tenants as tenant_service
     from core.settings import get_settings
 
     name = name or f"t-{uuid.uuid4().hex[:10]}"
-    with session_scope() as session:
+    with admin_scope() as session:
         tenant = tenant_service.create_tenant(session, name, get_settings())
         issued = tenant_service.issue_key(session, tenant)
         tenant_id, secret = tenant.id, issued.secret
@@ -131,10 +133,10 @@ class AdminHandle:
 @pytest.fixture
 def admin(stack: StackInfo) -> Iterator[AdminHandle]:
     """An operator: an admin key (no tenant) and a client that sends it."""
-    from core.db import session_scope
+    from core.db import admin_scope
     from core.services import tenants as tenant_service
 
-    with session_scope() as session:
+    with admin_scope() as session:
         issued = tenant_service.issue_key(session, None, admin=True, name="test operator")
         key_id, secret = issued.row.id, issued.secret
     client = httpx.Client(base_url=stack.api_url, timeout=60,

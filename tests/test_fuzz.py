@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.db import session_scope
+from core.db import admin_scope
 from core.keys import FILES_WRITE, JOBS_WRITE, READ
 from core.services import tenants as tenant_service
 from core.settings import get_settings
@@ -23,7 +23,7 @@ def test_schemathesis_finds_no_server_errors(stack: StackInfo, tmp_path: Path) -
     binary = Path(sys.executable).parent / "schemathesis"
     if not binary.exists() and shutil.which("schemathesis") is None:
         pytest.skip("schemathesis is not installed (it is in the dev extra)")
-    with session_scope() as session:
+    with admin_scope() as session:
         tenant = tenant_service.create_tenant(session, "fuzz", get_settings())
         # no keys:write, so the fuzzer cannot revoke its own key halfway through
         key = tenant_service.issue_key(session, tenant, scopes=[READ, FILES_WRITE,

@@ -10,6 +10,7 @@ the job. The recipe (worker/training) knows nothing of this; it reports through
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import hashlib
 import json
@@ -28,7 +29,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import ids, jobstate, metrics
-from core.db import session_scope
+from core.db import tenant_scope
 from core.models import AdapterVersion, BaseModel, File, FineTuningJob
 from core.models.base import utcnow
 from core.repositories import adapters as adapter_repo
@@ -71,9 +72,9 @@ class Claim:
     trained_tokens: int = 0  # as last reported, so a resumed run counts only new tokens
 
 
-def claim(job_id: str, worker_id: str) -> Claim | None:
+def claim(job_id: str, tenant_id: str, worker_id: str) -> Claim | None:
     token = secrets.token_hex(16)
-    with session_scope() as session:
+    with tenant_scope(tenant_id) as session:
         job = jobstate.transition(session, job_id, jobstate.RUNNING, values={
             "lease_token": token, "worker_id": worker_id, "heartbeat_at": func.now(),
             "started_at": func.coalesce(FineTuningJob.started_at, func.now()),
@@ -124,12 +125,14 @@ class Heartbeat:
         self.claim, self.every = c, every or get_settings().heartbeat_seconds
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        # run in a copy of this context, so its log lines carry the job's id too
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._run,), name="heartbeat", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                with session_scope() as session:
+                with tenant_scope(self.claim.tenant_id) as session:
                     fenced(session, self.claim)
             except LeaseLost:
                 self.lost.set()
@@ -160,7 +163,7 @@ class JobReporter:
 
     def message(self, text: str, *, level: str = "info",
                 data: dict[str, Any] | None = None) -> None:
-        with session_scope() as session:
+        with tenant_scope(self.claim.tenant_id) as session:
             job = fenced(session, self.claim)
             job_repo.add_event(session, job, text, level=level, data=data)
 
@@ -171,7 +174,7 @@ class JobReporter:
         text = f"Step {step}/{total}: training loss={values['train_loss']:.4f}"
         if values.get("valid_loss") is not None:
             text += f", validation loss={values['valid_loss']:.4f}"
-        with session_scope() as session:
+        with tenant_scope(self.claim.tenant_id) as session:
             job = fenced(session, self.claim)
             job.trained_tokens = values["trained_tokens"]
             job.estimated_finish = utcnow() + timedelta(seconds=remaining)
@@ -189,7 +192,7 @@ class JobReporter:
         if now - self._polled < CANCEL_POLL_SECONDS:
             return None
         self._polled = now
-        with session_scope() as session:
+        with tenant_scope(self.claim.tenant_id) as session:
             row = session.execute(
                 select(FineTuningJob.status, FineTuningJob.lease_token,
                        FineTuningJob.cancel_requested_at, FineTuningJob.pause_requested_at)
@@ -206,7 +209,7 @@ class JobReporter:
         storage = get_storage()
         for path in sorted(directory.iterdir()):
             storage.upload_file(path, prefix + path.name)
-        with session_scope() as session:
+        with tenant_scope(self.claim.tenant_id) as session:
             job = fenced(session, self.claim)
             checkpoint_repo.add(session, tenant_id=job.tenant_id, job_id=job.id, step=step,
                                 metrics=metrics, object_prefix=prefix)
@@ -240,7 +243,7 @@ def finish(c: Claim, target: str, message: str, *, level: str = "info",
            values: dict[str, Any] | None = None) -> None:
     """Move the job on under our lease (ending, pausing or handing it back), with an
     event saying so."""
-    with session_scope() as session:
+    with tenant_scope(c.tenant_id) as session:
         job = jobstate.transition(session, c.job_id, target, lease_token=c.lease_token,
                                   values={"estimated_finish": None, **(values or {})})
         if job is None:
@@ -300,7 +303,7 @@ def publish(c: Claim, adapter_dir: Path, history: list[dict[str, Any]],
     name = adapter_name(c)
     csv_path = work_dir / "metrics.csv"
     write_metrics_csv(history, csv_path)
-    with session_scope() as session:
+    with tenant_scope(c.tenant_id) as session:
         job = fenced(session, c)
         tenant_id = TenantId(job.tenant_id)
         adapter = adapter_repo.lock_or_create(session, tenant_id, name)
@@ -387,12 +390,12 @@ def hand_back(c: Claim, target: str, message: str) -> None:
     finish(c, target, message, values=values)
 
 
-def run_job(job_id: str, worker_id: str, *,
+def run_job(job_id: str, tenant_id: str, worker_id: str, *,
             shutting_down: threading.Event | None = None) -> str:
     """Run one job to an end state, a pause or a hand-back; returns what happened."""
     from worker.training.recipe import Recipe, Stopped, TrainSpec
 
-    c = claim(job_id, worker_id)
+    c = claim(job_id, tenant_id, worker_id)
     if c is None:
         return "not-claimed"
     with tempfile.TemporaryDirectory(prefix=f"{job_id}-") as tmp, Heartbeat(c) as heartbeat:

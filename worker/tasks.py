@@ -12,7 +12,7 @@ from celery import signals
 from celery.exceptions import WorkerShutdown
 
 from core import logs, metrics
-from core.db import session_scope
+from core.db import admin_scope, session_scope
 from core.services import dispatch
 from core.settings import get_settings
 from worker import scheduler
@@ -27,14 +27,19 @@ def worker_id() -> str:
 
 
 @app.task(name=TRAIN_TASK)  # type: ignore[untyped-decorator]
-def train_job(job_id: str) -> None:
-    """Claim and run one job. A duplicate or stale message finds the job no longer
-    queued and does nothing."""
+def train_job(job_id: str, tenant_id: str | None = None) -> None:
+    """Claim and run one job, as its tenant (row-level security holds the worker to that
+    tenant's rows). A duplicate or stale message finds the job no longer queued and does
+    nothing; one without a tenant (sent before messages carried it) is dropped, and the
+    sweeper dispatches the job again."""
     from worker.runner import run_job
 
-    token = logs.start(job_id=job_id)  # every log line of this job carries its id
+    if tenant_id is None:
+        log.warning("job %s: message without a tenant id; dropped", job_id)
+        return
+    token = logs.start(job_id=job_id, tenant_id=tenant_id)  # on every line of this job
     try:
-        outcome = run_job(job_id, worker_id(), shutting_down=SHUTTING_DOWN)
+        outcome = run_job(job_id, tenant_id, worker_id(), shutting_down=SHUTTING_DOWN)
         log.info("job %s: %s", job_id, outcome, extra={"outcome": outcome})
     finally:
         logs.end(token)
@@ -47,17 +52,18 @@ def train_job(job_id: str) -> None:
 @app.task(name=DISPATCH_TASK)  # type: ignore[untyped-decorator]
 def dispatch_jobs() -> None:
     settings = get_settings()
-    with session_scope() as session:
+    with admin_scope() as session:  # the scheduler spans tenants
         picks = scheduler.dispatch_tick(session, settings)
-    failed = [p.job_id for p in picks if not dispatch.enqueue(p.job_id, p.gpu_class)]
+    failed = [p.job_id for p in picks
+              if not dispatch.enqueue(p.job_id, p.tenant_id, p.gpu_class)]
     if failed:
-        with session_scope() as session:
+        with admin_scope() as session:
             scheduler.undispatch(session, failed)
 
 
 @app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
 def sweep_jobs() -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         result = scheduler.sweep(session, get_settings())
     for outcome in ("requeued", "failed"):
         if result[outcome]:

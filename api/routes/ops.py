@@ -12,7 +12,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from api.deps import UoW, principal_for
+from api.deps import AdminUoW, principal_for
 from core import jobstate, keys
 from core.errors import AuthenticationFailed, NotFound
 from core.models.base import utcnow
@@ -48,7 +48,7 @@ def _page(request: Request, name: str, context: dict[str, Any],
                                       status_code=status_code)
 
 
-def _signed_in(request: Request, uow: UoW) -> bool:
+def _signed_in(request: Request, uow: AdminUoW) -> bool:
     token = request.cookies.get(COOKIE, "")
     if not keys.is_well_formed(token):
         return False
@@ -69,7 +69,8 @@ def login_form(request: Request) -> Response:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, uow: UoW, key: Annotated[str, Form(max_length=200)] = "") -> Response:
+def login(request: Request, uow: AdminUoW,
+          key: Annotated[str, Form(max_length=200)] = "") -> Response:
     key = key.strip()
     error = None
     if not keys.is_well_formed(key):
@@ -96,7 +97,7 @@ def logout() -> Response:
 
 
 @router.get("", response_class=HTMLResponse)
-def overview(request: Request, uow: UoW) -> Response:
+def overview(request: Request, uow: AdminUoW) -> Response:
     if not _signed_in(request, uow):
         return _login_redirect()
     session = uow.session
@@ -113,7 +114,7 @@ def overview(request: Request, uow: UoW) -> Response:
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: str, request: Request, uow: UoW) -> Response:
+def job_page(job_id: str, request: Request, uow: AdminUoW) -> Response:
     if not _signed_in(request, uow):
         return _login_redirect()
     try:

@@ -8,12 +8,14 @@ import logging
 log = logging.getLogger("loramill.dispatch")
 
 
-def enqueue(job_id: str, gpu_class: str) -> bool:
-    """Send a job's wake-up message to its GPU class's queue."""
+def enqueue(job_id: str, tenant_id: str, gpu_class: str) -> bool:
+    """Send a job's wake-up message to its GPU class's queue. It names the tenant, so the
+    worker opens its transactions as that tenant."""
     from worker.celery_app import TRAIN_TASK, app, queue_for
 
     try:
-        app.send_task(TRAIN_TASK, args=[job_id], queue=queue_for(gpu_class), retry=False)
+        app.send_task(TRAIN_TASK, args=[job_id, tenant_id], queue=queue_for(gpu_class),
+                      retry=False)
     except Exception as exc:
         log.warning("could not send job %s to the broker: %s", job_id, exc)
         return False

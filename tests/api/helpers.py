@@ -6,7 +6,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from core.db import session_scope
+from core.db import admin_scope
 from core.models import File
 from core.storage import get_storage
 
@@ -33,7 +33,7 @@ def upload_ok(client: httpx.Client, data: bytes | None = None) -> dict[str, Any]
 
 def stored_state(tenant_id: str) -> tuple[int, list[str]]:
     """File rows and S3 objects the tenant has: what a failed upload must not leave."""
-    with session_scope() as session:
+    with admin_scope() as session:
         rows = session.scalar(select(func.count()).select_from(File).where(
             File.tenant_id == tenant_id))
     objects = get_storage().list_keys(f"tenants/{tenant_id}/")

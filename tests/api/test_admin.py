@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from core import jobstate
-from core.db import session_scope
+from core.db import admin_scope
 from core.models import FineTuningJob, Worker
 from core.models.base import utcnow
 from tests.api.helpers import assert_error, upload_ok
@@ -40,7 +40,7 @@ def new_job(tenant: TenantHandle, **fields: Any) -> dict[str, Any]:
 
 
 def force(job_id: str, **values: Any) -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         session.execute(update(FineTuningJob).where(FineTuningJob.id == job_id).values(**values))
 
 
@@ -98,7 +98,7 @@ def test_queue_by_tenant_with_oldest_age(admin: AdminHandle, tenant: TenantHandl
 
 def test_workers_alive_and_lost(admin: AdminHandle) -> None:
     now = utcnow()
-    with session_scope() as session:
+    with admin_scope() as session:
         session.add_all([
             Worker(id="test-host:1", hostname="test-host", gpu_class="a100", capacity=1,
                    last_heartbeat_at=now),
@@ -112,7 +112,7 @@ def test_workers_alive_and_lost(admin: AdminHandle) -> None:
         assert found["test-host:1"]["capacity"] == 1
         assert found["test-host:1"]["running_jobs"] == []
     finally:
-        with session_scope() as session:
+        with admin_scope() as session:
             for worker_id in ("test-host:1", "test-host:2"):
                 session.delete(session.get(Worker, worker_id))
 
@@ -159,7 +159,7 @@ def test_requeue_a_running_job_revokes_its_lease(admin: AdminHandle,
           started_at=utcnow())
     requeued = admin.client.post(f"/v1/admin/jobs/{job['id']}/requeue").json()
     assert (requeued["status"], requeued["worker_id"]) == ("queued", None)
-    with session_scope() as session:
+    with admin_scope() as session:
         row = session.get(FineTuningJob, job["id"])
         assert row is not None and row.lease_token is None  # the old worker's writes fail
 

@@ -4,7 +4,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from core.db import session_scope
+from core.db import admin_scope
 from core.keys import hash_key
 from core.models import ApiKey
 from core.models.base import utcnow
@@ -30,7 +30,7 @@ def test_bad_keys_get_401_in_the_openai_envelope(stack: StackInfo, header: str |
 
 def test_revoked_key_is_refused_on_the_next_request(tenant: TenantHandle) -> None:
     assert tenant.client.get("/v1/files").status_code == 200
-    with session_scope() as session:
+    with admin_scope() as session:
         session.execute(update(ApiKey).where(ApiKey.hash == hash_key(tenant.key))
                         .values(revoked_at=utcnow()))
     error = assert_error(tenant.client.get("/v1/files"), 401, contains="revoked")
@@ -38,14 +38,14 @@ def test_revoked_key_is_refused_on_the_next_request(tenant: TenantHandle) -> Non
 
 
 def test_only_a_hash_of_the_key_is_stored(tenant: TenantHandle) -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         rows = session.query(ApiKey).filter(ApiKey.tenant_id == tenant.id).all()
     assert rows and all(tenant.key not in (r.hash, r.prefix) for r in rows)
     assert rows[0].hash == hash_key(tenant.key)
 
 
 def test_admin_key_cannot_act_as_a_tenant(stack: StackInfo) -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         secret = tenant_service.issue_key(session, None, admin=True).secret
     response = httpx.get(f"{stack.api_url}/v1/files",
                          headers={"Authorization": f"Bearer {secret}"})

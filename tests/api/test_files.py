@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import update
 
-from core.db import session_scope
+from core.db import admin_scope
 from core.models import Tenant
 from tests.api.helpers import CHAT, assert_error, jsonl, stored_state, upload, upload_ok
 from tests.conftest import TenantHandle
@@ -90,7 +90,7 @@ def test_problems_are_listed_up_to_twenty_by_line(tenant: TenantHandle) -> None:
 
 
 def _limit(tenant: TenantHandle, max_bytes: int) -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         session.execute(update(Tenant).where(Tenant.id == tenant.id)
                         .values(max_file_bytes=max_bytes))
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from core.db import session_scope
+from core.db import admin_scope
 from core.models import FineTuningJob, Tenant
 from tests.api.helpers import CHAT, assert_error, jsonl, upload_ok
 from tests.conftest import StackInfo, TenantHandle
@@ -56,13 +56,13 @@ def test_a_new_job_wakes_the_dispatcher_after_commit(stack: StackInfo,
     job = create(tenant).json()
     messages = [json.loads(m) for m in broker.lrange("loramill-scheduler", 0, -1)]
     assert [m["headers"]["task"] for m in messages] == ["loramill.dispatch"]
-    with session_scope() as session:
+    with admin_scope() as session:
         row = session.get(FineTuningJob, job["id"])
         assert row is not None and row.status == "queued" and row.dispatched_at is None
 
 
 def test_queued_quota_answers_429_naming_the_quota(tenant: TenantHandle) -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         session.execute(update(Tenant).where(Tenant.id == tenant.id)
                         .values(max_queued_jobs=2))
     file_id = upload_ok(tenant.client)["id"]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 from sqlalchemy import update
 
-from core.db import session_scope
+from core.db import admin_scope
 from core.models import Tenant
 from tests.api.helpers import CHAT, assert_error, jsonl, stored_state, upload, upload_ok
 from tests.conftest import StackInfo, TenantHandle
@@ -86,7 +86,7 @@ def test_request_bodies_are_capped(tenant: TenantHandle) -> None:
 
 def test_storage_quota(tenant: TenantHandle) -> None:
     upload_ok(tenant.client, jsonl(CHAT))
-    with session_scope() as session:
+    with admin_scope() as session:
         session.execute(update(Tenant).where(Tenant.id == tenant.id)
                         .values(storage_bytes=len(jsonl(CHAT)) + 200))
     before = stored_state(tenant.id)

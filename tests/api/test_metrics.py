@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from core.db import session_scope
+from core.db import admin_scope
 from core.models import FineTuningJob
 from tests.api.helpers import Samples, prometheus_samples, sample, upload_ok
 from tests.conftest import TEST_HOME, StackInfo, TenantHandle
@@ -38,7 +38,7 @@ def test_queue_depth_matches_the_database(stack: StackInfo, tenant: TenantHandle
         response = tenant.client.post("/v1/fine_tuning/jobs", json={
             "model": "loramill/tiny-llama", "training_file": upload_ok(tenant.client)["id"]})
         assert response.status_code == 200
-    with session_scope() as session:
+    with admin_scope() as session:
         queued = session.scalar(select(func.count()).select_from(FineTuningJob).where(
             FineTuningJob.status == "queued", FineTuningJob.gpu_class == "cpu"))
     _, found = scrape(stack)

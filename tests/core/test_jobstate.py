@@ -8,7 +8,7 @@ from itertools import product
 import pytest
 
 from core import ids, jobstate
-from core.db import session_scope
+from core.db import admin_scope
 from core.models import File, FineTuningJob
 from core.services import tenants as tenant_service
 from core.settings import get_settings
@@ -28,7 +28,7 @@ ALLOWED = {
 
 
 def make_job(status: str) -> tuple[str, str]:
-    with session_scope() as session:
+    with admin_scope() as session:
         tenant = tenant_service.create_tenant(session, ids.new_id("t"), get_settings())
         file = File(id=ids.new_id(ids.FILE), tenant_id=tenant.id, filename="d.jsonl",
                     purpose="fine-tune", bytes=1, sha256="0" * 64, format="chat",
@@ -48,13 +48,13 @@ def make_job(status: str) -> tuple[str, str]:
                          list(product(jobstate.STATUSES, jobstate.STATUSES)))
 def test_every_transition(stack: StackInfo, source: str, target: str) -> None:
     job_id, _ = make_job(source)
-    with session_scope() as session:
+    with admin_scope() as session:
         if target not in jobstate.ALLOWED_FROM:
             with pytest.raises(ValueError):
                 jobstate.transition(session, job_id, target)
             return
         moved = jobstate.transition(session, job_id, target)
-    with session_scope() as session:
+    with admin_scope() as session:
         status = session.get(FineTuningJob, job_id).status  # type: ignore[union-attr]
     if (source, target) in ALLOWED:
         assert moved is not None and status == target
@@ -65,19 +65,19 @@ def test_every_transition(stack: StackInfo, source: str, target: str) -> None:
 
 def test_finishing_transitions_stamp_finished_at(stack: StackInfo) -> None:
     job_id, _ = make_job(jobstate.QUEUED)
-    with session_scope() as session:
+    with admin_scope() as session:
         job = jobstate.transition(session, job_id, jobstate.CANCELLED)
         assert job is not None and job.finished_at is not None
 
 
 def test_tenant_scope_and_lease_fence(stack: StackInfo) -> None:
     job_id, _ = make_job(jobstate.QUEUED)
-    with session_scope() as session:
+    with admin_scope() as session:
         assert jobstate.transition(session, job_id, jobstate.CANCELLED,
                                    tenant_id="tenant-someone-else") is None
         assert jobstate.transition(session, job_id, jobstate.RUNNING,
                                    values={"lease_token": "A"}) is not None
-    with session_scope() as session:
+    with admin_scope() as session:
         assert jobstate.transition(session, job_id, jobstate.SUCCEEDED, lease_token="B") is None
         assert jobstate.transition(session, job_id, jobstate.SUCCEEDED, lease_token="A")
 
@@ -90,7 +90,7 @@ def test_two_concurrent_cancels_one_wins(stack: StackInfo) -> None:
 
         def cancel(job_id: str = job_id, barrier: threading.Barrier = barrier,
                    results: list[bool] = results) -> None:
-            with session_scope() as session:
+            with admin_scope() as session:
                 barrier.wait()
                 results.append(jobstate.transition(session, job_id, jobstate.CANCELLED)
                                is not None)
@@ -110,7 +110,7 @@ def test_cancel_races_a_claim(stack: StackInfo) -> None:
     outcome: dict[str, bool] = {}
 
     def act(target: str) -> None:
-        with session_scope() as session:
+        with admin_scope() as session:
             barrier.wait()
             outcome[target] = jobstate.transition(session, job_id, target) is not None
 
@@ -120,7 +120,7 @@ def test_cancel_races_a_claim(stack: StackInfo) -> None:
         t.start()
     for t in threads:
         t.join()
-    with session_scope() as session:
+    with admin_scope() as session:
         final = session.get(FineTuningJob, job_id).status  # type: ignore[union-attr]
     if outcome[jobstate.RUNNING] and outcome[jobstate.CANCELLED]:
         assert final == jobstate.CANCELLED  # claimed, then cancelled from running: legal

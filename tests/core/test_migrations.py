@@ -24,10 +24,10 @@ def _with_database(url: str, name: str) -> str:
 
 def test_upgrade_downgrade_upgrade_and_no_drift(stack: StackInfo) -> None:
     name = f"migrations_{uuid.uuid4().hex[:8]}"
-    admin_url = _with_database(stack.database_url, "postgres")
+    admin_url = _with_database(stack.admin_database_url, "postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
-    url = _with_database(stack.database_url, name)
+    url = _with_database(stack.admin_database_url, name)
     engine = create_engine(normalize_url(url))
     try:
         migrate.upgrade(url)

@@ -33,10 +33,10 @@ def worker(local_stack: LocalStack) -> Iterator[None]:
     from sqlalchemy import update
 
     from core import jobstate
-    from core.db import session_scope
+    from core.db import admin_scope
     from core.models import FineTuningJob
 
-    with session_scope() as session:
+    with admin_scope() as session:
         session.execute(update(FineTuningJob)
                         .where(FineTuningJob.status.in_(jobstate.ACTIVE))
                         .values(status=jobstate.CANCELLED))
@@ -53,12 +53,12 @@ def wait_for_worker(timeout: float = 60) -> None:
     """Until a training worker has announced its slot (dispatch counts only those)."""
     from sqlalchemy import func, select
 
-    from core.db import session_scope
+    from core.db import admin_scope
     from core.models import Worker
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with session_scope() as session:
+        with admin_scope() as session:
             alive = session.scalar(select(func.count()).select_from(Worker).where(
                 Worker.stopped_at.is_(None),
                 Worker.last_heartbeat_at > func.now() - timedelta(seconds=5)))

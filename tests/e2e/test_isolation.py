@@ -92,10 +92,10 @@ def test_presigned_url_covers_one_object_and_expires(owner: dict[str, Any]) -> N
 
     from sqlalchemy import select
 
-    from core.db import session_scope
+    from core.db import admin_scope
     from core.models import AdapterVersion
 
-    with session_scope() as session:
+    with admin_scope() as session:
         row = session.scalars(select(AdapterVersion).where(
             AdapterVersion.job_id == owner["job"])).one()
         _, files = download_urls(get_storage(), row, seconds=1)

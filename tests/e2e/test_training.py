@@ -14,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from core.db import session_scope
+from core.db import admin_scope
 from core.services import base_models
 from tests.api.helpers import jsonl, upload_ok
 from tests.conftest import ROOT, TenantHandle
@@ -172,7 +172,7 @@ def test_failures_are_explained_and_the_worker_goes_on(tenant: TenantHandle,
 
     broken = tmp_path / "broken-model"
     shutil.copytree(MODEL_DIR, broken)
-    with session_scope() as session:
+    with admin_scope() as session:
         base_models.register(session, "test/broken", str(broken), gpu_class="cpu")
     (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
     job = wait_for(tenant.client, start(tenant, jsonl(chat("Peru", "Lima.")),

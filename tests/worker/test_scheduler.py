@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from core import ids, jobstate
-from core.db import session_scope
+from core.db import admin_scope
 from core.models import File, FineTuningJob, Tenant, Worker
 from core.models.base import utcnow
 from core.services import tenants as tenant_service
@@ -23,14 +23,14 @@ def gpu_class() -> str:
 
 
 def add_worker(gpu: str, capacity: int = 1, *, age: float = 0) -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         session.add(Worker(id=f"w-{uuid.uuid4().hex[:8]}", hostname="test", gpu_class=gpu,
                            capacity=capacity,
                            last_heartbeat_at=utcnow() - timedelta(seconds=age)))
 
 
 def add_tenant(max_running: int = 2) -> str:
-    with session_scope() as session:
+    with admin_scope() as session:
         tenant = tenant_service.create_tenant(session, f"t-{uuid.uuid4().hex[:8]}",
                                               get_settings())
         tenant.max_running_jobs = max_running
@@ -39,7 +39,7 @@ def add_tenant(max_running: int = 2) -> str:
 
 def add_jobs(tenant_id: str, gpu: str, count: int, priority: int = 0) -> list[str]:
     made = []
-    with session_scope() as session:
+    with admin_scope() as session:
         file = File(id=ids.new_id(ids.FILE), tenant_id=tenant_id, filename="d.jsonl",
                     purpose="fine-tune", bytes=1, sha256="0" * 64, status="processed",
                     object_key="k")
@@ -59,19 +59,19 @@ def add_jobs(tenant_id: str, gpu: str, count: int, priority: int = 0) -> list[st
 
 def tick(gpu: str) -> list[str]:
     """One real dispatcher tick; the picks of this test's GPU class (a tick serves all)."""
-    with session_scope() as session:
+    with admin_scope() as session:
         picks = scheduler.dispatch_tick(session, get_settings())
     return [p.job_id for p in picks if p.gpu_class == gpu]
 
 
 def start(job_id: str) -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         assert jobstate.transition(session, job_id, jobstate.RUNNING,
                                    values={"lease_token": "t", "heartbeat_at": utcnow()})
 
 
 def finish(job_id: str) -> None:
-    with session_scope() as session:
+    with admin_scope() as session:
         assert jobstate.transition(session, job_id, jobstate.SUCCEEDED)
 
 
@@ -115,7 +115,7 @@ def test_suspended_tenants_are_not_dispatched(stack: StackInfo) -> None:
     add_worker(gpu)
     t = add_tenant()
     add_jobs(t, gpu, 1)
-    with session_scope() as session:
+    with admin_scope() as session:
         session.execute(update(Tenant).where(Tenant.id == t).values(suspended_at=utcnow()))
     assert tick(gpu) == []
 
@@ -127,14 +127,14 @@ def test_sweeper_requeues_a_lost_job_then_fails_it_after_max_attempts(
     (job_id,) = add_jobs(add_tenant(), gpu, 1)
     stale = utcnow() - timedelta(seconds=settings.lease_timeout_seconds + 5)
     for attempt in range(1, settings.max_attempts + 1):
-        with session_scope() as session:
+        with admin_scope() as session:
             moved = jobstate.transition(session, job_id, jobstate.RUNNING, values={
                 "lease_token": f"lease-{attempt}", "heartbeat_at": stale,
                 "attempt": attempt, "worker_id": "gone"})
             assert moved is not None
-        with session_scope() as session:
+        with admin_scope() as session:
             result = scheduler.sweep(session, settings)
-        with session_scope() as session:
+        with admin_scope() as session:
             job = session.get(FineTuningJob, job_id)
             assert job is not None
             if attempt < settings.max_attempts:
@@ -151,7 +151,7 @@ def test_a_fresh_heartbeat_is_left_alone_and_lost_dispatches_are_rearmed(
     gpu = gpu_class()
     running, dispatched = add_jobs(add_tenant(), gpu, 2)
     start(running)
-    with session_scope() as session:
+    with admin_scope() as session:
         session.execute(update(FineTuningJob).where(FineTuningJob.id == dispatched).values(
             dispatched_at=utcnow() - timedelta(seconds=settings.dispatch_timeout_seconds + 1)))
         result = scheduler.sweep(session, settings)
