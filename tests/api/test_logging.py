@@ -8,8 +8,10 @@ import json
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.api.helpers import CHAT, jsonl, upload
-from tests.conftest import TEST_HOME, StackInfo, TenantHandle
+from tests.conftest import TEST_HOME, AdminHandle, StackInfo, TenantHandle
 
 API_LOG = TEST_HOME / "logs" / "api.log"
 
@@ -39,11 +41,17 @@ def test_request_id_is_echoed_and_logged_with_the_tenant(stack: StackInfo,
     assert access["path"] == "/v1/files" and "duration_ms" in access
 
 
-def test_secrets_are_never_logged(stack: StackInfo, tenant: TenantHandle) -> None:
+def test_secrets_are_never_logged(stack: StackInfo, tenant: TenantHandle,
+                                  admin: AdminHandle) -> None:
     upload(tenant.client, jsonl(CHAT))
     tenant.client.post("/v1/fine_tuning/jobs", json={"model": "nope", "training_file": "x"})
     created = tenant.client.post("/v1/api_keys", json={"name": "logged?"}).json()
+    by_operator = admin.client.post(f"/v1/admin/tenants/{tenant.id}/api_keys",
+                                    json={"name": "logged?"}).json()
+    signed_in = httpx.post(f"{stack.api_url}/ops/login", data={"key": admin.key})
+    assert signed_in.status_code == 303
     time.sleep(0.5)
     text = API_LOG.read_text(errors="replace")
-    assert tenant.key not in text and created["secret"] not in text
+    for secret in (tenant.key, created["secret"], by_operator["secret"], admin.key):
+        assert secret not in text
     assert "Bearer" not in text

@@ -133,7 +133,9 @@ def test_worker_metrics_and_job_logs(training_job: dict[str, Any], admin: AdminH
         assert time.monotonic() < deadline, "the cancelled job's duration was not observed"
         time.sleep(0.3)
 
-    lines = (TEST_HOME / "logs" / "worker.log").read_text().splitlines()
+    text = (TEST_HOME / "logs" / "worker.log").read_text()
+    assert training_job["tenant"].key not in text and admin.key not in text
+    lines = text.splitlines()
     entries = [json.loads(line) for line in lines if line.startswith("{")]
     mine = [e for e in entries if e.get("job_id") == job_id]
     assert any(e["message"] == f"job {job_id}: cancelled" for e in mine), mine[-5:]
