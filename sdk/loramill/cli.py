@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, is_dataclass
@@ -250,6 +251,121 @@ def models_list(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+# ----- operators (an admin key: --api-key, $LORAMILL_ADMIN_KEY or $LORAMILL_API_KEY) ------
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 60:.0f}m" if seconds >= 120 else f"{seconds:.0f}s"
+
+
+def admin_queue(client: Client, args: argparse.Namespace) -> int:
+    q = client.admin.queue()
+    lines = [f"queued {q.totals['queued']}  running {q.totals['running']}  paused "
+             f"{q.totals['paused']}  oldest queued {_ago(q.oldest_queued_age_seconds)}  "
+             f"dispatched/min {q.rates['dispatched_per_minute']}  "
+             f"completed/min {q.rates['completed_per_minute']}"]
+    lines += [f"  {r['tenant_name']:<24} {r['gpu_class']:<8} queued {r['queued']:<4} "
+              f"running {r['running']:<3} paused {r['paused']:<3} oldest "
+              f"{_ago(r['oldest_queued_age_seconds'])}" for r in q.by_tenant]
+    _out(args, q, "\n".join(lines))
+    return OK
+
+
+def admin_workers(client: Client, args: argparse.Namespace) -> int:
+    items = client.admin.workers()
+    _out(args, items, "\n".join(f"{w.id}  {w.gpu_class}  {w.state:<7} running "
+                                f"{', '.join(w.running_jobs) or '-'}" for w in items)
+         or "(no workers)")
+    return OK
+
+
+def admin_jobs(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.admin.jobs(status=args.status, tenant_id=args.tenant,
+                                   older_than_seconds=args.older_than))
+    _out(args, items, "\n".join(f"{_job_line(j)}  tenant {j.tenant_id}" for j in items)
+         or "(no jobs)")
+    return OK
+
+
+def _admin_job_action(name: str):  # type: ignore[no-untyped-def]
+    def run(client: Client, args: argparse.Namespace) -> int:
+        extra = (args.priority,) if name == "set_priority" else ()
+        job = getattr(client.admin, name)(args.id, *extra)
+        _out(args, job, f"{_job_line(job)}  priority {job.raw.get('priority')}")
+        return OK
+    return run
+
+
+def _tenant_line(t: Any) -> str:
+    state = "suspended" if t.suspended_at else "active"
+    return (f"{t.id}  {t.name}  {state}  running<={t.max_running_jobs} "
+            f"queued<={t.max_queued_jobs}")
+
+
+def admin_tenants(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.admin.tenants())
+    _out(args, items, "\n".join(_tenant_line(t) for t in items) or "(no tenants)")
+    return OK
+
+
+def _quota_args(args: argparse.Namespace) -> dict[str, int | None]:
+    return {name: getattr(args, name) for name in ("max_running_jobs", "max_queued_jobs",
+                                                   "max_file_bytes", "storage_bytes")}
+
+
+def admin_tenant_create(client: Client, args: argparse.Namespace) -> int:
+    t = client.admin.create_tenant(args.name, **_quota_args(args))
+    _out(args, t, _tenant_line(t))
+    return OK
+
+
+def admin_quotas(client: Client, args: argparse.Namespace) -> int:
+    t = client.admin.set_quotas(args.tenant, **_quota_args(args))
+    _out(args, t, _tenant_line(t))
+    return OK
+
+
+def _admin_tenant_action(name: str):  # type: ignore[no-untyped-def]
+    def run(client: Client, args: argparse.Namespace) -> int:
+        t = getattr(client.admin, name)(args.tenant)
+        _out(args, t, _tenant_line(t))
+        return OK
+    return run
+
+
+def admin_keys(client: Client, args: argparse.Namespace) -> int:
+    items = client.admin.keys(args.tenant)
+    _out(args, items, "\n".join(f"{k.id}  {k.prefix}...  {','.join(k.scopes)}"
+                                f"{'  revoked' if k.revoked_at else ''}" for k in items)
+         or "(no keys)")
+    return OK
+
+
+def admin_key_create(client: Client, args: argparse.Namespace) -> int:
+    k = client.admin.create_key(args.tenant, name=args.name, scopes=args.scope)
+    if not args.json:
+        print(f"key {k.id} ({', '.join(k.scopes)}); the secret is shown once:",
+              file=sys.stderr)
+    _out(args, k, k.secret or "")
+    return OK
+
+
+def admin_key_revoke(client: Client, args: argparse.Namespace) -> int:
+    k = client.admin.revoke_key(args.tenant, args.key)
+    _out(args, k, f"revoked {k.id} ({k.prefix}...)")
+    return OK
+
+
+def admin_audit(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.admin.audit_log(target_id=args.target))[: args.limit]
+    _out(args, items, "\n".join(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.created_at))}  {e.actor}  "
+        f"{e.action}  {e.target_type} {e.target_id}" for e in items) or "(nothing yet)")
+    return OK
+
+
 # ----- parser -----------------------------------------------------------------------------
 
 
@@ -323,6 +439,47 @@ def build_parser() -> argparse.ArgumentParser:
     models = groups.add_parser("models", help="models").add_subparsers(dest="cmd",
                                                                        required=True)
     command(models, "list", models_list, "base and fine-tuned models")
+
+    admin = groups.add_parser(
+        "admin", help="operators: queue, workers, jobs of all tenants, tenants, audit log "
+        "(an admin key: $LORAMILL_ADMIN_KEY)").add_subparsers(dest="cmd", required=True)
+    command(admin, "queue", admin_queue, "the queue by tenant and GPU class")
+    command(admin, "workers", admin_workers, "training workers: alive, lost, stopped")
+    p = command(admin, "jobs", admin_jobs, "jobs of every tenant, newest first")
+    p.add_argument("--status", help="e.g. failed or queued,running")
+    p.add_argument("--tenant", help="a tenant id")
+    p.add_argument("--older-than", type=int, metavar="SECONDS")
+    for name, help_ in (("requeue", "put a failed, running or queued job back in the queue"),
+                        ("cancel", "cancel any tenant's job")):
+        command(admin, name, _admin_job_action(name), help_).add_argument("id")
+    p = command(admin, "priority", _admin_job_action("set_priority"),
+                "set a job's priority (-100..100, higher first)")
+    p.add_argument("id")
+    p.add_argument("priority", type=int)
+    command(admin, "tenants", admin_tenants, "list tenants")
+    create = command(admin, "tenant-create", admin_tenant_create, "create a tenant")
+    create.add_argument("name")
+    quotas = command(admin, "quotas", admin_quotas, "change a tenant's quotas")
+    quotas.add_argument("tenant")
+    for q in (create, quotas):
+        for flag in ("--max-running-jobs", "--max-queued-jobs", "--max-file-bytes",
+                     "--storage-bytes"):
+            q.add_argument(flag, type=int)
+    for name in ("suspend", "unsuspend"):
+        command(admin, name, _admin_tenant_action(name),
+                f"{name} a tenant (its keys stop or start working)").add_argument("tenant")
+    command(admin, "keys", admin_keys, "a tenant's keys (prefix only)").add_argument("tenant")
+    p = command(admin, "key-create", admin_key_create, "a new key for a tenant (printed once)")
+    p.add_argument("tenant")
+    p.add_argument("--name", default="")
+    p.add_argument("--scope", action="append", help="repeat: read, files:write, jobs:write, "
+                   "keys:write (default: all)")
+    p = command(admin, "key-revoke", admin_key_revoke, "revoke a tenant's key")
+    p.add_argument("tenant")
+    p.add_argument("key")
+    p = command(admin, "audit", admin_audit, "what operators did, newest first")
+    p.add_argument("--target", help="only actions on this job, tenant or key id")
+    p.add_argument("--limit", type=int, default=50)
     return parser
 
 
@@ -335,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, default in (("json", False), ("api_key", None), ("base_url", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    if args.group == "admin" and not args.api_key:
+        args.api_key = os.environ.get("LORAMILL_ADMIN_KEY")  # else $LORAMILL_API_KEY
     try:
         client = Client(api_key=args.api_key, base_url=args.base_url)
         return int(args.fn(client, args))

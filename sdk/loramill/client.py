@@ -1,4 +1,5 @@
-"""``loramill.Client``: files, fine-tuning jobs, adapters and models."""
+"""``loramill.Client``: files, fine-tuning jobs, adapters and models (and, with an admin
+key, the operators' endpoints)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 
 from loramill._http import Transport
+from loramill.admin import Admin
 from loramill.errors import (
     ChecksumError,
     JobCancelledError,
@@ -216,6 +218,7 @@ class Client:
         self.fine_tuning = FineTuning(self._t)
         self.adapters = Adapters(self._t)
         self.models = Models(self._t)
+        self.admin = Admin(self._t)  # operators: needs an admin key
 
     def close(self) -> None:
         self._t.http.close()

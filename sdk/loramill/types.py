@@ -41,6 +41,7 @@ class FineTuningJob:
     hyperparameters: dict[str, Any]
     estimated_finish: int | None = None
     suffix: str | None = None
+    tenant_id: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -55,7 +56,8 @@ class FineTuningJob:
                    trained_tokens=d.get("trained_tokens"), error=d.get("error"),
                    hyperparameters=d.get("hyperparameters", {}),
                    estimated_finish=d.get("estimated_finish"),
-                   suffix=d.get("user_provided_suffix"), raw=d)
+                   suffix=d.get("user_provided_suffix"),
+                   tenant_id=d.get("tenant_id") or d.get("organization_id"), raw=d)
 
 
 @dataclass(frozen=True)
@@ -128,3 +130,95 @@ class Model:
     @classmethod
     def of(cls, d: dict[str, Any]) -> Model:
         return cls(id=d["id"], owned_by=d["owned_by"], created=d["created"])
+
+
+# ----- operators (loramill.Client(...).admin) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """Queued, running and paused jobs by tenant and GPU class, with recent rates."""
+
+    totals: dict[str, int]
+    oldest_queued_age_seconds: float | None
+    by_tenant: list[dict[str, Any]]
+    rates: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> QueueSummary:
+        return cls(totals=d["totals"], oldest_queued_age_seconds=d["oldest_queued_age_seconds"],
+                   by_tenant=d["by_tenant"], rates=d["rates"], raw=d)
+
+
+@dataclass(frozen=True)
+class Worker:
+    id: str
+    hostname: str
+    gpu_class: str
+    capacity: int
+    state: str  # alive | lost | stopped
+    running_jobs: list[str]
+    last_heartbeat_at: int
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Worker:
+        return cls(id=d["id"], hostname=d["hostname"], gpu_class=d["gpu_class"],
+                   capacity=d["capacity"], state=d["state"], running_jobs=d["running_jobs"],
+                   last_heartbeat_at=d["last_heartbeat_at"], raw=d)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    suspended_at: int | None
+    max_running_jobs: int
+    max_queued_jobs: int
+    max_file_bytes: int
+    storage_bytes: int
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Tenant:
+        return cls(id=d["id"], name=d["name"], suspended_at=d["suspended_at"],
+                   max_running_jobs=d["max_running_jobs"], max_queued_jobs=d["max_queued_jobs"],
+                   max_file_bytes=d["max_file_bytes"], storage_bytes=d["storage_bytes"], raw=d)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: int
+    revoked_at: int | None
+    secret: str | None = field(default=None, repr=False)  # only when just created
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> ApiKey:
+        return cls(id=d["id"], name=d["name"], prefix=d["prefix"], scopes=d["scopes"],
+                   created_at=d["created_at"], revoked_at=d["revoked_at"],
+                   secret=d.get("secret"), raw=d)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: str
+    created_at: int
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    tenant_id: str | None
+    details: dict[str, Any] | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> AuditEntry:
+        return cls(id=d["id"], created_at=d["created_at"], actor=d["actor"], action=d["action"],
+                   target_type=d["target_type"], target_id=d["target_id"],
+                   tenant_id=d["tenant_id"], details=d["details"], raw=d)
