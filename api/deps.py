@@ -85,6 +85,10 @@ class Principal:
     tenant_id: TenantId | None
     scopes: tuple[str, ...]
 
+    @property
+    def is_admin(self) -> bool:
+        return keys.ADMIN_SCOPE in self.scopes
+
 
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization")
@@ -170,7 +174,7 @@ KeysWriter = Annotated[TenantId, Depends(require(keys.KEYS_WRITE))]
 
 def admin_actor(principal: Annotated[Principal, Depends(authenticate)]) -> str:
     """An admin key's audit name; tenant keys are refused."""
-    if keys.ADMIN_SCOPE not in principal.scopes:
+    if not principal.is_admin:
         raise PermissionDenied("this endpoint is for operators: use an admin key",
                                code="admin_only")
     return f"key:{principal.key_id}"

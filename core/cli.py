@@ -142,19 +142,14 @@ def _actor() -> str:
 def cmd_create_tenant(args: argparse.Namespace) -> int:
     from core.errors import LoramillError
     from core.services import ops
-    from core.services import tenants as tenant_service
 
     with _session() as session:
         try:
-            tenant = tenant_service.create_tenant(session, args.name, _settings())
+            tenant = ops.create_tenant(session, _actor(), args.name, _settings())
         except LoramillError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 2
-        issued = tenant_service.issue_key(session, tenant, name="initial")
-        ops.audit(session, _actor(), "tenant.create", "tenant", tenant.id, tenant_id=tenant.id,
-                  details={"name": tenant.name})
-        ops.audit(session, _actor(), "key.create", "api_key", issued.row.id,
-                  tenant_id=tenant.id, details={"prefix": issued.row.prefix})
+        issued = ops.issue_key(session, _actor(), tenant.id, name="initial")
         session.commit()
     print(f"tenant {tenant.id} ({tenant.name})", file=sys.stderr)
     print(issued.secret)
@@ -164,7 +159,6 @@ def cmd_create_tenant(args: argparse.Namespace) -> int:
 def cmd_create_key(args: argparse.Namespace) -> int:
     from core.repositories import tenants as tenant_repo
     from core.services import ops
-    from core.services import tenants as tenant_service
 
     with _session() as session:
         tenant = None
@@ -176,10 +170,8 @@ def cmd_create_key(args: argparse.Namespace) -> int:
             if tenant is None:
                 print(f"error: no tenant named {args.tenant!r}", file=sys.stderr)
                 return 2
-        issued = tenant_service.issue_key(session, tenant, admin=args.admin, name=args.name)
-        ops.audit(session, _actor(), "key.create", "api_key", issued.row.id,
-                  tenant_id=tenant.id if tenant else None,
-                  details={"prefix": issued.row.prefix, "scopes": list(issued.row.scopes)})
+        issued = ops.issue_key(session, _actor(), tenant.id if tenant else None,
+                               name=args.name)
         session.commit()
     print(issued.secret)
     return 0

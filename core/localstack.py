@@ -32,9 +32,9 @@ ORDER = ("postgres", "redis", "s3", "api", "worker", "scheduler")
 WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
 DB_NAME = "loramill"
 APP_ROLE = "loramill_app"  # the API's and workers' role: row-level security applies to it
+METRICS_PIECES = ("worker", "scheduler")  # the API serves /metrics on its own port
 # Celery's own worker-to-worker chatter: our workers heartbeat in PostgreSQL instead, and
 # without it a worker starts and stops seconds faster.
-METRICS_PIECES = ("worker", "scheduler")  # the API serves /metrics on its own port
 QUIET_CELERY = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
@@ -122,20 +122,19 @@ class LocalStack:
     def _ports(self) -> dict[str, Any]:
         state = self._state()
         ports: dict[str, Any] = state.get("ports", {})
+        if ports and "metrics" in ports:
+            return ports
         if not ports:
             base = 20000 + (zlib.crc32(str(self.home).encode()) % 200) * 50
             redis_port = find_ports(1, base)[0]
             weed = find_ports(len(WEED_PORTS), redis_port + 1, with_grpc=True)
             ports = {"redis": redis_port, "weed": dict(zip(WEED_PORTS, weed, strict=True))}
-            state["ports"] = ports
-            self.home.mkdir(parents=True, exist_ok=True)
-            self._save_state(state)
-        if "metrics" not in ports:  # stacks made before workers served /metrics
-            found = find_ports(len(METRICS_PIECES), ports["redis"] + 20)
-            ports["metrics"] = dict(zip(METRICS_PIECES, found, strict=True))
-            state["ports"] = ports
-            self.home.mkdir(parents=True, exist_ok=True)
-            self._save_state(state)
+        # (also for stacks made before workers served /metrics)
+        found = find_ports(len(METRICS_PIECES), ports["redis"] + 20)
+        ports["metrics"] = dict(zip(METRICS_PIECES, found, strict=True))
+        state["ports"] = ports
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._save_state(state)
         return ports
 
     def metrics_url(self, name: str) -> str:

@@ -57,15 +57,15 @@ def multiprocess() -> bool:
 
 
 def registry(*extra: Collector) -> CollectorRegistry:
-    """The registry to expose: every process's samples, plus ``extra`` collectors."""
+    """The registry to expose: every process's samples (or this process's, without a
+    multi-process directory), plus ``extra`` collectors."""
+    reg = CollectorRegistry()
     if multiprocess():
-        reg = CollectorRegistry()
         MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
     else:
-        reg = REGISTRY
+        reg.register(REGISTRY)
     for collector in extra:
-        if collector not in getattr(reg, "_collector_to_names", {}):
-            reg.register(collector)
+        reg.register(collector)
     return reg
 
 
@@ -112,9 +112,7 @@ class QueueCollector(Collector):
                     .group_by(FineTuningJob.gpu_class)).all()
                 workers = session.execute(
                     select(Worker.gpu_class, func.count())
-                    .where(Worker.stopped_at.is_(None),
-                           Worker.last_heartbeat_at
-                           > func.now() - timedelta(seconds=self.worker_timeout))
+                    .where(Worker.alive(func.now() - timedelta(seconds=self.worker_timeout)))
                     .group_by(Worker.gpu_class)).all()
         except Exception:
             log.warning("metrics: could not read the queue", exc_info=True)
@@ -139,8 +137,7 @@ class QueueCollector(Collector):
         yield from (up, depth, oldest, alive)
 
 
-def serve(port: int) -> None:
-    """Expose this process's metrics on ``port`` (workers and the scheduler)."""
-    start_http_server(port, addr=os.environ.get("LORAMILL_METRICS_HOST", "127.0.0.1"),
-                      registry=registry())
-    log.info("metrics on port %s", port)
+def serve(host: str, port: int) -> None:
+    """Expose this process's metrics on ``host:port`` (workers and the scheduler)."""
+    start_http_server(port, addr=host, registry=registry())
+    log.info("metrics on %s:%s", host, port)

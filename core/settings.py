@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 5.0
     lease_timeout_seconds: float = 60.0  # no heartbeat for this long: the worker is lost
     metrics_port: int = 0  # workers and the scheduler serve /metrics here; 0: off
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from elsewhere
     max_attempts: int = 3  # worker losses before a job fails with worker_lost
 
     # Scheduler

@@ -90,7 +90,7 @@ def free_slots(session: Session, settings: Settings, now: datetime,
     alive_since = now - timedelta(seconds=settings.worker_timeout_seconds)
     capacity = session.execute(
         select(Worker.gpu_class, func.sum(Worker.capacity))
-        .where(Worker.last_heartbeat_at >= alive_since, Worker.stopped_at.is_(None))
+        .where(Worker.alive(alive_since))
         .group_by(Worker.gpu_class)
     ).all()
     free = {gpu: int(cap) - inflight.by_class.get(gpu, 0) for gpu, cap in capacity}

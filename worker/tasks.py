@@ -125,9 +125,9 @@ def _json_logs(**_: Any) -> None:
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _announce(sender: Any = None, **_: Any) -> None:
     global _heartbeat
-    port = get_settings().metrics_port
-    if port:
-        metrics.serve(port)
+    settings = get_settings()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_host, settings.metrics_port)
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
     gpu_queues = [q for q in queues if q.startswith("gpu-")]
     if not gpu_queues:

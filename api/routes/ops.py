@@ -53,10 +53,9 @@ def _signed_in(request: Request, uow: AdminUoW) -> bool:
     if not keys.is_well_formed(token):
         return False
     try:
-        principal = principal_for(uow.session, token)
+        return principal_for(uow.session, token).is_admin
     except AuthenticationFailed:
         return False
-    return keys.ADMIN_SCOPE in principal.scopes
 
 
 def _login_redirect() -> RedirectResponse:
@@ -77,7 +76,7 @@ def login(request: Request, uow: AdminUoW,
         error = "That is not a loramill key (they look like lm-sk-…)."
     else:
         try:
-            if keys.ADMIN_SCOPE not in principal_for(uow.session, key).scopes:
+            if not principal_for(uow.session, key).is_admin:
                 error = "That is a tenant key; the dashboard needs an admin key."
         except AuthenticationFailed as exc:
             error = f"Sign-in refused: {exc.message}."
@@ -126,8 +125,8 @@ def job_page(job_id: str, request: Request, uow: AdminUoW) -> Response:
     return _page(request, "job", {
         "job": job, "tenant": ops.get_tenant(uow.session, job.tenant_id),
         "chart": loss_chart(points), "last": last,
-        "progress": (last.get("step", 0) / last["total_steps"]) if last.get("total_steps")
-        else (1.0 if job.status == "succeeded" else 0.0),
+        "progress": 1.0 if job.status == jobstate.SUCCEEDED
+        else ops.progress(last.get("step", 0), last.get("total_steps")),
         "events": ops.recent_events(uow.session, job_id),
     })
 

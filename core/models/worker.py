@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import String
+from sqlalchemy import ColumnElement, String, and_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.models.base import Base, utcnow
@@ -21,3 +21,8 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None]
+
+    @classmethod
+    def alive(cls, since: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+        """Not stopped and heard from at or after ``since``: it has slots to offer."""
+        return and_(cls.stopped_at.is_(None), cls.last_heartbeat_at >= since)

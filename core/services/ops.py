@@ -115,22 +115,16 @@ class WorkerView:
 
 
 def workers(session: Session, settings: Settings, limit: int = 200) -> list[WorkerView]:
-    rows = list(session.scalars(select(Worker).order_by(Worker.last_heartbeat_at.desc())
-                                .limit(limit)))
-    now = session.scalar(select(func.now())) or utcnow()
+    since = func.now() - timedelta(seconds=settings.worker_timeout_seconds)
+    rows = session.execute(select(Worker, Worker.alive(since))
+                           .order_by(Worker.last_heartbeat_at.desc()).limit(limit)).all()
     running: dict[str, list[str]] = {}
     for job_id, worker_id in session.execute(
             select(FineTuningJob.id, FineTuningJob.worker_id)
             .where(FineTuningJob.status == jobstate.RUNNING)):
         running.setdefault(worker_id or "", []).append(job_id)
-    timeout = timedelta(seconds=settings.worker_timeout_seconds)
-
-    def state(w: Worker) -> str:
-        if w.stopped_at is not None:
-            return "stopped"
-        return "alive" if now - w.last_heartbeat_at <= timeout else "lost"
-
-    return [WorkerView(w, state(w), running.get(w.id, [])) for w in rows]
+    return [WorkerView(w, "stopped" if w.stopped_at else "alive" if alive else "lost",
+                       running.get(w.id, [])) for w, alive in rows]
 
 
 # ----- jobs across tenants ---------------------------------------------------------------
@@ -281,11 +275,14 @@ def create_tenant(session: Session, actor: str, name: str, settings: Settings,
     return tenant
 
 
-def issue_key(session: Session, actor: str, tenant_id: str, *, name: str = "",
+def issue_key(session: Session, actor: str, tenant_id: str | None, *, name: str = "",
               scopes: list[str] | None = None) -> tenant_service.IssuedKey:
-    tenant = get_tenant(session, tenant_id)
-    issued = tenant_service.issue_key(session, tenant, name=name,
-                                      scopes=tenant_service.tenant_scopes(scopes))
+    """A new key of ``tenant_id``, or an admin key when it is None (the server CLI)."""
+    if tenant_id is None:
+        issued = tenant_service.issue_key(session, None, admin=True, name=name)
+    else:
+        issued = tenant_service.issue_key(session, get_tenant(session, tenant_id), name=name,
+                                          scopes=tenant_service.tenant_scopes(scopes))
     audit(session, actor, "key.create", "api_key", issued.row.id, tenant_id=tenant_id,
           details={"prefix": issued.row.prefix, "scopes": list(issued.row.scopes)})
     return issued
@@ -312,7 +309,12 @@ class RunningJob:
 
     @property
     def progress(self) -> float:
-        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+        return progress(self.step, self.total_steps)
+
+
+def progress(step: int, total_steps: int | None) -> float:
+    """The share of a job's steps done, 0 to 1 (0 before its first metrics)."""
+    return min(1.0, step / total_steps) if total_steps else 0.0
 
 
 def running_jobs(session: Session, limit: int = 100) -> list[RunningJob]:
