@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
+from api.edge import EdgeMiddleware
 from api.idempotency import IdempotencyMiddleware
-from api.limits import BodyLimitMiddleware
 from api.request_ids import RequestIdMiddleware
 from api.routes import adapters, admin, files, health, jobs, keys, models, ops
 from core import logs
@@ -31,7 +31,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(BodyLimitMiddleware)  # refuse before anything reads the body
+    app.add_middleware(EdgeMiddleware)  # refuse bad URLs and bodies before anything parses them
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
     for module in (health, files, jobs, models, adapters, keys, admin, ops):
         app.include_router(module.router)

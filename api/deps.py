@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,7 @@ from core.repositories.scope import TenantId
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("loramill.api")
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,6 +35,14 @@ class UnitOfWork:
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
+
+    def peek(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read-only ``fn(session, *args)`` and end its transaction at once, returning
+        the pooled connection (for endpoints that then wait a long time, like uploads)."""
+        try:
+            return fn(self.session, *args)
+        finally:
+            self.session.rollback()
 
     def on_rollback(self, fn: Callable[[], None]) -> None:
         """Undo outside the database (an uploaded object) if the transaction fails."""

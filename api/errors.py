@@ -1,5 +1,7 @@
 """Every error leaves the API in OpenAI's envelope:
-``{"error": {"message", "type", "param", "code"}}``. A 500 never carries a traceback."""
+``{"error": {"message", "type", "param", "code"}}``. A 500 never carries a traceback; the
+last-resort handler for unexpected exceptions is api/request_ids.py, so that a 500 is
+logged once, as JSON, and the connection stays usable."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.errors import LoramillError
 
@@ -36,7 +40,9 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    # of a union's branches ("auto" or an integer in range), the range says the most
+    ranged = [e for e in errors if e.get("type") == "int_range"]
+    first = (ranged or errors or [{"loc": (), "msg": "invalid request"}])[0]
     param = _loc_to_param(tuple(first.get("loc", ())))
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "json_invalid":
@@ -72,7 +78,8 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
             return envelope(405, message, type="invalid_request_error",
-                            code="method_not_allowed")
+                            code="method_not_allowed",
+                            headers={"Allow": ", ".join(_allowed_methods(request))})
         return envelope(exc.status_code, str(exc.detail), type="invalid_request_error")
 
     @app.exception_handler(OperationalError)
@@ -84,8 +91,44 @@ def install(app: FastAPI) -> None:
                         "retry shortly", type="server_error", code="database_unavailable",
                         headers={"Retry-After": "2"})
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return envelope(500, "internal server error; the request was not completed",
-                        type="server_error", code="internal_error")
+    @app.exception_handler(PoolTimeout)
+    async def _saturated(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database connection pool exhausted on %s %s", request.method,
+                    request.url.path)
+        return envelope(503, "the service is at capacity; nothing was changed, please retry "
+                        "shortly", type="server_error", code="server_busy",
+                        headers={"Retry-After": "1"})
+
+    # A safety net: inputs are checked before they reach the database, so these mean a
+    # check is missing somewhere; still, a client error is a 4xx.
+    @app.exception_handler(IntegrityError)
+    async def _integrity(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("integrity error on %s %s: %s", request.method, request.url.path,
+                    _first_line(exc))
+        return envelope(409, "the request conflicts with the current state of an object "
+                        "(it may have been created or changed concurrently); reload and "
+                        "retry", type="invalid_request_error", code="conflict")
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("data error on %s %s: %s", request.method, request.url.path,
+                    _first_line(exc))
+        return envelope(400, "a value in the request cannot be stored (out of range or "
+                        "malformed)", type="invalid_request_error", code="invalid_value")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path (Starlette names only the first route's)."""
+    return [method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                   for route in request.app.router.routes)]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def internal_error() -> JSONResponse:
+    return envelope(500, "internal server error; the request was not completed",
+                    type="server_error", code="internal_error")

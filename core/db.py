@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from core.settings import get_settings
 
@@ -71,8 +72,27 @@ def get_admin_sessionmaker() -> sessionmaker[Session]:
 
 
 def set_tenant(session: Session, tenant_id: str) -> None:
-    """Scope the session's current transaction to one tenant's rows (``SET LOCAL``)."""
-    session.execute(select(func.set_config(TENANT_SETTING, tenant_id, True)))
+    """Scope the session to one tenant's rows: each of its transactions starts with
+    ``SET LOCAL`` (:func:`_scope_transaction`), so setting it costs no query and holds no
+    connection until the session first needs one."""
+    session.info[TENANT_INFO] = tenant_id
+    if session.in_transaction():  # already begun: scope the rest of it too
+        session.execute(_set_local(tenant_id))
+
+
+TENANT_INFO = "loramill_tenant_id"
+
+
+def _set_local(tenant_id: str) -> Any:
+    return select(func.set_config(TENANT_SETTING, tenant_id, True))
+
+
+@event.listens_for(Session, "after_begin")
+def _scope_transaction(session: Session, transaction: SessionTransaction,
+                       connection: Connection, *_: Any) -> None:
+    tenant_id = session.info.get(TENANT_INFO)
+    if tenant_id is not None:
+        connection.execute(_set_local(tenant_id))
 
 
 @contextmanager

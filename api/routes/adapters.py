@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from api.deps import CurrentTenant, UoW
 from api.schemas.adapters import (
@@ -11,7 +9,7 @@ from api.schemas.adapters import (
     DownloadFile,
     DownloadObject,
 )
-from api.schemas.common import ListPage
+from api.schemas.common import Limit, ListPage, Version
 from core.repositories import adapters as adapter_repo
 from core.services import adapters as adapter_service
 from core.storage import get_storage
@@ -21,7 +19,7 @@ router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
 @router.get("", response_model=ListPage[AdapterObject])
 def list_adapters(tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
-                  limit: Annotated[int, Query(ge=1, le=100)] = 20) -> ListPage[AdapterObject]:
+                  limit: Limit = 20) -> ListPage[AdapterObject]:
     items, more = adapter_repo.list_page(uow.session, tenant_id, after=after, limit=limit)
     latest = adapter_repo.latest_versions(uow.session, [a.id for a in items])
     return ListPage.of([AdapterObject.of(a, latest.get(a.id)) for a in items], more)
@@ -29,7 +27,7 @@ def list_adapters(tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
 
 @router.get("/{name}/versions", response_model=ListPage[AdapterVersionObject])
 def list_versions(name: str, tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
-                  limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                  limit: Limit = 20,
                   ) -> ListPage[AdapterVersionObject]:
     adapter = adapter_service.get(uow.session, tenant_id, name)
     items, more = adapter_repo.versions_page(uow.session, tenant_id, adapter, after=after,
@@ -38,14 +36,14 @@ def list_versions(name: str, tenant_id: CurrentTenant, uow: UoW, after: str | No
 
 
 @router.get("/{name}/versions/{version}", response_model=AdapterVersionObject)
-def get_version(name: str, version: int, tenant_id: CurrentTenant,
+def get_version(name: str, version: Version, tenant_id: CurrentTenant,
                 uow: UoW) -> AdapterVersionObject:
     adapter, row = adapter_service.get_version(uow.session, tenant_id, name, version)
     return AdapterVersionObject.of(row, adapter.name)
 
 
 @router.get("/{name}/versions/{version}/download", response_model=DownloadObject)
-def download(name: str, version: int, tenant_id: CurrentTenant, uow: UoW) -> DownloadObject:
+def download(name: str, version: Version, tenant_id: CurrentTenant, uow: UoW) -> DownloadObject:
     adapter, row = adapter_service.get_version(uow.session, tenant_id, name, version)
     expires, files = adapter_service.download_urls(get_storage(), row)
     return DownloadObject(adapter=adapter.name, version=row.version, expires_at=expires,

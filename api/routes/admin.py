@@ -19,12 +19,12 @@ from api.schemas.admin import (
     TenantObject,
     WorkerObject,
 )
-from api.schemas.common import ListPage
+from api.schemas.common import IntRange, Limit, ListPage
 from core.services import dispatch, ops
 from core.services import tenants as tenant_service
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-Limit = Annotated[int, Query(ge=1, le=100)]
+MAX_AGE_SECONDS = 10 * 366 * 86400  # older_than_seconds: ten years
 
 
 @router.get("/queue", response_model=QueueObject)
@@ -42,7 +42,7 @@ def list_jobs(
     _: AdminActor, uow: AdminUoW,
     status: Annotated[list[str] | None, Query(description="repeat or comma-separate")] = None,
     tenant_id: str | None = None,
-    older_than_seconds: Annotated[int | None, Query(ge=0)] = None,
+    older_than_seconds: Annotated[int | None, Query(), IntRange(0, MAX_AGE_SECONDS)] = None,
     after: str | None = None, limit: Limit = 20,
 ) -> ListPage[AdminJobObject]:
     statuses = [s for v in status or [] for s in v.split(",") if s]

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentTenant, FilesWriter, SettingsDep, UoW
-from api.schemas.common import ListPage
+from api.schemas.common import IntRange, ListPage
 from api.schemas.files import FileDeleted, FileObject
-from api.uploads import drain, stream_form
+from api.uploads import FORM_OVERHEAD, Body, refuse, stream_form
 from core.errors import InvalidRequest, LoramillError
-from core.models import Tenant
 from core.repositories import files as file_repo
 from core.services import files as file_service
 from core.storage import file_key, get_storage
@@ -23,26 +24,27 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 async def upload_file(
     request: Request, tenant_id: FilesWriter, uow: UoW, settings: SettingsDep
 ) -> FileObject:
-    tenant = await run_in_threadpool(uow.session.get, Tenant, tenant_id)
-    assert tenant is not None  # authentication checked it
-    limit, too_large = await run_in_threadpool(file_service.upload_limit, uow.session,
-                                               tenant, settings)
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > limit + 64 * 1024:  # multipart framing adds a little
-        await drain(request)
-        raise file_service.too_large(too_large)
+    # A read-only peek at the limits, ended at once: no pooled connection is held while
+    # the body streams in (that may take minutes).
+    limit, too_large = await run_in_threadpool(uow.peek, file_service.upload_limit,
+                                               tenant_id, settings)
+    body = Body(request.receive)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
+        error = file_service.too_large(too_large)  # refused before reading a byte
+        error.headers = {"Connection": "close"}
+        raise error
 
     file_id = file_service.new_file_id()
     ingest = file_service.FileIngest(
         get_storage(), file_key(tenant_id, file_id), max_bytes=limit, settings=settings,
         too_large=too_large,
     )
-
-    def start(filename: str | None) -> None:
-        file_service.check_filename(filename)
-
     try:
-        form = await stream_form(request, "file", start, ingest.write)
+        form = await stream_form(
+            body, request.headers.get("content-type", ""), "file",
+            file_service.check_filename, ingest.write, max_body_bytes=limit + FORM_OVERHEAD,
+            too_large=lambda: file_service.too_large(too_large))
         if not form.file_seen:
             raise InvalidRequest("missing required parameter: 'file'", param="file",
                                  code="missing_parameter")
@@ -51,12 +53,11 @@ async def upload_file(
         report = await run_in_threadpool(ingest.finish)
         if not report.ok:
             raise file_service.invalid_dataset(filename, report)
-    except LoramillError:
-        await run_in_threadpool(ingest.abort)
-        await drain(request)
-        raise
+    except LoramillError as error:
+        await _abort(ingest)
+        raise await refuse(body, error) from None
     except BaseException:
-        await run_in_threadpool(ingest.abort)
+        await _abort(ingest)
         raise
     uow.on_rollback(lambda: get_storage().delete(ingest.key))
     file = await run_in_threadpool(
@@ -68,10 +69,17 @@ async def upload_file(
     return FileObject.of(file)
 
 
+async def _abort(ingest: file_service.FileIngest) -> None:
+    """Abort the object's multipart upload, even while the request is being cancelled (a
+    client that went away), so no unfinished upload is left in the bucket."""
+    with anyio.CancelScope(shield=True):
+        await run_in_threadpool(ingest.abort)
+
+
 @router.get("", response_model=ListPage[FileObject])
 def list_files(
     tenant_id: CurrentTenant, uow: UoW,
-    after: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    after: str | None = None, limit: Annotated[int, Query(), IntRange(1, 10000)] = 10000,
     purpose: str | None = None, order: str = "desc",
 ) -> ListPage[FileObject]:
     if order != "desc":
@@ -108,8 +116,13 @@ def file_content(file_id: str, tenant_id: CurrentTenant, uow: UoW) -> StreamingR
     return StreamingResponse(
         body(),  # type: ignore[arg-type]
         media_type="application/octet-stream",
-        headers={
-            "Content-Disposition": f'attachment; filename="{file.id}.jsonl"',
-            "Content-Length": str(file.bytes),
-        },
+        headers={"Content-Disposition": attachment(file.filename),
+                 "Content-Length": str(file.bytes)},
     )
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition for any filename: an ASCII fallback, and the real name in
+    RFC 5987's ``filename*`` (headers themselves must be Latin-1)."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 
 from api.deps import CurrentTenant, JobsWriter, UoW
 from api.schemas.adapters import CheckpointObject
-from api.schemas.common import ListPage
+from api.schemas.common import IntRange, Limit, ListPage
 from api.schemas.jobs import CreateJob, EventObject, JobObject
 from core.errors import InvalidRequest
 from core.repositories import checkpoints as checkpoint_repo
@@ -51,7 +51,7 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 @router.get("", response_model=ListPage[JobObject])
 def list_jobs(
     request: Request, tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Limit = 20,
 ) -> ListPage[JobObject]:
     items, more = job_repo.list_page(
         uow.session, tenant_id, after=after, limit=limit, metadata=_metadata_filter(request)
@@ -84,7 +84,7 @@ def resume_job(job_id: str, tenant_id: JobsWriter, uow: UoW) -> JobObject:
 @router.get("/{job_id}/events", response_model=ListPage[EventObject])
 def list_events(
     job_id: str, tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    limit: Annotated[int, Query(), IntRange(1, 1000)] = 20,
 ) -> ListPage[EventObject]:
     job_service.get(uow.session, tenant_id, job_id)
     items, more = job_repo.list_events(
@@ -96,7 +96,7 @@ def list_events(
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
 def list_checkpoints(
     job_id: str, tenant_id: CurrentTenant, uow: UoW, after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    limit: Limit = 10,
 ) -> ListPage[CheckpointObject]:
     job = job_service.get(uow.session, tenant_id, job_id)
     items, more = checkpoint_repo.list_page(uow.session, tenant_id, job_id, after=after,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas.common import ts
+from api.schemas.common import MAX_BYTES, IntRange, ts
 from api.schemas.jobs import JobObject
 from core.models import AuditEntry, FineTuningJob, Tenant
 from core.services import ops
@@ -104,16 +104,16 @@ class AdminJobObject(JobObject):
 class PriorityBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    priority: int = Field(ge=ops.PRIORITY_RANGE[0], le=ops.PRIORITY_RANGE[1])
+    priority: Annotated[int, IntRange(*ops.PRIORITY_RANGE)]
 
 
 class Quotas(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_running_jobs: int | None = Field(None, ge=0, le=10_000)
-    max_queued_jobs: int | None = Field(None, ge=0, le=1_000_000)
-    max_file_bytes: int | None = Field(None, ge=0)
-    storage_bytes: int | None = Field(None, ge=0)
+    max_running_jobs: Annotated[int, IntRange(0, 10_000)] | None = None
+    max_queued_jobs: Annotated[int, IntRange(0, 1_000_000)] | None = None
+    max_file_bytes: Annotated[int, IntRange(0, MAX_BYTES)] | None = None
+    storage_bytes: Annotated[int, IntRange(0, MAX_BYTES)] | None = None
 
     def given(self) -> dict[str, int]:
         return {k: v for k, v in self.model_dump().items() if v is not None}

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.schemas.common import ts
+from api.schemas.common import MAX_INT32, IntRange, ts
 from core.models import FineTuningJob, JobEvent
 
 Auto = Literal["auto"]
@@ -13,8 +13,8 @@ Auto = Literal["auto"]
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
-    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    n_epochs: Auto | Annotated[int, IntRange(1, 50)] = "auto"
+    batch_size: Auto | Annotated[int, IntRange(1, 256)] = "auto"
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
 
 
@@ -34,7 +34,7 @@ class Method(BaseModel):
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    r: int = Field(8, ge=1, le=256)
+    r: Annotated[int, IntRange(1, 256)] = 8
     alpha: float = Field(16, gt=0, le=4096)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
@@ -63,7 +63,7 @@ class CreateJob(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    seed: Annotated[int, IntRange(0, MAX_INT32)] | None = None
     metadata: dict[str, str] | None = None
     integrations: list[Any] | None = None
     lora: LoraSettings | None = None

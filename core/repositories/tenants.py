@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core import ids
@@ -9,18 +10,17 @@ from core.models.base import utcnow
 from core.settings import Settings
 
 
-def create_tenant(session: Session, name: str, settings: Settings) -> Tenant:
-    tenant = Tenant(
-        id=ids.new_id(ids.TENANT),
-        name=name,
-        max_running_jobs=settings.default_max_running_jobs,
-        max_queued_jobs=settings.default_max_queued_jobs,
-        max_file_bytes=settings.max_file_bytes,
-        storage_bytes=settings.default_storage_bytes,
-    )
-    session.add(tenant)
-    session.flush()
-    return tenant
+def create_tenant(session: Session, name: str, settings: Settings) -> Tenant | None:
+    """The new tenant, or None when the name is taken (also by a concurrent creation)."""
+    tenant_id = session.scalar(
+        insert(Tenant).values(
+            id=ids.new_id(ids.TENANT), name=name, created_at=utcnow(),
+            max_running_jobs=settings.default_max_running_jobs,
+            max_queued_jobs=settings.default_max_queued_jobs,
+            max_file_bytes=settings.max_file_bytes,
+            storage_bytes=settings.default_storage_bytes,
+        ).on_conflict_do_nothing(index_elements=["name"]).returning(Tenant.id))
+    return session.get(Tenant, tenant_id) if tenant_id else None
 
 
 def get_by_name(session: Session, name: str) -> Tenant | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 
 from sqlalchemy.orm import Session
 
@@ -86,16 +87,23 @@ def too_large(message: str) -> PayloadTooLarge:
     return PayloadTooLarge(message, param="file", code=code)
 
 
-def upload_limit(session: Session, tenant: Tenant, settings: Settings) -> tuple[int, str]:
+def upload_limit(session: Session, tenant_id: TenantId, settings: Settings) -> tuple[int, str]:
     """The most bytes this upload may have, and what to say when it has more: the file
-    size limit, or what is left of the tenant's storage quota if that is less."""
+    size limit, or what is left of the tenant's storage quota if that is less. Concurrent
+    uploads all see the same room; :func:`record` checks the quota again, under a lock."""
+    tenant = session.get(Tenant, tenant_id)
+    assert tenant is not None  # authentication checked it
     file_limit = min(tenant.max_file_bytes, settings.max_file_bytes)
-    used = file_repo.stored_bytes(session, TenantId(tenant.id))
+    used = file_repo.stored_bytes(session, tenant_id)
     left = max(0, tenant.storage_bytes - used)
     if left < file_limit:
-        return left, (f"storage quota of {tenant.storage_bytes} bytes exceeded ({used} bytes "
-                      "already stored); delete files or ask for a larger quota")
+        return left, _quota_exceeded(tenant, used)
     return file_limit, f"file is larger than the limit of {file_limit} bytes"
+
+
+def _quota_exceeded(tenant: Tenant, used: int) -> str:
+    return (f"storage quota of {tenant.storage_bytes} bytes exceeded ({used} bytes already "
+            "stored); delete files or ask for a larger quota")
 
 
 def check_purpose(purpose: str | None) -> str:
@@ -111,12 +119,19 @@ def check_purpose(purpose: str | None) -> str:
 
 
 def check_filename(filename: str | None) -> str:
+    """Any language's text, but no control or formatting characters: those can hide what a
+    name really is (U+202E turns ``evil\u202egpj.jsonl`` into ``eviljpg.jsonl`` on screen)."""
     if not filename:
         raise InvalidRequest("the 'file' part needs a filename", param="file")
-    if len(filename) > MAX_FILENAME or any(ord(c) < 32 for c in filename):
-        raise InvalidRequest(
-            f"filename must be at most {MAX_FILENAME} printable characters", param="file"
-        )
+    if len(filename) > MAX_FILENAME:
+        raise InvalidRequest(f"filename is longer than {MAX_FILENAME} characters",
+                             param="file")
+    bad = next((c for c in filename
+                if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")),
+               None)
+    if bad is not None:
+        raise InvalidRequest(f"filename contains a control or formatting character "
+                             f"(U+{ord(bad):04X}); use printable characters", param="file")
     return filename
 
 
@@ -131,6 +146,13 @@ def record(
     session: Session, *, tenant_id: TenantId, file_id: str, filename: str, purpose: str,
     ingest: FileIngest, report: Report,
 ) -> File:
+    """The file's row, if the tenant's storage quota still has room for it: the tenant row
+    is locked, so concurrent uploads are counted one after the other."""
+    tenant = session.get(Tenant, tenant_id, with_for_update=True)
+    assert tenant is not None
+    used = file_repo.stored_bytes(session, tenant_id)
+    if used + ingest.size > tenant.storage_bytes:
+        raise too_large(_quota_exceeded(tenant, used))
     return file_repo.add(session, File(
         id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose,
         bytes=ingest.size, sha256=ingest.sha256, format=report.format,

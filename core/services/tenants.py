@@ -23,9 +23,11 @@ class IssuedKey:
 
 
 def create_tenant(session: Session, name: str, settings: Settings) -> Tenant:
-    if tenant_repo.get_by_name(session, name) is not None:
-        raise Conflict(f"a tenant named {name!r} already exists")
-    return tenant_repo.create_tenant(session, name, settings)
+    tenant = tenant_repo.create_tenant(session, name, settings)
+    if tenant is None:
+        raise Conflict(f"a tenant named {name!r} already exists", param="name",
+                       code="tenant_exists")
+    return tenant
 
 
 def issue_key(
