@@ -60,3 +60,6 @@ def configure(level: int = logging.INFO) -> None:
     handler.setFormatter(JsonFormatter())
     root.handlers = [handler]
     root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # theirs, as JSON too
+        server_log = logging.getLogger(name)
+        server_log.handlers, server_log.propagate = [], True

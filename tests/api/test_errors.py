@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import httpx
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from tests.api.helpers import assert_error
-from tests.conftest import StackInfo, TenantHandle
+from tests.conftest import ROOT, StackInfo, TenantHandle
 
 
 def test_unknown_route_and_method(stack: StackInfo, tenant: TenantHandle) -> None:
@@ -37,3 +45,47 @@ def test_health_endpoints(stack: StackInfo) -> None:
     assert httpx.get(f"{stack.api_url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{stack.api_url}/readyz").json()
     assert ready["checks"] == {"database": "ok", "storage": "ok"}
+
+
+def test_a_500_is_one_json_log_line_and_keeps_the_connection(stack: StackInfo,
+                                                             tmp_path: Path) -> None:
+    from core.localstack import find_ports
+
+    port = find_ports(1, 33500)[0]
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "tests.api.failing_app:app", "--port", str(port),
+             "--no-access-log"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n"
+                         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b'"ok"}'):
+                chunk = sock.recv(65536)
+                assert chunk, f"the connection was closed after: {received!r}"
+                received += chunk
+        first, second = received.split(b"HTTP/1.1 ")[1:]
+        assert first.startswith(b"500") and b"connection: close" not in first.lower()
+        assert b"internal_error" in first and b"secret internal detail" not in first
+        assert second.startswith(b"200")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lines = log_path.read_text().splitlines()
+    failures = [json.loads(line) for line in lines
+                if line.startswith("{") and "unhandled error" in line]
+    assert len(failures) == 1 and failures[0]["error"] == "RuntimeError"
+    assert failures[0]["request_id"].startswith("req-")
+    plain = [line for line in lines if not line.startswith("{")]
+    assert not [line for line in plain if "Traceback" in line or "Exception" in line], plain
