@@ -5,19 +5,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, idempotency
 from api.edge import EdgeMiddleware
 from api.idempotency import IdempotencyMiddleware
 from api.request_ids import RequestIdMiddleware
 from api.routes import adapters, admin, files, health, jobs, keys, models, ops
 from core import logs
+from core.settings import get_settings
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     logs.configure()  # when a server runs the app; importing it configures nothing
+    # the threads that run blocking work; the database pools are sized against them
+    anyio.to_thread.current_default_thread_limiter().total_tokens = (
+        get_settings().api_threads)
     yield
 
 
@@ -30,6 +35,7 @@ def create_app() -> FastAPI:
         "fine-tuning and files API.",
     )
     errors.install(app)
+    idempotency.install(app)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(EdgeMiddleware)  # refuse bad URLs and bodies before anything parses them
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id

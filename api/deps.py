@@ -3,18 +3,29 @@
 The session dependency owns the transaction: it commits after the endpoint returns and
 only then runs the work queued with :meth:`UnitOfWork.after_commit` (enqueueing Celery
 messages), so a message never points at rows that were rolled back.
+
+No request holds a pooled connection while it waits for a thread: authentication is one
+short transaction in one thread hop; scoping to the tenant costs no query (it is set when
+the endpoint's transaction begins, core.db.set_tenant); the endpoint's queries and its
+commit then run without giving their connection back in between. Each tenant has a cap
+on requests in flight (api/concurrency.py), and the ``Idempotency-Key`` of a POST is
+claimed only once authentication, suspension, the rate limit and the key's scopes passed
+(:func:`require`, :func:`admin_actor`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
+from api import idempotency
+from api.concurrency import slots
 from core import keys, logs, ratelimit
 from core.db import admin_scope, get_admin_sessionmaker, get_sessionmaker, set_tenant
 from core.errors import AuthenticationFailed, PermissionDenied
@@ -98,6 +109,11 @@ class Principal:
     def is_admin(self) -> bool:
         return keys.ADMIN_SCOPE in self.scopes
 
+    @property
+    def owner(self) -> str:
+        """Whose requests count together against the concurrency cap."""
+        return self.tenant_id or self.key_id
+
 
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization")
@@ -121,10 +137,36 @@ def _bearer(request: Request) -> str:
     return token
 
 
-def authenticate(request: Request) -> Principal:
-    """Who is calling. Keys are found by hash before any tenant is known, so this is the
-    admin role's one short transaction per request."""
+async def authenticate(request: Request,
+                       settings: Annotated[Settings, Depends(get_settings)],
+                       ) -> AsyncIterator[Principal]:
+    """Who is calling, holding one of its owner's slots for the rest of the request. Keys
+    are found by hash before any tenant is known: the admin role's one short transaction."""
     token = _bearer(request)
+    key_hash = keys.hash_key(token)
+    limit = settings.max_concurrent_requests_per_tenant
+    held: str | None = None
+    try:
+        known = slots.owner_of(key_hash)
+        if known is not None:
+            slots.acquire(known, limit)  # a flood is refused here, before any I/O
+            held = known
+        principal = await run_in_threadpool(_lookup, token)
+        if held != principal.owner:
+            if held is not None:
+                slots.release(held)
+                held = None
+            slots.acquire(principal.owner, limit)
+            held = principal.owner
+        slots.remember(key_hash, principal.owner)
+        logs.bind(tenant_id=principal.tenant_id)
+        yield principal
+    finally:
+        if held is not None:
+            slots.release(held)
+
+
+def _lookup(token: str) -> Principal:
     with admin_scope() as session:
         return principal_for(session, token)
 
@@ -145,32 +187,33 @@ def principal_for(session: Session, token: str) -> Principal:
     ratelimit.check(key.id)
     tenant_repo.touch_key(session, key)
     tenant_id = TenantId(key.tenant_id) if key.tenant_id else None
-    logs.bind(tenant_id=tenant_id)
     return Principal(key_id=key.id, tenant_id=tenant_id, scopes=tuple(key.scopes))
 
 
-def current_tenant(principal: Annotated[Principal, Depends(authenticate)],
-                   uow: UoW) -> TenantId:
+async def current_tenant(principal: Annotated[Principal, Depends(authenticate)],
+                         uow: UoW) -> TenantId:
     if principal.tenant_id is None:
         raise PermissionDenied(
             "admin keys manage the service and cannot act as a tenant; use a tenant key"
         )
-    set_tenant(uow.session, principal.tenant_id)  # SET LOCAL: this transaction only
+    set_tenant(uow.session, principal.tenant_id)  # SET LOCAL on each of its transactions
     return principal.tenant_id
 
 
 CurrentTenant = Annotated[TenantId, Depends(current_tenant)]
 
 
-def require(scope: str) -> Callable[..., TenantId]:
-    """A tenant whose key carries ``scope`` (read-only keys cannot change anything)."""
+def require(scope: str) -> Callable[..., Awaitable[TenantId]]:
+    """A tenant whose key carries ``scope`` (read-only keys cannot change anything); a POST's
+    Idempotency-Key is claimed only then."""
 
-    def check(principal: Annotated[Principal, Depends(authenticate)],
-              tenant_id: CurrentTenant) -> TenantId:
+    async def check(request: Request, principal: Annotated[Principal, Depends(authenticate)],
+                    tenant_id: CurrentTenant) -> TenantId:
         if scope not in principal.scopes:
             raise PermissionDenied(
                 f"this API key lacks the '{scope}' scope (it has: "
                 f"{', '.join(principal.scopes) or 'none'})", code="missing_scope")
+        await idempotency.claim(request, tenant_id)
         return tenant_id
 
     return check
@@ -181,11 +224,14 @@ JobsWriter = Annotated[TenantId, Depends(require(keys.JOBS_WRITE))]
 KeysWriter = Annotated[TenantId, Depends(require(keys.KEYS_WRITE))]
 
 
-def admin_actor(principal: Annotated[Principal, Depends(authenticate)]) -> str:
-    """An admin key's audit name; tenant keys are refused."""
+async def admin_actor(request: Request,
+                      principal: Annotated[Principal, Depends(authenticate)]) -> str:
+    """An admin key's audit name; tenant keys are refused. Operators' Idempotency-Keys
+    have a namespace of their own."""
     if not principal.is_admin:
         raise PermissionDenied("this endpoint is for operators: use an admin key",
                                code="admin_only")
+    await idempotency.claim(request, None)
     return f"key:{principal.key_id}"
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api import idempotency
 from core.errors import LoramillError
 
 log = logging.getLogger("loramill.api")
@@ -66,6 +67,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        idempotency.not_reached(request)
         message, param = _validation_message(exc)
         return envelope(400, message, type="invalid_request_error", param=param,
                         code="invalid_request")

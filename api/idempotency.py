@@ -1,84 +1,67 @@
-"""``Idempotency-Key`` on every POST (design.md §5), as ASGI middleware.
+"""``Idempotency-Key`` on every POST (design.md §5), as Stripe defines it.
 
-The first request with a key reserves it (a row with no response yet), runs, and stores
-its response. A retry with the same key and the same method, path and body gets that
-response again (``Idempotent-Replayed: true``); with a different body, a 422. Requests that
-arrive while the first is still running wait for it, so 50 concurrent identical POSTs make
-one job. A 5xx is not stored: the key is released for a retry. Keys are per tenant and
-expire after 24 hours. Bodies are hashed as they stream, so uploads are covered too.
+Two halves:
+
+- :class:`IdempotencyMiddleware` notes the key, hashes the request (method, path, body) as
+  it streams by, and captures the response.
+- :func:`claim` runs inside the request, *after* authentication, suspension, scopes and
+  the rate limit (the dependencies that call it, in api/deps.py, depend on those), so a
+  stored response is only ever replayed to a caller allowed to make that request now.
+
+The first request with a key reserves it: a row with no response whose ``expires_at`` is
+a lease, renewed while the request runs, so a reservation left by a crashed process
+expires within ``idempotency_lease_seconds``. Its response is stored only if the
+endpoint produced it: not when the request was refused before (a body that failed
+validation), and never a 401, 403, 409, 429 or 5xx, whose retry may well succeed; those
+release the key instead. No secret is stored: a replayed key creation says the secret was
+shown once. A retry with the same key and request gets the stored response
+(``Idempotent-Replayed: true``); with another request, a 422. Retries that arrive while
+the first still runs wait for it (so 50 concurrent identical POSTs make one job) without
+holding a thread or a database connection. Keys are per tenant, and operators have a
+namespace of their own; a stored response lives 24 hours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import keys
+from api.edge import UPLOAD_PATH
 from core.db import admin_scope, tenant_scope
+from core.errors import Conflict, LoramillError, Unprocessable
 from core.models import IdempotencyKey
 from core.models.base import utcnow
-from core.repositories import tenants as tenant_repo
+from core.settings import get_settings
 
+log = logging.getLogger("loramill.idempotency")
 HEADER = b"idempotency-key"
+SCOPE_KEY = "loramill.idempotency"
+ADMIN_SCOPE = "admin"
 TTL = timedelta(hours=24)
 WAIT_SECONDS = 120.0
 MAX_KEY = 255
 MAX_STORED_BODY = 1024 * 1024
-MAX_REPLAY_BODY = 8 * 1024 * 1024
-
-
-def _tenant_for(authorization: str) -> str | None:
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not keys.is_well_formed(token):
-        return None
-    with admin_scope() as session:  # the key names the tenant: looked up across tenants
-        row = tenant_repo.find_key(session, keys.hash_key(token))
-        return row.tenant_id if row is not None and row.revoked_at is None else None
-
-
-def _reserve(tenant_id: str, key: str) -> bool:
-    now = utcnow()
-    with tenant_scope(tenant_id) as session:
-        session.execute(delete(IdempotencyKey).where(
-            IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key,
-            IdempotencyKey.expires_at < now))
-        inserted = session.execute(
-            insert(IdempotencyKey)
-            .values(tenant_id=tenant_id, key=key, request_hash="", created_at=now,
-                    expires_at=now + TTL)
-            .on_conflict_do_nothing()
-            .returning(IdempotencyKey.key)
-        ).first()
-    return inserted is not None
-
-
-def _load(tenant_id: str, key: str) -> IdempotencyKey | None:
-    with tenant_scope(tenant_id) as session:
-        return session.scalars(select(IdempotencyKey).where(
-            IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)).one_or_none()
-
-
-def _store(tenant_id: str, key: str, request_hash: str, status: int,
-           response: dict[str, Any] | None) -> None:
-    with tenant_scope(tenant_id) as session:
-        if response is None or status >= 500:
-            session.execute(delete(IdempotencyKey).where(
-                IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key))
-            return
-        row = session.get(IdempotencyKey, (tenant_id, key))
-        if row is not None:
-            row.request_hash, row.status_code, row.response = request_hash, status, response
+MAX_KEPT_UPLOAD = 8 * 1024 * 1024  # a waiting upload keeps its body up to this, to run later
+NEVER_STORED = frozenset({401, 403, 409, 429})
+SECRET_NOTE = ("the secret was shown once, in the response that created this key, and is "
+               "not stored; if it was lost, revoke this key and create another")
 
 
 class BodyDigest:
@@ -114,10 +97,189 @@ class BodyDigest:
         return self._sha.hexdigest()
 
 
-def _error(status: int, message: str, code: str) -> tuple[int, bytes]:
-    body = {"error": {"message": message, "type": "invalid_request_error",
-                      "param": "Idempotency-Key", "code": code}}
-    return status, json.dumps(body).encode()
+@dataclass
+class Pending:
+    """One POST that carries a key, from the middleware to :func:`claim` and back."""
+
+    key: str
+    digest: BodyDigest
+    body_started: bool = False
+    body_done: bool = False
+    spent: bool = False  # its (streamed) body was read to compare it: it cannot run
+    scope_id: str | None = None  # set once claimed: the reservation is this request's
+    tenant_id: str | None = None
+    refused: bool = False  # answered before its endpoint ran: never stored
+    status: int = 500
+    body: bytearray = field(default_factory=bytearray)
+    lease: asyncio.Task[None] | None = None
+
+
+# ----- the table ------------------------------------------------------------------------
+
+def _scope(tenant_id: str | None) -> Any:
+    return tenant_scope(tenant_id) if tenant_id else admin_scope()
+
+
+def _where(scope_id: str, key: str) -> Any:
+    return (IdempotencyKey.scope == scope_id) & (IdempotencyKey.key == key)
+
+
+def _reserve(scope_id: str, tenant_id: str | None, key: str) -> bool:
+    """Reserve the key for this request; False when another has it (or had it)."""
+    now = utcnow()
+    lease = timedelta(seconds=get_settings().idempotency_lease_seconds)
+    with _scope(tenant_id) as session:
+        session.execute(delete(IdempotencyKey).where(_where(scope_id, key),
+                                                     IdempotencyKey.expires_at < now))
+        inserted = session.execute(
+            insert(IdempotencyKey)
+            .values(scope=scope_id, tenant_id=tenant_id, key=key, request_hash="",
+                    created_at=now, expires_at=now + lease)
+            .on_conflict_do_nothing()
+            .returning(IdempotencyKey.key)
+        ).first()
+    return inserted is not None
+
+
+def _load(scope_id: str, tenant_id: str | None, key: str) -> IdempotencyKey | None:
+    with _scope(tenant_id) as session:
+        row: IdempotencyKey | None = session.scalars(
+            select(IdempotencyKey).where(_where(scope_id, key))).one_or_none()
+        return row
+
+
+def _renew(scope_id: str, tenant_id: str | None, key: str) -> None:
+    lease = timedelta(seconds=get_settings().idempotency_lease_seconds)
+    with _scope(tenant_id) as session:
+        session.execute(update(IdempotencyKey)
+                        .where(_where(scope_id, key), IdempotencyKey.status_code.is_(None))
+                        .values(expires_at=utcnow() + lease))
+
+
+def _finish(pending: Pending, response: dict[str, Any] | None) -> None:
+    """Store the response, or (None) release the key for a retry."""
+    assert pending.scope_id is not None
+    with _scope(pending.tenant_id) as session:
+        _store(session, pending, response)
+
+
+def _store(session: Session, pending: Pending, response: dict[str, Any] | None) -> None:
+    where = _where(pending.scope_id or "", pending.key)
+    if response is None:
+        session.execute(delete(IdempotencyKey).where(where))
+        return
+    session.execute(update(IdempotencyKey).where(where).values(
+        request_hash=pending.digest.hexdigest(), status_code=pending.status,
+        response=response, expires_at=utcnow() + TTL))
+
+
+# ----- inside the request: after authentication and scopes --------------------------------
+
+class IdempotentReplay(Exception):
+    def __init__(self, status: int, body: Any):
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(IdempotentReplay)
+    async def _replay(request: Request, exc: IdempotentReplay) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=exc.status,
+                            headers={"Idempotent-Replayed": "true"})
+
+
+def pending_of(request: Request) -> Pending | None:
+    found: Pending | None = request.scope.get(SCOPE_KEY)
+    return found
+
+
+def not_reached(request: Request) -> None:
+    """The request was refused before its endpoint ran (e.g. its body was invalid)."""
+    pending = pending_of(request)
+    if pending is not None:
+        pending.refused = True
+
+
+async def claim(request: Request, tenant_id: str | None) -> None:
+    """Reserve the request's key for it, or answer with the stored response (raising
+    :class:`IdempotentReplay`), or wait while the first request with the key runs.
+    ``tenant_id`` None: an operator's request."""
+    pending = pending_of(request)
+    if pending is None or pending.scope_id is not None:
+        return
+    if not pending.body_done and request.url.path != UPLOAD_PATH:
+        await request.body()  # small (api/edge.py): hash all of it; the endpoint reads a copy
+    scope_id = tenant_id or ADMIN_SCOPE
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_SECONDS
+    pause = 0.02
+    while True:
+        if await run_in_threadpool(_reserve, scope_id, tenant_id, pending.key):
+            pending.scope_id, pending.tenant_id = scope_id, tenant_id
+            pending.lease = asyncio.create_task(_keep_lease(scope_id, tenant_id, pending.key))
+            return
+        if not pending.body_done:
+            await _read_upload(request, pending)  # to compare it with the first one
+        row = await run_in_threadpool(_load, scope_id, tenant_id, pending.key)
+        if row is not None and row.status_code is not None:
+            if row.request_hash != pending.digest.hexdigest():
+                raise Unprocessable(
+                    "this Idempotency-Key was already used with a different request (method, "
+                    "path or body); use a new key for a new request", param="Idempotency-Key",
+                    code="idempotency_key_reused")
+            raise IdempotentReplay(row.status_code, (row.response or {}).get("body"))
+        if row is None and pending.spent:
+            raise _retry("the first request with this Idempotency-Key did not complete; "
+                         "retry it", "idempotency_key_released")
+        if loop.time() > deadline:
+            raise _retry("a request with this Idempotency-Key is still in progress",
+                         "idempotency_key_in_progress")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+async def _read_upload(request: Request, pending: Pending) -> None:
+    """Read a waiting upload's whole body (hashing it); keep it if small, so the upload can
+    still run should the first request fail."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) <= MAX_KEPT_UPLOAD:
+        await request.body()  # the endpoint's stream replays it
+        return
+    async for _ in request.stream():
+        pass
+    pending.spent = True
+
+
+def _retry(message: str, code: str) -> LoramillError:
+    error = Conflict(message, param="Idempotency-Key", code=code)
+    error.headers = {"Retry-After": "1"}
+    return error
+
+
+async def _keep_lease(scope_id: str, tenant_id: str | None, key: str) -> None:
+    every = get_settings().idempotency_lease_seconds / 3
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await run_in_threadpool(_renew, scope_id, tenant_id, key)
+        except Exception:  # the lease runs out; a retry may then take over
+            log.warning("could not renew the Idempotency-Key lease", exc_info=True)
+
+
+# ----- around the request ----------------------------------------------------------------
+
+def _storable(pending: Pending) -> dict[str, Any] | None:
+    cut_short = pending.body_started and not pending.body_done  # e.g. refused while uploading
+    if (pending.refused or cut_short or pending.status >= 500
+            or pending.status in NEVER_STORED or len(pending.body) > MAX_STORED_BODY):
+        return None
+    try:
+        body = json.loads(bytes(pending.body) or b"null")
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("secret"):  # a new API key: never stored
+        body = {**body, "secret": None, "note": SECRET_NOTE}
+    return {"body": body}
 
 
 class IdempotencyMiddleware:
@@ -125,120 +287,61 @@ class IdempotencyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        raw_key = headers.get(HEADER)
-        if raw_key is None:
+        raw_key = dict(scope["headers"]).get(HEADER) if scope["type"] == "http" else None
+        if raw_key is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         key = raw_key.decode("latin-1").strip()
-        if not key or len(key) > MAX_KEY:
-            await _respond(send, *_error(400, f"Idempotency-Key must be 1 to {MAX_KEY} "
-                                              "characters", "invalid_idempotency_key"))
+        if not key or len(key) > MAX_KEY or not key.isprintable() or not key.isascii():
+            await _respond(send, 400, f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII "
+                                      "characters", "invalid_idempotency_key")
             return
-        tenant_id = await run_in_threadpool(
-            _tenant_for, headers.get(b"authorization", b"").decode("latin-1"))
-        if tenant_id is None:  # not a tenant: authentication answers as usual
-            await self.app(scope, receive, send)
-            return
-        digest = BodyDigest(scope)
-        if await run_in_threadpool(_reserve, tenant_id, key):
-            await self._first(scope, receive, send, tenant_id, key, digest)
-        else:
-            await self._repeat(scope, receive, send, tenant_id, key, digest)
+        pending = Pending(key=key, digest=BodyDigest(scope))
+        scope[SCOPE_KEY] = pending
 
-    async def _first(self, scope: Scope, receive: Receive, send: Send, tenant_id: str,
-                     key: str, digest: Any) -> None:
         async def hashing_receive() -> Message:
             message = await receive()
-            if message["type"] == "http.request":
-                digest.update(message.get("body", b""))
+            if message["type"] == "http.request" and not pending.body_done:
+                pending.body_started = True
+                pending.digest.update(message.get("body", b""))
+                pending.body_done = not message.get("more_body", False)
             return message
-
-        captured: dict[str, Any] = {"status": 500, "headers": [], "body": bytearray()}
 
         async def capturing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                captured["status"] = message["status"]
-                captured["headers"] = message.get("headers", [])
+                pending.status = message["status"]
             elif (message["type"] == "http.response.body"
-                  and len(captured["body"]) <= MAX_STORED_BODY):
-                captured["body"] += message.get("body", b"")
+                  and len(pending.body) <= MAX_STORED_BODY):
+                pending.body += message.get("body", b"")
             await send(message)
 
         try:
             await self.app(scope, hashing_receive, capturing_send)
         except BaseException:
-            await run_in_threadpool(_store, tenant_id, key, "", 500, None)
+            await _settle(pending, None)
             raise
-        response = None
-        if len(captured["body"]) <= MAX_STORED_BODY:
-            try:
-                response = {"body": json.loads(bytes(captured["body"]) or b"null")}
-            except ValueError:
-                response = None
-        await run_in_threadpool(_store, tenant_id, key, digest.hexdigest(),
-                                captured["status"], response)
-
-    async def _repeat(self, scope: Scope, receive: Receive, send: Send, tenant_id: str,
-                      key: str, digest: Any) -> None:
-        kept: list[bytes] | None = []  # the body, while small enough to run it later
-        size = 0
-        while True:  # hash the retry's body without running it
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunk = message.get("body", b"")
-            digest.update(chunk)
-            size += len(chunk)
-            if kept is not None and size <= MAX_REPLAY_BODY:
-                kept.append(chunk)
-            else:
-                kept = None
-            if not message.get("more_body", False):
-                break
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT_SECONDS
-        while True:
-            row = await run_in_threadpool(_load, tenant_id, key)
-            if row is None:  # the first attempt failed with a 5xx: this one may run
-                if kept is None or not await run_in_threadpool(_reserve, tenant_id, key):
-                    await _respond(send, *_error(409, "the first request with this "
-                                                      "Idempotency-Key failed; retry it",
-                                                 "idempotency_key_released"))
-                    return
-                body = b"".join(kept)
-                fresh = BodyDigest(scope)
-
-                async def replay(body: bytes = body) -> Message:
-                    return {"type": "http.request", "body": body, "more_body": False}
-
-                await self._first(scope, replay, send, tenant_id, key, fresh)
-                return
-            if row.status_code is not None:
-                break
-            if loop.time() > deadline:
-                await _respond(send, *_error(409, "a request with this Idempotency-Key is "
-                                                  "still in progress",
-                                             "idempotency_key_in_progress"))
-                return
-            await asyncio.sleep(0.05)
-        if row.request_hash != digest.hexdigest():
-            await _respond(send, *_error(
-                422, "this Idempotency-Key was already used with a different request "
-                     "(method, path or body); use a new key for a new request",
-                "idempotency_key_reused"))
-            return
-        body = json.dumps((row.response or {}).get("body")).encode()
-        await _respond(send, row.status_code, body, replayed=True)
+        await _settle(pending, _storable(pending))
 
 
-async def _respond(send: Send, status: int, body: bytes, *, replayed: bool = False) -> None:
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
-    if replayed:
-        headers.append((b"idempotent-replayed", b"true"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _settle(pending: Pending, response: dict[str, Any] | None) -> None:
+    """Store the response or release the key, whatever happens to the request meanwhile."""
+    if pending.lease is not None:
+        pending.lease.cancel()
+    if pending.scope_id is None:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            await run_in_threadpool(_finish, pending, response)
+        except Exception:  # the lease will run out, and a retry will run again
+            log.warning("could not settle the Idempotency-Key", exc_info=True)
+    if pending.lease is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending.lease
+
+
+async def _respond(send: Send, status: int, message: str, code: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                 "param": "Idempotency-Key", "code": code}}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

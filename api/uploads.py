@@ -21,8 +21,7 @@ import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
-from starlette.types import Receive
+from starlette.requests import ClientDisconnect, Request
 
 from core.errors import InvalidRequest, LoramillError, UnsupportedMediaType
 
@@ -38,24 +37,20 @@ _EXTENDED_PARAM = re.compile(rb";\s*[A-Za-z-]+\*\s*=")
 
 
 class Body:
-    """The request body as it arrives, remembering whether it has all arrived, so that a
-    refusal never waits for more body than there is."""
+    """The request body as it arrives (Starlette's stream, which knows when the last part
+    has come, so a refusal never waits for more body than there is)."""
 
-    def __init__(self, receive: Receive):
-        self._receive = receive
+    def __init__(self, request: Request):
+        self._stream = request.stream()
         self.done = False
         self.seen = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        while not self.done:
-            message = await self._receive()
-            if message["type"] != "http.request":
-                raise ClientDisconnect()
-            self.done = not message.get("more_body", False)
-            chunk: bytes = message.get("body", b"")
+        async for chunk in self._stream:
             self.seen += len(chunk)
             if chunk:
                 yield chunk
+        self.done = True
 
     async def drain(self) -> bool:
         """Read and drop the rest of a refused body, within bounds; whether it ended (so

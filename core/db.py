@@ -35,12 +35,26 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+POOL_OVERFLOW = 8
+
+
+def pool_usage(engine: Engine) -> tuple[int, int]:
+    """Connections of the engine's pool in use, and how many it may have."""
+    pool = engine.pool
+    return pool.checkedout(), pool.size() + POOL_OVERFLOW  # type: ignore[attr-defined]
+
+
+def make_engine(url: str, *, size: int | None = None) -> Engine:
+    """A pool of up to ``size`` connections plus a few for commits that run outside the
+    thread limit (FastAPI's dependency exits); connections open only when needed."""
+    settings = get_settings()
+    size = size or settings.api_threads
     return create_engine(
         normalize_url(url),
         pool_pre_ping=True,  # survive a PostgreSQL restart without restarting ourselves
-        pool_size=10,
-        max_overflow=20,
+        pool_size=size,
+        max_overflow=POOL_OVERFLOW,
+        pool_timeout=settings.db_pool_timeout_seconds,
         pool_recycle=1800,
     )
 
@@ -58,7 +72,10 @@ def get_engine() -> Engine:
 def get_admin_engine() -> Engine:
     settings = get_settings()
     url = settings.require_admin_database_url()
-    return get_engine() if url == settings.require_database_url() else make_engine(url)
+    if url == settings.require_database_url():
+        return get_engine()
+    # authentication's short lookups and the operators' requests
+    return make_engine(url, size=max(settings.api_threads // 2, 4))
 
 
 @lru_cache(maxsize=1)

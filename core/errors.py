@@ -44,6 +44,10 @@ class Conflict(LoramillError):
     code = "conflict"
 
 
+class Unprocessable(LoramillError):
+    status_code = 422
+
+
 class PayloadTooLarge(LoramillError):
     status_code = 413
     code = "file_too_large"

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = 50.0  # per API key; 0 turns rate limiting off
     rate_limit_burst: int = 100
     max_request_bytes: int = 1024 * 1024  # JSON bodies (uploads have max_file_bytes)
+    max_concurrent_requests_per_tenant: int = 16  # per API process; 0 turns the cap off
+    idempotency_lease_seconds: float = 60.0  # a crashed request's key is free after this
+
+    # Capacity of one API process: worker threads for blocking work, and the database
+    # connection pools sized against them (so no thread ever waits for a connection).
+    api_threads: int = 32
+    db_pool_timeout_seconds: float = 10.0  # then 503 server_busy with Retry-After
 
     # Workers
     gpu_class: str = "cpu"

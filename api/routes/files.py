@@ -28,7 +28,7 @@ async def upload_file(
     # the body streams in (that may take minutes).
     limit, too_large = await run_in_threadpool(uow.peek, file_service.upload_limit,
                                                tenant_id, settings)
-    body = Body(request.receive)
+    body = Body(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         error = file_service.too_large(too_large)  # refused before reading a byte

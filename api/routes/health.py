@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
 from core import metrics
-from core.db import get_engine
+from core.db import get_engine, pool_usage
 from core.settings import get_settings
 from core.storage import get_storage
 
@@ -21,7 +23,29 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz() -> JSONResponse:
+async def readyz() -> JSONResponse:
+    """Ready when the database and storage answer and this process has room: a pool with
+    every connection in use, or every worker thread busy, is reported as saturated."""
+    checks = _capacity()
+    if all(v == "ok" for v in checks.values()):
+        checks.update(await run_in_threadpool(_services))
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                        status_code=200 if ok else 503)
+
+
+def _capacity() -> dict[str, str]:
+    in_use, capacity = pool_usage(get_engine())
+    threads = anyio.to_thread.current_default_thread_limiter()
+    busy, total = threads.borrowed_tokens, int(threads.total_tokens)
+    return {
+        "database_pool": (f"saturated ({in_use} of {capacity} connections in use)"
+                          if in_use >= capacity else "ok"),
+        "threads": f"saturated ({busy} of {total} busy)" if busy >= total else "ok",
+    }
+
+
+def _services() -> dict[str, str]:
     checks: dict[str, str] = {}
     try:
         with get_engine().connect() as conn:
@@ -34,9 +58,7 @@ def readyz() -> JSONResponse:
         checks["storage"] = "ok"
     except Exception as exc:
         checks["storage"] = f"unavailable: {type(exc).__name__}"
-    ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                        status_code=200 if ok else 503)
+    return checks
 
 
 @lru_cache(maxsize=1)

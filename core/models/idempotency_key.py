@@ -10,14 +10,16 @@ from core.models.base import Base, IdString, utcnow
 
 
 class IdempotencyKey(Base):
-    """A POST's first response, replayed for retries with the same key and body."""
+    """A POST's first response, replayed for retries with the same key and body. While
+    the first request runs, ``status_code`` is NULL and ``expires_at`` is its lease."""
 
     __tablename__ = "idempotency_keys"
 
-    tenant_id: Mapped[str] = mapped_column(
-        IdString(), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
+    scope: Mapped[str] = mapped_column(IdString(), primary_key=True)  # a tenant id, or "admin"
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(  # for row-level security; None: operators
+        IdString(), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
     request_hash: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int | None]
     response: Mapped[dict[str, Any] | None]

@@ -44,7 +44,8 @@ def test_a_500_never_leaks_a_traceback() -> None:
 def test_health_endpoints(stack: StackInfo) -> None:
     assert httpx.get(f"{stack.api_url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{stack.api_url}/readyz").json()
-    assert ready["checks"] == {"database": "ok", "storage": "ok"}
+    assert ready["checks"] == {"database": "ok", "storage": "ok", "database_pool": "ok",
+                               "threads": "ok"}
 
 
 def test_a_500_is_one_json_log_line_and_keeps_the_connection(stack: StackInfo,
