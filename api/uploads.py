@@ -90,6 +90,10 @@ class Form:
     file_seen: bool
 
 
+def _malformed(exc: MultipartParseError) -> InvalidRequest:
+    return InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart")
+
+
 def _text(raw: bytes | None, what: str) -> str | None:
     if raw is None:
         return None
@@ -192,17 +196,18 @@ async def stream_form(
         try:
             parser.write(chunk)
         except MultipartParseError as exc:
-            raise InvalidRequest(f"malformed multipart body: {exc}") from exc
+            raise _malformed(exc) from exc
         if buffered[0] >= BATCH_BYTES:
             batch, pending[:], buffered[0] = b"".join(pending), [], 0
             await run_in_threadpool(on_file_data, batch)
     try:
         parser.finalize()
     except MultipartParseError as exc:
-        raise InvalidRequest(f"malformed multipart body: {exc}") from exc
+        raise _malformed(exc) from exc
     if not ended[0]:
         raise InvalidRequest("the multipart body ends without its closing boundary "
-                             "('--' + boundary + '--'); the upload may have been cut short")
+                             "('--' + boundary + '--'); the upload may have been cut short",
+                             code="invalid_multipart")
     if pending:
         await run_in_threadpool(on_file_data, b"".join(pending))
     return form

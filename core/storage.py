@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 MIN_PART_BYTES = 5 * 1024 * 1024
+# A name that goes into an object key (an adapter's, from a job's suffix): a letter or
+# digit first, then letters, digits, '-', '_' and single dots followed by more; so never
+# '.', '..', a leading '-' or a '/'. At most NAME_MAX characters.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
+NAME_MAX = 64
 
 
 def file_key(tenant_id: str, file_id: str) -> str:

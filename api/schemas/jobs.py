@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.schemas.common import MAX_INT32, IntRange, ts
 from core.models import FineTuningJob, JobEvent
+from core.storage import NAME_MAX, NAME_PATTERN
 
 Auto = Literal["auto"]
 
@@ -62,7 +63,9 @@ class CreateJob(BaseModel):
     validation_file: str | None = Field(None, min_length=1, max_length=64)
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
-    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    suffix: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN,
+                               description="letters, digits, '-', '_' and single dots; "
+                                           "starts with a letter or digit")
     seed: Annotated[int, IntRange(0, MAX_INT32)] | None = None
     metadata: dict[str, str] | None = None
     integrations: list[Any] | None = None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -14,12 +16,15 @@ def add(session: Session, file: File) -> File:
     return file
 
 
-def get(session: Session, tenant_id: TenantId, file_id: str) -> File | None:
-    return session.scalars(
-        select(File).where(
-            File.tenant_id == tenant_id, File.id == file_id, File.deleted_at.is_(None)
-        )
-    ).one_or_none()
+def get(session: Session, tenant_id: TenantId, file_id: str, *,
+        lock: Literal["share", "update"] | None = None) -> File | None:
+    """A file that is not deleted. ``lock="share"`` keeps it from being deleted until the
+    transaction ends (a job being created on it); ``"update"``: the deletion itself."""
+    stmt = select(File).where(File.tenant_id == tenant_id, File.id == file_id,
+                              File.deleted_at.is_(None))
+    if lock is not None:
+        stmt = stmt.with_for_update(read=lock == "share")
+    return session.scalars(stmt).one_or_none()
 
 
 def list_page(

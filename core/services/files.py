@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from typing import Literal
 
 from sqlalchemy.orm import Session
 
@@ -161,16 +162,19 @@ def record(
     ))
 
 
-def get(session: Session, tenant_id: TenantId, file_id: str) -> File:
-    file = file_repo.get(session, tenant_id, file_id)
+def get(session: Session, tenant_id: TenantId, file_id: str, *,
+        lock: Literal["share", "update"] | None = None) -> File:
+    file = file_repo.get(session, tenant_id, file_id, lock=lock)
     if file is None:
         raise NotFound(f"no file with id {file_id!r}", param="file_id")
     return file
 
 
 def delete(session: Session, tenant_id: TenantId, file_id: str) -> File:
-    """Mark the file deleted; the caller removes its object once this commits."""
-    file = get(session, tenant_id, file_id)
+    """Mark the file deleted; the caller removes its object once this commits. The row is
+    locked first, so a job being created on the file either commits before (and is seen
+    below) or finds the file gone."""
+    file = get(session, tenant_id, file_id, lock="update")
     active = job_repo.active_job_using_file(session, tenant_id, file_id)
     if active:
         raise Conflict(

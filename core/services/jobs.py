@@ -54,7 +54,7 @@ def resolve_hyperparameters(requested: dict[str, Any], examples: int) -> dict[st
 
 
 def _usable_file(session: Session, tenant_id: TenantId, file_id: str, param: str) -> File:
-    file = file_repo.get(session, tenant_id, file_id)
+    file = file_repo.get(session, tenant_id, file_id, lock="share")  # not deleted meanwhile
     if file is None:
         raise InvalidRequest(f"{param} {file_id!r} does not exist", param=param,
                              code="file_not_found")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -182,3 +184,36 @@ def test_auto_hyperparameters_resolve_from_dataset_size(tenant: TenantHandle) ->
     job = create(tenant, training_file=file_id).json()
     assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": 2,
                                       "learning_rate_multiplier": 1.0}
+
+
+@pytest.mark.parametrize("suffix", [".", "..", ".hidden", "-dash", "a/b", "a..b", "x" * 65])
+def test_suffixes_object_keys_cannot_hold_are_refused(tenant: TenantHandle,
+                                                      suffix: str) -> None:
+    assert_error(create(tenant, suffix=suffix), 400, param="suffix")
+
+
+@pytest.mark.parametrize("suffix", ["v2", "my-model_1.0", "A"])
+def test_ordinary_suffixes_are_accepted(tenant: TenantHandle, suffix: str) -> None:
+    assert create(tenant, suffix=suffix).json()["user_provided_suffix"] == suffix
+
+
+def test_creating_a_job_and_deleting_its_file_never_both_win(stack: StackInfo,
+                                                             tenant: TenantHandle) -> None:
+    def attempt(_: int) -> tuple[int, int]:
+        file_id = upload_ok(tenant.client)["id"]
+        start = threading.Barrier(2)
+
+        def make() -> int:
+            start.wait()
+            return create(tenant, training_file=file_id).status_code
+
+        def remove() -> int:
+            start.wait()
+            return tenant.client.delete(f"/v1/files/{file_id}").status_code
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            made, removed = pool.submit(make), pool.submit(remove)
+            return made.result(), removed.result()
+
+    outcomes = [attempt(i) for i in range(12)]
+    assert all(o in ((200, 409), (400, 200)) for o in outcomes), outcomes
