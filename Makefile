@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help install browser up down status demo test lint bench clean
+.PHONY: help install browser up down status demo test fuzz lint bench clean
 
 help:  ## list the commands
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ browser:  ## install Debian's chromium for the dashboard's browser test
 test: install browser  ## run the whole test suite against real services
 	@set +e; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; rc=0; fi; exit $$rc
+
+fuzz: install  ## a long schemathesis run (every check, 200 examples, stateful) on its own API
+	LORAMILL_FUZZ=long $(VENV)/bin/pytest tests/test_fuzz.py
 
 lint: install  ## ruff and mypy
 	$(VENV)/bin/ruff check .

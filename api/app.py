@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from api import errors, idempotency
+from api import errors, idempotency, openapi
 from api.edge import EdgeMiddleware
 from api.idempotency import IdempotencyMiddleware
 from api.request_ids import RequestIdMiddleware
@@ -41,6 +41,7 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
     for module in (health, files, jobs, models, adapters, keys, admin, ops):
         app.include_router(module.router)
+    openapi.install(app)
     return app
 
 

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     metrics_port: int = 0  # workers and the scheduler serve /metrics here; 0: off
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from elsewhere
     max_attempts: int = 3  # worker losses before a job fails with worker_lost
+    stale_upload_hours: float = 24.0  # unfinished multipart uploads older: aborted
+    storage_janitor_seconds: float = 600.0  # how often the sweep cleans storage up
 
     # Scheduler
     dispatch_interval_seconds: float = 1.0

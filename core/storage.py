@@ -6,13 +6,16 @@ Keys are always built here from ids (design.md §8), never from user-supplied na
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from boto3.exceptions import Boto3Error
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -22,7 +25,9 @@ from core.settings import Settings, get_settings
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+log = logging.getLogger("loramill.storage")
 MIN_PART_BYTES = 5 * 1024 * 1024
+S3_ERRORS = (BotoCoreError, ClientError, Boto3Error)  # Boto3Error: managed transfers
 # A name that goes into an object key (an adapter's, from a job's suffix): a letter or
 # digit first, then letters, digits, '-', '_' and single dots followed by more; so never
 # '.', '..', a leading '-' or a '/'. At most NAME_MAX characters.
@@ -46,6 +51,17 @@ def adapter_prefix(tenant_id: str, adapter_name: str, version: int) -> str:
     return f"tenants/{tenant_id}/adapters/{adapter_name}/v{version}/"
 
 
+def staging_root(tenant_id: str, job_id: str) -> str:
+    return f"tenants/{tenant_id}/jobs/{job_id}/staging/"
+
+
+def staging_prefix(tenant_id: str, job_id: str, lease_token: str) -> str:
+    """Where a publishing job uploads its adapter before the version exists: copied into
+    place with the version's row, and removed either way (by the scheduler's storage
+    clean-up when S3 was down at the time)."""
+    return f"{staging_root(tenant_id, job_id)}{lease_token}/"
+
+
 def make_client(settings: Settings) -> S3Client:
     return boto3.client(
         "s3",
@@ -67,10 +83,14 @@ def make_client(settings: Settings) -> S3Client:
 
 
 class StorageUnavailable(ServiceUnavailable):
+    """What the tenant sees names no endpoint, bucket, key or upload id: those go to the
+    log (with the request or job id of the line)."""
+
     def __init__(self, action: str, exc: Exception):
+        log.warning("object storage %s failed: %s", action, exc)
         super().__init__(
-            f"object storage is unavailable ({action} failed: {exc}); nothing was stored, "
-            "please retry",
+            f"object storage is unavailable ({action} failed); nothing was stored, please "
+            "retry",
             code="storage_unavailable",
         )
 
@@ -96,12 +116,42 @@ class Storage:
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=key)
 
+    def delete_quietly(self, *keys: str) -> None:
+        """Clean-up after a failure: never masks the error being handled."""
+        for key in keys:
+            try:
+                self.delete(key)
+            except StorageUnavailable:
+                log.warning("could not delete %s; left behind", key)
+
+    def copy(self, source: str, key: str) -> None:
+        self._call("copy", self.client.copy, CopySource={"Bucket": self.bucket, "Key": source},
+                   Bucket=self.bucket, Key=key)
+
     def list_keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        return keys
+        def pages() -> list[str]:
+            keys: list[str] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+            return keys
+
+        found: list[str] = self._call("list", pages)
+        return found
+
+    def abort_stale_uploads(self, prefix: str, older_than: timedelta) -> list[str]:
+        """Abort multipart uploads under ``prefix`` begun more than ``older_than`` ago: those
+        whose own abort failed (S3 was down then). Returns their keys."""
+        cutoff = datetime.now(UTC) - older_than
+        found = self._call("list", self.client.list_multipart_uploads, Bucket=self.bucket,
+                           Prefix=prefix)
+        aborted = []
+        for upload in found.get("Uploads", []):
+            if upload["Initiated"] < cutoff:
+                self._call("abort", self.client.abort_multipart_upload, Bucket=self.bucket,
+                           Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted.append(upload["Key"])
+        return aborted
 
     def upload_file(self, path: Path, key: str) -> None:
         self._call("upload", self.client.upload_file, Filename=str(path), Bucket=self.bucket,
@@ -125,7 +175,7 @@ class Storage:
     def _call(self, action: str, fn: Any, **kwargs: Any) -> Any:
         try:
             return fn(**kwargs)
-        except (BotoCoreError, ClientError) as exc:
+        except S3_ERRORS as exc:
             raise StorageUnavailable(action, exc) from exc
 
 
@@ -206,7 +256,7 @@ class MultipartWriter:
         if self._upload_id is None:
             return
         # an abandoned upload is invisible and expires; never mask the real error
-        with contextlib.suppress(BotoCoreError, ClientError):
+        with contextlib.suppress(*S3_ERRORS):
             self.storage.client.abort_multipart_upload(
                 Bucket=self.storage.bucket, Key=self.key, UploadId=self._upload_id
             )

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,46 @@ class StackInfo:
     s3_endpoint_url: str
 
 
+@contextmanager
+def api_process(app: str = "api.app:app", *, args: tuple[str, ...] = (),
+                env: dict[str, str] | None = None, log: Path | None = None,
+                ready: str = "/healthz") -> Iterator[str]:
+    """An extra API server (uvicorn) of the tests' own, on a free port; its URL once it
+    answers ``ready``, stopped (its whole process group) afterwards."""
+    from core.localstack import find_ports
+
+    port = find_ports(1, 34000 + os.getpid() % 1000)[0]
+    with (log.open("wb") if log else open(os.devnull, "wb")) as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+             "--no-access-log", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + ready, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (
+                f"{app} did not start" + (f": {log.read_text()}" if log else ""))
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL (and role), for database ``name``."""
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0] + "/" + name
+    return f"{base}?{query}" if query else base
+
+
 def _prepare_env() -> None:
     from core.localstack import find_ports
 
@@ -41,7 +86,10 @@ def _prepare_env() -> None:
     # Fast failure detection, so the chaos tests finish in seconds.
     for name, value in (("HEARTBEAT_SECONDS", "1"), ("LEASE_TIMEOUT_SECONDS", "6"),
                         ("SWEEP_INTERVAL_SECONDS", "1"), ("DISPATCH_INTERVAL_SECONDS", "0.5"),
-                        ("WORKER_TIMEOUT_SECONDS", "5"), ("DISPATCH_TIMEOUT_SECONDS", "20")):
+                        ("WORKER_TIMEOUT_SECONDS", "5"), ("DISPATCH_TIMEOUT_SECONDS", "20"),
+                        # a crashed request's Idempotency-Key is free after this
+                        ("IDEMPOTENCY_LEASE_SECONDS", "3"),
+                        ("STORAGE_JANITOR_SECONDS", "2")):
         os.environ.setdefault(f"LORAMILL_{name}", value)
 
 

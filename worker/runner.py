@@ -2,9 +2,13 @@
 
 The Celery task is a hint: :func:`run_job` claims the job with a conditional UPDATE
 (queued → running, new lease token) and does nothing if someone else has it. From then on
-each write checks the lease token, so a worker whose lease was taken over cannot change
-the job. The recipe (worker/training) knows nothing of this; it reports through
-:class:`JobReporter`.
+each write checks the lease token and that the job still runs, so a worker whose lease
+was taken over, or whose job was cancelled, cannot change the job. The recipe
+(worker/training) knows nothing of this; it reports through :class:`JobReporter`.
+
+A short database outage (a PostgreSQL restart) does not cost the attempt: every write is
+retried with backoff for as long as the lease could still be ours (:func:`outage_tolerant`),
+and cancel checks skip a beat instead of failing.
 """
 
 from __future__ import annotations
@@ -12,20 +16,24 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import csv
+import functools
 import hashlib
 import json
 import logging
 import math
+import re
 import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import ids, jobstate, metrics
@@ -43,14 +51,39 @@ from core.storage import (
     checkpoint_prefix,
     get_storage,
     result_file_key,
+    staging_prefix,
 )
 
 log = logging.getLogger("loramill.worker")
 CANCEL_POLL_SECONDS = 1.0
+DB_DOWN = (OperationalError, InterfaceError)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class LeaseLost(Exception):
     pass
+
+
+def outage_tolerant(fn: Callable[P, R]) -> Callable[P, R]:
+    """Retry ``fn`` (one whole transaction) while the database is unreachable, with
+    backoff, for up to the lease timeout: past that the sweeper may have given the job to
+    another worker, and the next fenced write says so."""
+    @functools.wraps(fn)
+    def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+        deadline = time.monotonic() + get_settings().lease_timeout_seconds
+        pause = 0.25
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except DB_DOWN as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("database unavailable (%s); retrying %s in %.2fs",
+                            type(exc).__name__, fn.__name__, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 4.0)
+    return retrying
 
 
 @dataclass(frozen=True)
@@ -72,6 +105,7 @@ class Claim:
     trained_tokens: int = 0  # as last reported, so a resumed run counts only new tokens
 
 
+@outage_tolerant
 def claim(job_id: str, tenant_id: str, worker_id: str) -> Claim | None:
     token = secrets.token_hex(16)
     with tenant_scope(tenant_id) as session:
@@ -161,6 +195,7 @@ class JobReporter:
         self._polled = 0.0
         self._tokens = c.trained_tokens
 
+    @outage_tolerant
     def message(self, text: str, *, level: str = "info",
                 data: dict[str, Any] | None = None) -> None:
         with tenant_scope(self.claim.tenant_id) as session:
@@ -174,34 +209,43 @@ class JobReporter:
         text = f"Step {step}/{total}: training loss={values['train_loss']:.4f}"
         if values.get("valid_loss") is not None:
             text += f", validation loss={values['valid_loss']:.4f}"
-        with tenant_scope(self.claim.tenant_id) as session:
-            job = fenced(session, self.claim)
-            job.trained_tokens = values["trained_tokens"]
-            job.estimated_finish = utcnow() + timedelta(seconds=remaining)
-            job_repo.add_event(session, job, text, type="metrics", data=values)
+        self._report_metrics(values, text, utcnow() + timedelta(seconds=remaining))
         new_tokens = values["trained_tokens"] - self._tokens
         self._tokens = values["trained_tokens"]
         metrics.TRAINED_TOKENS.labels(get_settings().gpu_class).inc(max(new_tokens, 0))
 
+    @outage_tolerant
+    def _report_metrics(self, values: dict[str, Any], text: str, finish_at: Any) -> None:
+        with tenant_scope(self.claim.tenant_id) as session:
+            job = fenced(session, self.claim)
+            job.trained_tokens = values["trained_tokens"]
+            job.estimated_finish = finish_at
+            job_repo.add_event(session, job, text, type="metrics", data=values)
+
     def should_stop(self) -> str | None:
-        if self.heartbeat.lost.is_set():
-            return "lease_lost"
-        if self.shutting_down.is_set():
+        lost = self.heartbeat.lost.is_set()
+        if self.shutting_down.is_set() and not lost:
             return "shutdown"
         now = time.monotonic()
-        if now - self._polled < CANCEL_POLL_SECONDS:
+        if not lost and now - self._polled < CANCEL_POLL_SECONDS:
             return None
         self._polled = now
-        with tenant_scope(self.claim.tenant_id) as session:
-            row = session.execute(
-                select(FineTuningJob.status, FineTuningJob.lease_token,
-                       FineTuningJob.cancel_requested_at, FineTuningJob.pause_requested_at)
-                .where(FineTuningJob.id == self.claim.job_id)
-            ).one()
-        if row.status != jobstate.RUNNING or row.lease_token != self.claim.lease_token:
+        try:
+            with tenant_scope(self.claim.tenant_id) as session:
+                row = session.execute(
+                    select(FineTuningJob.status, FineTuningJob.lease_token,
+                           FineTuningJob.pause_requested_at)
+                    .where(FineTuningJob.id == self.claim.job_id)
+                ).one()
+        except DB_DOWN:
+            log.warning("database unavailable; cancel check skipped")
+            return None  # the heartbeat retries, and a later check will tell
+        if row.lease_token != self.claim.lease_token:
             return "lease_lost"
-        if row.cancel_requested_at is not None:
+        if row.status == jobstate.CANCELLED:
             return "cancel"
+        if row.status != jobstate.RUNNING:
+            return "lease_lost"
         return "pause" if row.pause_requested_at is not None else None
 
     def checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
@@ -209,6 +253,10 @@ class JobReporter:
         storage = get_storage()
         for path in sorted(directory.iterdir()):
             storage.upload_file(path, prefix + path.name)
+        self._record_checkpoint(step, metrics, prefix)
+
+    @outage_tolerant
+    def _record_checkpoint(self, step: int, metrics: dict[str, Any], prefix: str) -> None:
         with tenant_scope(self.claim.tenant_id) as session:
             job = fenced(session, self.claim)
             checkpoint_repo.add(session, tenant_id=job.tenant_id, job_id=job.id, step=step,
@@ -231,14 +279,27 @@ def explain(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return {"code": "out_of_memory",
                 "message": "training ran out of memory; try a smaller batch_size, or a "
-                           f"GPU class with more memory ({type(exc).__name__}: {exc})",
+                           f"GPU class with more memory ({type(exc).__name__})",
                 "param": "hyperparameters.batch_size"}
     if isinstance(exc, StorageUnavailable):
         return {"code": "storage_unavailable", "message": exc.message, "param": None}
-    return {"code": "training_error", "message": f"{type(exc).__name__}: {exc}",
+    if isinstance(exc, DB_DOWN):
+        return {"code": "database_unavailable", "param": None,
+                "message": "the database was unreachable for longer than the job's lease"}
+    return {"code": "training_error", "message": public(f"{type(exc).__name__}: {exc}"),
             "param": None}
 
 
+# Paths, URLs and object keys in an exception's text: the worker's log keeps them, the
+# tenant's error does not.
+_INTERNAL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+|(?<![\w.])/[^\s'\"]+|\btenants/\S+")
+
+
+def public(text: str) -> str:
+    return _INTERNAL.sub("<internal>", text)[:1000]
+
+
+@outage_tolerant
 def finish(c: Claim, target: str, message: str, *, level: str = "info",
            values: dict[str, Any] | None = None) -> None:
     """Move the job on under our lease (ending, pausing or handing it back), with an
@@ -296,66 +357,93 @@ def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 def publish(c: Claim, adapter_dir: Path, history: list[dict[str, Any]],
             trained_tokens: int, work_dir: Path) -> AdapterVersion:
-    """One transaction: next version number, files to S3, version row, result file, job
-    succeeded. The adapter row lock serialises versions; the unique job_id makes a second
-    publish of the same job impossible."""
+    """Upload the adapter under a staging prefix (no lock held, however long it takes),
+    then, in one short transaction that locks the job row: fenced check (a cancel that
+    committed first wins here), next version number, server-side copies into place, the
+    version and result-file rows, job succeeded. Whatever fails, nothing is left: the copies
+    are removed when the transaction does not commit, the staging prefix always."""
     storage = get_storage()
-    name = adapter_name(c)
+    staging = staging_prefix(c.tenant_id, c.job_id, c.lease_token)
     csv_path = work_dir / "metrics.csv"
     write_metrics_csv(history, csv_path)
-    with tenant_scope(c.tenant_id) as session:
-        job = fenced(session, c)
-        tenant_id = TenantId(job.tenant_id)
-        adapter = adapter_repo.lock_or_create(session, tenant_id, name)
-        version = adapter_repo.next_version(session, adapter)
-        prefix = adapter_prefix(job.tenant_id, name, version)
-        ft_name = fine_tuned_name(c, name)
-        files = [{"name": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted(adapter_dir.iterdir()) if p.is_file()]
-        last = history[-1] if history else {}
-        manifest = {
-            "adapter": name, "version": version, "fine_tuned_model": ft_name,
-            "job_id": job.id, "base_model": job.model, "method": job.method,
-            "seed": job.seed, "dataset_sha256": c.dataset_sha256,
-            "metrics": {k: last.get(k) for k in ("step", "train_loss", "valid_loss")},
-            "trained_tokens": trained_tokens, "files": files,
-            "libraries": _library_versions(), "created_at": utcnow().isoformat(),
-        }
-        (adapter_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        for path in sorted(adapter_dir.iterdir()):
-            storage.upload_file(path, prefix + path.name)
-        result_id = ids.new_id(ids.FILE)
-        storage.upload_file(csv_path, result_file_key(job.tenant_id, result_id))
-        session.add(File(
-            id=result_id, tenant_id=job.tenant_id, filename="step_metrics.csv",
+    result_id = ids.new_id(ids.FILE)
+    result_key = result_file_key(c.tenant_id, result_id)
+    paths = sorted(p for p in adapter_dir.iterdir() if p.is_file())
+    files: list[dict[str, Any]] = [{"name": p.name, "bytes": p.stat().st_size,
+                                    "sha256": _sha256(p)} for p in paths]
+    try:
+        for path in paths:
+            storage.upload_file(path, staging + path.name)
+        storage.upload_file(csv_path, result_key)
+        result = File(
+            id=result_id, tenant_id=c.tenant_id, filename="step_metrics.csv",
             purpose="fine-tune-results", bytes=csv_path.stat().st_size,
             sha256=_sha256(csv_path), format="csv", line_count=len(history) + 1,
-            example_count=0, status="processed",
-            object_key=result_file_key(job.tenant_id, result_id),
-        ))
-        row = AdapterVersion(
-            id=ids.new_id("adpv"), tenant_id=job.tenant_id, adapter_id=adapter.id,
-            version=version, job_id=job.id, base_model=job.model, fine_tuned_model=ft_name,
-            object_prefix=prefix,
-            files=[*files, {"name": "manifest.json",
-                            "bytes": (adapter_dir / "manifest.json").stat().st_size,
-                            "sha256": _sha256(adapter_dir / "manifest.json")}],
-            manifest=manifest, aliases=[],
-        )
-        session.add(row)
-        done = jobstate.transition(session, job.id, jobstate.SUCCEEDED,
-                                   lease_token=c.lease_token, values={
-                                       "fine_tuned_model": ft_name,
-                                       "trained_tokens": trained_tokens,
-                                       "result_files": [result_id],
-                                       "estimated_finish": None})
-        if done is None:
-            raise LeaseLost(c.job_id)
-        job_repo.add_event(session, done, f"New fine-tuned model created: {ft_name}",
-                           data={"adapter": name, "version": version})
-        job_repo.add_event(session, done, "The job has successfully completed")
+            example_count=0, status="processed", object_key=result_key)
+        row, done = _commit_version(c, staging, files, history, trained_tokens, result)
+    except BaseException:
+        storage.delete_quietly(result_key)
+        raise
+    finally:
+        storage.delete_quietly(*(staging + p.name for p in paths))
     _observe_end(done)
     return row
+
+
+@outage_tolerant
+def _commit_version(c: Claim, staging: str, files: list[dict[str, Any]],
+                    history: list[dict[str, Any]], trained_tokens: int,
+                    result: File) -> tuple[AdapterVersion, FineTuningJob]:
+    """The adapter row lock serialises versions; the unique job_id makes a second publish
+    of the same job impossible."""
+    storage = get_storage()
+    name = adapter_name(c)
+    placed: list[str] = []
+    try:
+        with tenant_scope(c.tenant_id) as session:
+            job = fenced(session, c)
+            adapter = adapter_repo.lock_or_create(session, TenantId(job.tenant_id), name)
+            version = adapter_repo.next_version(session, adapter)
+            prefix = adapter_prefix(job.tenant_id, name, version)
+            ft_name = fine_tuned_name(c, name)
+            last = history[-1] if history else {}
+            manifest = json.dumps({
+                "adapter": name, "version": version, "fine_tuned_model": ft_name,
+                "job_id": job.id, "base_model": job.model, "method": job.method,
+                "seed": job.seed, "dataset_sha256": c.dataset_sha256,
+                "metrics": {k: last.get(k) for k in ("step", "train_loss", "valid_loss")},
+                "trained_tokens": trained_tokens, "files": files,
+                "libraries": _library_versions(), "created_at": utcnow().isoformat(),
+            }, indent=2).encode()
+            for entry in files:
+                placed.append(prefix + entry["name"])
+                storage.copy(staging + entry["name"], placed[-1])
+            placed.append(prefix + "manifest.json")
+            storage.put_bytes(placed[-1], manifest)
+            session.add(result)
+            row = AdapterVersion(
+                id=ids.new_id("adpv"), tenant_id=job.tenant_id, adapter_id=adapter.id,
+                version=version, job_id=job.id, base_model=job.model, fine_tuned_model=ft_name,
+                object_prefix=prefix, manifest=json.loads(manifest), aliases=[],
+                files=[*files, {"name": "manifest.json", "bytes": len(manifest),
+                                "sha256": hashlib.sha256(manifest).hexdigest()}],
+            )
+            session.add(row)
+            done = jobstate.transition(session, job.id, jobstate.SUCCEEDED,
+                                       lease_token=c.lease_token, values={
+                                           "fine_tuned_model": ft_name,
+                                           "trained_tokens": trained_tokens,
+                                           "result_files": [result.id],
+                                           "estimated_finish": None})
+            if done is None:
+                raise LeaseLost(c.job_id)
+            job_repo.add_event(session, done, f"New fine-tuned model created: {ft_name}",
+                               data={"adapter": name, "version": version})
+            job_repo.add_event(session, done, "The job has successfully completed")
+    except BaseException:
+        storage.delete_quietly(*placed)
+        raise
+    return row, done
 
 
 def _schedule(c: Claim) -> dict[str, int]:
@@ -431,8 +519,7 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
         except Stopped as stop:
             return _stopped(c, recipe, stop)
         except LeaseLost:
-            log.warning("job %s: lease lost; another worker has it", job_id)
-            return "lease-lost"
+            return _lease_gone(c, recipe.position.step if recipe else None)
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = explain(exc)
@@ -440,18 +527,30 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
                 finish(c, jobstate.FAILED, f"Fine-tuning job failed: {error['message']}",
                        level="error", values={"error": error})
             except LeaseLost:
-                return "lease-lost"
+                return _lease_gone(c, recipe.position.step if recipe else None)
             return "failed"
 
 
+@outage_tolerant
+def _lease_gone(c: Claim, step: int | None) -> str:
+    """The job is no longer ours to write: cancelled (the API did that at once; say where
+    training stopped), or taken over by another worker."""
+    with tenant_scope(c.tenant_id) as session:
+        job = session.scalars(select(FineTuningJob).where(
+            FineTuningJob.id == c.job_id, FineTuningJob.lease_token == c.lease_token,
+            FineTuningJob.status == jobstate.CANCELLED)).one_or_none()
+        if job is None:
+            log.warning("job %s: lease lost at step %s; another worker has it", c.job_id, step)
+            return "lease-lost"
+        where = f"at step {step}" if step is not None else "before training"
+        job_repo.add_event(session, job, f"Job cancelled {where}; the worker stopped")
+    _observe_end(job)
+    return "cancelled"
+
+
 def _stopped(c: Claim, recipe: Any, stop: Any) -> str:
-    if stop.reason == "cancel":
-        finish(c, jobstate.CANCELLED, f"Job cancelled at step {stop.step}")
-        return "cancelled"
-    if stop.reason == "lease_lost":
-        log.warning("job %s: lease lost at step %s; another worker has it", c.job_id,
-                    stop.step)
-        return "lease-lost"
+    if stop.reason in ("cancel", "lease_lost"):
+        return _lease_gone(c, stop.step)
     if recipe is not None and stop.step != recipe.last_checkpoint_step:
         recipe.save_checkpoint()  # so the next claim resumes exactly here
     if stop.reason == "pause":

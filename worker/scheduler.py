@@ -6,8 +6,10 @@
   One tenant's 1,000 queued jobs cannot starve another tenant's one.
 - **sweep**: a running job whose heartbeat is older than the lease timeout lost its worker;
   re-queue it (``attempt + 1``, it resumes from its last checkpoint) or, after
-  ``max_attempts``, fail it with ``worker_lost``. Dispatched jobs nobody claimed in time
-  (a lost message, a restarted Redis) are made dispatchable again.
+  ``max_attempts``, fail it with ``worker_lost``. A PostgreSQL restart silences every
+  worker while it lasts, so no lease is judged before the server has been up for a whole
+  lease timeout. Dispatched jobs nobody claimed in time (a lost message, a restarted
+  Redis) are made dispatchable again.
 
 Both run in one transaction under a PostgreSQL advisory lock, so scheduler replicas and
 wake-up hints never double-dispatch.
@@ -27,6 +29,7 @@ from core import jobstate
 from core.models import FineTuningJob, IdempotencyKey, Tenant, Worker
 from core.repositories import jobs as job_repo
 from core.settings import Settings
+from core.storage import Storage, staging_root
 
 log = logging.getLogger("loramill.scheduler")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -166,12 +169,12 @@ def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
         return {"requeued": [], "failed": [], "redispatched": []}
     now = session.scalar(select(func.now()))
     assert now is not None
+    # GREATEST ignores a NULL heartbeat (a claim that never beat)
+    last_sign = func.greatest(FineTuningJob.heartbeat_at, func.pg_postmaster_start_time())
     stale = list(session.scalars(
         select(FineTuningJob)
         .where(FineTuningJob.status == jobstate.RUNNING,
-               FineTuningJob.heartbeat_at.is_(None)
-               | (FineTuningJob.heartbeat_at < now - timedelta(
-                   seconds=settings.lease_timeout_seconds)))
+               last_sign < now - timedelta(seconds=settings.lease_timeout_seconds))
         .with_for_update(skip_locked=True)
     ))
     out: dict[str, list[str]] = {"requeued": [], "failed": [], "redispatched": []}
@@ -212,3 +215,25 @@ def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
     out["redispatched"] = list(rearmed)
     session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
     return out
+
+
+_cleaned_until: datetime | None = None
+
+
+def clean_storage(session: Session, storage: Storage, settings: Settings) -> dict[str, int]:
+    """What failures left in object storage, where their own clean-up could not run (S3
+    was down then, or the process died): multipart uploads never finished or aborted, and
+    the staging copies of adapters whose job has ended since the last clean-up."""
+    global _cleaned_until
+    now = session.scalar(select(func.now()))
+    assert now is not None
+    aborted = storage.abort_stale_uploads("tenants/",
+                                          timedelta(hours=settings.stale_upload_hours))
+    since = (_cleaned_until or now - timedelta(days=1)) - timedelta(minutes=5)
+    ended = session.execute(select(FineTuningJob.tenant_id, FineTuningJob.id).where(
+        FineTuningJob.finished_at >= since)).all()
+    staged = [key for tenant_id, job_id in ended
+              for key in storage.list_keys(staging_root(tenant_id, job_id))]
+    storage.delete_quietly(*staged)
+    _cleaned_until = now
+    return {"aborted_uploads": len(aborted), "staged_objects": len(staged)}

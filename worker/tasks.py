@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from celery import signals
@@ -15,6 +16,7 @@ from core import logs, metrics
 from core.db import admin_scope, session_scope
 from core.services import dispatch
 from core.settings import get_settings
+from core.storage import StorageUnavailable, get_storage
 from worker import scheduler
 from worker.celery_app import DISPATCH_TASK, SWEEP_TASK, TRAIN_TASK, app
 
@@ -63,13 +65,27 @@ def dispatch_jobs() -> None:
 
 @app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
 def sweep_jobs() -> None:
+    settings = get_settings()
     with admin_scope() as session:
-        result = scheduler.sweep(session, get_settings())
+        result = scheduler.sweep(session, settings)
     for outcome in ("requeued", "failed"):
         if result[outcome]:
             metrics.LEASE_EXPIRIES.labels(outcome).inc(len(result[outcome]))
     if any(result.values()):
         log.warning("sweep: %s", result)
+    global _storage_cleaned
+    if time.monotonic() - _storage_cleaned > settings.storage_janitor_seconds:
+        _storage_cleaned = time.monotonic()
+        try:
+            with admin_scope() as session:
+                cleaned = scheduler.clean_storage(session, get_storage(), settings)
+        except StorageUnavailable:
+            return  # next time
+        if any(cleaned.values()):
+            log.warning("storage clean-up: %s", cleaned)
+
+
+_storage_cleaned = float("-inf")
 
 
 # ----- training workers announce themselves ---------------------------------------------

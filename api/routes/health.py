@@ -22,7 +22,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready: a check failed"}})
 async def readyz() -> JSONResponse:
     """Ready when the database and storage answer and this process has room: a pool with
     every connection in use, or every worker thread busy, is reported as saturated."""

@@ -127,23 +127,27 @@ def get(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
 
 
 def cancel(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
-    """Cancel a job that has not started; ask a running one to stop at its next step."""
+    """Cancel a job, at once, in whatever unfinished state it is: the one place that decides
+    a cancel. A running job's worker finds its lease gone (every write it makes is fenced
+    by status and lease) and stops at its next step, so nothing it does after this counts:
+    no checkpoint row, no adapter version. A worker that died needs nothing more. If the
+    job finished first (a publish that committed while this waited for its row lock), the
+    answer says so: a cancel is never acknowledged and then ignored."""
     job = get(session, tenant_id, job_id)
     if job.status == jobstate.CANCELLED:  # cancelling twice is harmless
         return job
-    if job.status in jobstate.TERMINAL:
+    was = job.status
+    cancelled = jobstate.transition(session, job_id, jobstate.CANCELLED, tenant_id=tenant_id,
+                                    values={"cancel_requested_at": utcnow(),
+                                            "estimated_finish": None})
+    if cancelled is None:
+        session.refresh(job)  # what won the race: a worker finished it, or another cancel
+        if job.status == jobstate.CANCELLED:
+            return job
         raise InvalidRequest(f"job {job_id} has already {job.status} and cannot be cancelled",
                              param="fine_tuning_job_id", code="job_not_cancellable")
-    if job.status == jobstate.RUNNING:
-        job.cancel_requested_at = job.cancel_requested_at or utcnow()
-        job_repo.add_event(session, job, "Cancellation requested; stopping at the next step")
-        session.flush()
-        return job
-    cancelled = jobstate.transition(session, job_id, jobstate.CANCELLED, tenant_id=tenant_id)
-    if cancelled is None:  # it moved on meanwhile (a worker claimed it): ask it to stop
-        session.refresh(job)
-        return cancel(session, tenant_id, job_id)
-    job_repo.add_event(session, cancelled, "Job cancelled")
+    job_repo.add_event(session, cancelled, "Job cancelled" + (
+        "; its worker stops at its next step" if was == jobstate.RUNNING else ""))
     return cancelled
 
 

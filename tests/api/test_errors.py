@@ -1,11 +1,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from tests.api.helpers import assert_error
-from tests.conftest import ROOT, StackInfo, TenantHandle
+from tests.conftest import StackInfo, TenantHandle, api_process
 
 
 def test_unknown_route_and_method(stack: StackInfo, tenant: TenantHandle) -> None:
@@ -50,24 +46,9 @@ def test_health_endpoints(stack: StackInfo) -> None:
 
 def test_a_500_is_one_json_log_line_and_keeps_the_connection(stack: StackInfo,
                                                              tmp_path: Path) -> None:
-    from core.localstack import find_ports
-
-    port = find_ports(1, 33500)[0]
     log_path = tmp_path / "api.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.api.failing_app:app", "--port", str(port),
-             "--no-access-log"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+    with api_process("tests.api.failing_app:app", log=log_path) as url:
+        port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n"
                          b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -80,9 +61,6 @@ def test_a_500_is_one_json_log_line_and_keeps_the_connection(stack: StackInfo,
         assert first.startswith(b"500") and b"connection: close" not in first.lower()
         assert b"internal_error" in first and b"secret internal detail" not in first
         assert second.startswith(b"200")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     lines = log_path.read_text().splitlines()
     failures = [json.loads(line) for line in lines
                 if line.startswith("{") and "unhandled error" in line]

@@ -3,21 +3,15 @@ PostgreSQL, and samples kept in the multi-process directory the stack gives the 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 from sqlalchemy import func, select
 
 from core.db import admin_scope
-from core.localstack import find_ports
 from core.models import FineTuningJob
 from tests.api.helpers import Samples, prometheus_samples, sample, upload_ok
-from tests.conftest import TEST_HOME, StackInfo, TenantHandle
+from tests.conftest import TEST_HOME, StackInfo, TenantHandle, api_process
 
 
 def scrape(stack: StackInfo) -> tuple[str, Samples]:
@@ -61,25 +55,10 @@ def test_queue_depth_matches_the_database(stack: StackInfo, tenant: TenantHandle
 def test_forked_api_processes_report_together(stack: StackInfo, tmp_path: Path) -> None:
     """Two uvicorn worker processes share one multi-process directory: whichever answers
     the scrape reports the requests both of them served."""
-    port = find_ports(1, 36000 + os.getpid() % 1000)[0]
     samples_dir = tmp_path / "metrics"
     samples_dir.mkdir()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port",
-         str(port), "--workers", "2", "--no-access-log"],
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(samples_dir)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the two-process API did not start"
-            time.sleep(0.2)
+    with api_process(args=("--workers", "2"),
+                     env={"PROMETHEUS_MULTIPROC_DIR": str(samples_dir)}) as url:
         for _ in range(40):  # a new connection each: the kernel spreads them over both
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
         writers = {p.name.split("_")[-1] for p in samples_dir.glob("histogram_*.db")}
@@ -88,6 +67,3 @@ def test_forked_api_processes_report_together(stack: StackInfo, tmp_path: Path) 
         for _ in range(4):
             _, found = prometheus_samples(f"{url}/metrics")
             assert sample(found, "loramill_http_request_duration_seconds_count", **key) >= 41
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

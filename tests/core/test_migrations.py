@@ -13,21 +13,15 @@ from sqlalchemy import create_engine, inspect
 from core import migrate
 from core.db import normalize_url
 from core.models import Base
-from tests.conftest import StackInfo
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    base = base.rsplit("/", 1)[0] + "/" + name
-    return f"{base}?{query}" if query else base
+from tests.conftest import StackInfo, with_database
 
 
 def test_upgrade_downgrade_upgrade_and_no_drift(stack: StackInfo) -> None:
     name = f"migrations_{uuid.uuid4().hex[:8]}"
-    admin_url = _with_database(stack.admin_database_url, "postgres")
+    admin_url = with_database(stack.admin_database_url, "postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
-    url = _with_database(stack.admin_database_url, name)
+    url = with_database(stack.admin_database_url, name)
     engine = create_engine(normalize_url(url))
     try:
         migrate.upgrade(url)

@@ -62,6 +62,10 @@ def test_postgres_restart_needs_no_restart_of_api_or_workers(
     local_stack._stop_postgres()
     error = assert_error(tenant.client.get("/v1/files"), 503, contains="database")
     assert error["code"] == "database_unavailable"
+    keyed = tenant.client.post("/v1/fine_tuning/jobs", json={"model": "m", "training_file": "f"},
+                               headers={"Idempotency-Key": "while-the-database-is-down"})
+    assert assert_error(keyed, 503)["code"] == "database_unavailable"
+    assert keyed.headers["retry-after"]
     local_stack.up(pieces=("postgres",), log=lambda _: None)
     deadline = time.monotonic() + 30
     while tenant.client.get("/v1/files").status_code != 200:
