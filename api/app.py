@@ -14,6 +14,7 @@ from api.idempotency import IdempotencyMiddleware
 from api.request_ids import RequestIdMiddleware
 from api.routes import adapters, admin, files, health, jobs, keys, models, ops
 from core import logs
+from core.localstack import mark_clean_exit
 from core.settings import get_settings
 
 
@@ -24,6 +25,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = (
         get_settings().api_threads)
     yield
+    mark_clean_exit()  # the local stack's status tells a stop from a crash
 
 
 def create_app() -> FastAPI:

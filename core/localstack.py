@@ -5,6 +5,7 @@ processes. State lives under ``$LORAMILL_HOME`` (``.loramill/`` by default):
     stack.json   ports chosen at the first ``up`` (kept, so URLs stay stable)
     stack.env    the URLs of the embedded services, read by every loramill process
     run/*.pid    one pid file per process;  logs/*.log  one log per process
+    run/*.exit   written by a process of ours that stopped cleanly (SIGTERM, not a crash)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ ORDER = ("postgres", "redis", "s3", "api", "worker", "scheduler")
 WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
 DB_NAME = "loramill"
 APP_ROLE = "loramill_app"  # the API's and workers' role: row-level security applies to it
+SERVICE_URLS = {"postgres": "LORAMILL_DATABASE_URL", "redis": "LORAMILL_REDIS_URL",
+                "s3": "LORAMILL_S3_ENDPOINT_URL"}
 METRICS_PIECES = ("worker", "scheduler")  # the API serves /metrics on its own port
 # Celery's own worker-to-worker chatter: our workers heartbeat in PostgreSQL instead, and
 # without it a worker starts and stops seconds faster.
@@ -109,14 +112,20 @@ class LocalStack:
     def _save_state(self, state: dict[str, Any]) -> None:
         self.state_file.write_text(json.dumps(state, indent=2))
 
-    @staticmethod
-    def embedded() -> dict[str, bool]:
-        """A service is embedded unless the environment names its URL (stack.env, which
-        only we write, does not count)."""
+    def embedded(self) -> dict[str, bool]:
+        """A service is embedded unless the environment names a URL for it other than this
+        stack's own (stack.env, which only we write, does not count; nor do its URLs
+        exported into the shell, as ``set -a; . stack.env`` does)."""
+        own = self._own_urls()
+        return {service: os.environ.get(variable) in (None, own[variable])
+                for service, variable in SERVICE_URLS.items()}
+
+    def _own_urls(self) -> dict[str, str]:
+        ports = self._ports()
         return {
-            "postgres": "LORAMILL_DATABASE_URL" not in os.environ,
-            "redis": "LORAMILL_REDIS_URL" not in os.environ,
-            "s3": "LORAMILL_S3_ENDPOINT_URL" not in os.environ,
+            "LORAMILL_DATABASE_URL": self._postgres_url(APP_ROLE),
+            "LORAMILL_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+            "LORAMILL_S3_ENDPOINT_URL": f"http://127.0.0.1:{ports['weed']['s3']}",
         }
 
     def _ports(self) -> dict[str, Any]:
@@ -145,14 +154,12 @@ class LocalStack:
         """Variables that point loramill processes at this stack."""
         emb = self.embedded()
         env: dict[str, str] = {"LORAMILL_HOME": str(self.home)}
-        ports = self._ports()
+        own = self._own_urls()
+        for service, variable in SERVICE_URLS.items():
+            if emb[service]:
+                env[variable] = own[variable]
         if emb["postgres"]:
-            env["LORAMILL_DATABASE_URL"] = self._postgres_url(APP_ROLE)
             env["LORAMILL_ADMIN_DATABASE_URL"] = self._postgres_url()
-        if emb["redis"]:
-            env["LORAMILL_REDIS_URL"] = f"redis://127.0.0.1:{ports['redis']}/0"
-        if emb["s3"]:
-            env["LORAMILL_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{ports['weed']['s3']}"
         return env
 
     def _postgres_url(self, role: str = "postgres") -> str:
@@ -193,12 +200,20 @@ class LocalStack:
             elif _pid_alive(pid):
                 extra = f", metrics {self.metrics_url(name)}" if name in METRICS_PIECES else ""
                 out.append(PieceStatus(name, "running", f"pid {pid}{extra}"))
+            elif self._exited_cleanly(name, pid):
+                out.append(PieceStatus(name, "stopped", f"pid {pid} exited cleanly"))
             else:
                 out.append(PieceStatus(
                     name, "crashed",
                     f"pid {pid} exited; see {self._logfile(name)}:\n{self._tail(name)}",
                 ))
         return out
+
+    def _exited_cleanly(self, name: str, pid: int) -> bool:
+        try:
+            return int((self.run_dir / f"{name}.exit").read_text()) == pid
+        except (OSError, ValueError):
+            return False
 
     def _external_url(self, name: str) -> str:
         s = self.settings
@@ -346,7 +361,8 @@ class LocalStack:
         samples = self.run_dir / "metrics" / name
         shutil.rmtree(samples, ignore_errors=True)
         samples.mkdir(parents=True)
-        env = {**self.env(), "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(samples)}
+        env = {**self.env(), "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(samples),
+               PIECE_VARIABLE: name}
         if name in METRICS_PIECES:
             env["LORAMILL_METRICS_PORT"] = str(self._ports()["metrics"][name])
         return env
@@ -405,7 +421,8 @@ class LocalStack:
                 continue
             if state == "crashed":
                 log(f"{name:<10} crashed   restarting; last log lines:\n{self._tail(name)}")
-                self._pidfile(name).unlink(missing_ok=True)
+            self._pidfile(name).unlink(missing_ok=True)
+            (self.run_dir / f"{name}.exit").unlink(missing_ok=True)
             t0 = time.monotonic()
             starters[name]()
             if name in ("postgres", "redis", "s3"):
@@ -428,6 +445,19 @@ class LocalStack:
             else:
                 self._stop_pid(name)
             log(f"{name:<10} stopped")
+
+
+PIECE_VARIABLE = "LORAMILL_STACK_PIECE"  # set on the processes the stack starts
+
+
+def mark_clean_exit() -> None:
+    """Called by a process of the local stack as it stops cleanly, so ``status`` says
+    stopped, not crashed. Elsewhere (compose, Kubernetes) it does nothing."""
+    name = os.environ.get(PIECE_VARIABLE)
+    if name:
+        run_dir = Path(os.environ.get("LORAMILL_HOME", ".loramill")) / "run"
+        with contextlib.suppress(OSError):
+            (run_dir / f"{name}.exit").write_text(str(os.getpid()))
 
 
 def _redis_ping(port: int) -> bool:

@@ -157,3 +157,10 @@ def _shutting_down(**_: Any) -> None:
     SHUTTING_DOWN.set()
     if _heartbeat is not None:
         _heartbeat.stop()
+
+
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stopped(**_: Any) -> None:
+    from core.localstack import mark_clean_exit
+
+    mark_clean_exit()

@@ -84,6 +84,27 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
         restarted = cli("up", env=env)
         assert "worker     crashed   restarting" in restarted.stdout
         assert cli("status", env=env).returncode == 0
+
+        # a worker stopped with SIGTERM (a deploy, an operator) is stopped, not crashed
+        worker_pid = int((HOME / "run" / "worker.pid").read_text())
+        deadline = time.monotonic() + 60  # the restarted worker has said it is ready
+        while (HOME / "logs" / "worker.log").read_text().count(" ready.") < 2:
+            assert time.monotonic() < deadline, "the restarted worker never got ready"
+            time.sleep(0.5)
+        os.kill(worker_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while "worker     stopped" not in (stopped := cli("status", env=env)).stdout:
+            assert time.monotonic() < deadline, stopped.stdout
+            time.sleep(0.5)
+        assert stopped.returncode == 0 and "exited cleanly" in stopped.stdout
+        assert "worker     started" in cli("up", env=env).stdout
+
+        # up again with the stack's own URLs exported (set -a; . stack.env): still ours
+        stack_env = (HOME / "stack.env").read_text()
+        exported = cli("up", env={**env, **read_env_file(HOME / "stack.env")})
+        assert exported.returncode == 0, exported.stdout + exported.stderr
+        assert "external" not in exported.stdout
+        assert (HOME / "stack.env").read_text() == stack_env
     finally:
         down = cli("down", env=env)
     assert down.returncode == 0
