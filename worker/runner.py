@@ -283,9 +283,6 @@ def explain(exc: BaseException) -> dict[str, Any]:
                 "param": "hyperparameters.batch_size"}
     if isinstance(exc, StorageUnavailable):
         return {"code": "storage_unavailable", "message": exc.message, "param": None}
-    if isinstance(exc, DB_DOWN):
-        return {"code": "database_unavailable", "param": None,
-                "message": "the database was unreachable for longer than the job's lease"}
     return {"code": "training_error", "message": public(f"{type(exc).__name__}: {exc}"),
             "param": None}
 
@@ -520,6 +517,14 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
             return _stopped(c, recipe, stop)
         except LeaseLost:
             return _lease_gone(c, recipe.position.step if recipe else None)
+        except DB_DOWN:  # for longer than the lease: not the job's fault
+            log.exception("job %s: database unreachable", job_id)
+            try:
+                hand_back(c, jobstate.QUEUED, "The database was unreachable for too long: "
+                          "job returned to the queue; it resumes from its last checkpoint")
+            except LeaseLost:
+                return _lease_gone(c, recipe.position.step if recipe else None)
+            return "handed-back"
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = explain(exc)

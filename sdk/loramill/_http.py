@@ -1,8 +1,9 @@
 """HTTP with timeouts, retries and idempotency, set once for every call.
 
-Retries: connection errors, 429 and 5xx, with exponential backoff and full jitter,
-honouring ``Retry-After``. Every POST gets one ``Idempotency-Key`` that all its retries
-reuse, so a retry after a lost response never creates a second job or file.
+Retries: connection errors, 429, 5xx and a 409 saying the request's Idempotency-Key is
+still in use (an earlier attempt runs, or ran and failed), with exponential backoff and
+full jitter, honouring ``Retry-After``. Every POST gets one ``Idempotency-Key`` that all
+its retries reuse, so a retry after a lost response never creates a second job or file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 from loramill.errors import APIConnectionError, from_response
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+RETRY_CONFLICTS = {"idempotency_key_in_progress", "idempotency_key_released"}
 
 
 class Transport:
@@ -63,7 +65,7 @@ class Transport:
             else:
                 if response.status_code < 400:
                     return response.json() if response.content else None
-                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+                if not _retryable(response) or attempt >= self.max_retries:
                     raise from_response(response.status_code, _json(response))
             time.sleep(self._delay(attempt, response))
             attempt += 1
@@ -85,6 +87,13 @@ class Transport:
             if not page.get("has_more") or not page["data"]:
                 return
             after = page["data"][-1]["id"]
+
+
+def _retryable(response: httpx.Response) -> bool:
+    if response.status_code == 409:
+        error = _json(response).get("error")
+        return isinstance(error, dict) and error.get("code") in RETRY_CONFLICTS
+    return response.status_code in RETRY_STATUSES
 
 
 def _json(response: httpx.Response) -> Any:

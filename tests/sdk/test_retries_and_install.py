@@ -22,7 +22,7 @@ class Flaky:
     """Forwards every request to the API, but answers the first ``fail`` POSTs to the jobs
     endpoint with a 503 *after* the API handled them: the worst case, a lost response."""
 
-    def __init__(self, upstream: str, fail: int):
+    def __init__(self, upstream: str, fail: int, status: int = 503, answer: bytes = b""):
         self.upstream, self.fail = upstream, fail
         self.keys: list[str] = []
         outer = self
@@ -39,9 +39,11 @@ class Flaky:
                 if self.command == "POST" and self.path == "/v1/fine_tuning/jobs":
                     outer.keys.append(self.headers.get("Idempotency-Key", ""))
                     if len(outer.keys) <= outer.fail:
-                        self.send_response(503)
+                        self.send_response(status)
                         self.send_header("Retry-After", "0")
+                        self.send_header("content-length", str(len(answer)))
                         self.end_headers()
+                        self.wfile.write(answer)
                         return
                 self.send_response(upstream.status_code)
                 self.send_header("content-type", "application/json")
@@ -80,6 +82,23 @@ def test_two_lost_responses_then_success_create_exactly_one_job(
     assert len(flaky.keys) == 3 and len(set(flaky.keys)) == 1  # one key for all retries
     jobs = tenant.client.get("/v1/fine_tuning/jobs").json()["data"]
     assert [j["id"] for j in jobs] == [job.id]
+
+
+def test_a_key_still_in_progress_is_retried(stack: StackInfo, tenant: TenantHandle,
+                                            dataset: Path) -> None:
+    busy = json.dumps({"error": {"message": "a request with this Idempotency-Key is still in "
+                                            "progress", "type": "invalid_request_error",
+                                 "param": "Idempotency-Key",
+                                 "code": "idempotency_key_in_progress"}}).encode()
+    with Flaky(stack.api_url, fail=1, status=409, answer=busy) as flaky:
+        client = loramill.Client(api_key=tenant.key, base_url=flaky.url)
+        client._t.backoff = 0.01
+        file = client.files.create(dataset)
+        job = client.fine_tuning.jobs.create(model="loramill/tiny-llama",
+                                             training_file=file.id)
+    assert len(flaky.keys) == 2 and len(set(flaky.keys)) == 1
+    assert [j["id"] for j in tenant.client.get("/v1/fine_tuning/jobs").json()["data"]] == [
+        job.id]
 
 
 def test_retries_give_up_with_a_server_error(stack: StackInfo, tenant: TenantHandle,
