@@ -22,7 +22,9 @@ class IntRange:
         self.lo, self.hi = lo, hi
 
     def _check(self, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | str):
+        if isinstance(value, bool):  # JSON true is not 1
+            raise PydanticCustomError("int_type", "must be an integer, not a boolean")
+        if not isinstance(value, int | str):
             return value  # not a number: the int schema says so
         try:
             number = int(value)

@@ -98,6 +98,8 @@ def test_big_query_and_path_integers_are_a_400_naming_the_range(
                  param="limit", contains="from 1 to")
     priority = admin.client.post("/v1/admin/jobs/ftjob-x/priority", json={"priority": 2**70})
     assert_error(priority, 400, param="priority", contains="from -100 to 100")
+    boolean = admin.client.post("/v1/admin/tenants/x/quotas", json={"max_file_bytes": True})
+    assert_error(boolean, 400, param="max_file_bytes", contains="not a boolean")
 
 
 def test_job_integers_past_their_range(tenant: TenantHandle) -> None:

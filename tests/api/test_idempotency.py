@@ -211,3 +211,23 @@ def test_a_key_with_control_characters_is_a_400(tenant: TenantHandle) -> None:
     response = tenant.client.post("/v1/fine_tuning/jobs", json={},
                                   headers={"Idempotency-Key": "tab\there"})
     assert_error(response, 400, param="Idempotency-Key")
+
+
+def test_every_api_post_claims_its_key_after_its_checks() -> None:
+    """A POST endpoint that forgot the claim would silently ignore Idempotency-Key."""
+    from fastapi.routing import APIRoute
+
+    from api.routes import adapters, admin, files, jobs, keys, models
+
+    def calls(dependant: object) -> set[str]:
+        found = {getattr(getattr(dependant, "call", None), "__qualname__", "")}
+        for sub in getattr(dependant, "dependencies", []):
+            found |= calls(sub)
+        return found
+
+    posts = [route for module in (files, jobs, models, adapters, keys, admin)
+             for route in module.router.routes
+             if isinstance(route, APIRoute) and "POST" in route.methods]
+    assert len(posts) >= 14
+    for route in posts:
+        assert calls(route.dependant) & {"require.<locals>.check", "admin_actor"}, route.path
