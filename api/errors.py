@@ -11,12 +11,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from api import idempotency
+from core.db import UNREACHABLE
 from core.errors import LoramillError
 
 log = logging.getLogger("loramill.api")
@@ -84,14 +85,15 @@ def install(app: FastAPI) -> None:
                             headers={"Allow": ", ".join(_allowed_methods(request))})
         return envelope(exc.status_code, str(exc.detail), type="invalid_request_error")
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
                     type(exc).__name__)
         return envelope(503, "the database is unavailable; nothing was changed, please "
                         "retry shortly", type="server_error", code="database_unavailable",
                         headers={"Retry-After": "2"})
+
+    for unreachable in UNREACHABLE:
+        app.add_exception_handler(unreachable, _database_down)
 
     @app.exception_handler(PoolTimeout)
     async def _saturated(request: Request, exc: Exception) -> JSONResponse:

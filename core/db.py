@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from core.settings import get_settings
@@ -60,6 +61,8 @@ def make_engine(url: str, *, size: int | None = None) -> Engine:
 
 
 TENANT_SETTING = "loramill.tenant_id"
+# What SQLAlchemy raises when PostgreSQL cannot be reached (down, restarting, network)
+UNREACHABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
 
 @lru_cache(maxsize=1)

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import ids, jobstate, metrics
+from core.db import UNREACHABLE as DB_DOWN
 from core.db import tenant_scope
 from core.models import AdapterVersion, BaseModel, File, FineTuningJob
 from core.models.base import utcnow
@@ -56,7 +56,6 @@ from core.storage import (
 
 log = logging.getLogger("loramill.worker")
 CANCEL_POLL_SECONDS = 1.0
-DB_DOWN = (OperationalError, InterfaceError)
 P = ParamSpec("P")
 R = TypeVar("R")
 
