@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -217,23 +218,33 @@ def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
     return out
 
 
-_cleaned_until: datetime | None = None
+class StorageJanitor:
+    """Removes what failures left in object storage where their own clean-up could not run
+    (S3 was down then, or the process died): multipart uploads never finished or aborted,
+    and the staging copies of adapters whose job ended since the last run. The sweep runs
+    it every ``storage_janitor_seconds``."""
+
+    def __init__(self) -> None:
+        self.ran_at = float("-inf")  # monotonic
+        self.covered_until: datetime | None = None  # database time of the last run
+
+    def due(self, settings: Settings) -> bool:
+        return time.monotonic() - self.ran_at >= settings.storage_janitor_seconds
+
+    def run(self, session: Session, storage: Storage, settings: Settings) -> dict[str, int]:
+        self.ran_at = time.monotonic()
+        now = session.scalar(select(func.now()))
+        assert now is not None
+        aborted = storage.abort_stale_uploads("tenants/",
+                                              timedelta(hours=settings.stale_upload_hours))
+        since = (self.covered_until or now - timedelta(days=1)) - timedelta(minutes=5)
+        ended = session.execute(select(FineTuningJob.tenant_id, FineTuningJob.id).where(
+            FineTuningJob.finished_at >= since)).all()
+        staged = [key for tenant_id, job_id in ended
+                  for key in storage.list_keys(staging_root(tenant_id, job_id))]
+        storage.delete_quietly(*staged)
+        self.covered_until = now
+        return {"aborted_uploads": len(aborted), "staged_objects": len(staged)}
 
 
-def clean_storage(session: Session, storage: Storage, settings: Settings) -> dict[str, int]:
-    """What failures left in object storage, where their own clean-up could not run (S3
-    was down then, or the process died): multipart uploads never finished or aborted, and
-    the staging copies of adapters whose job has ended since the last clean-up."""
-    global _cleaned_until
-    now = session.scalar(select(func.now()))
-    assert now is not None
-    aborted = storage.abort_stale_uploads("tenants/",
-                                          timedelta(hours=settings.stale_upload_hours))
-    since = (_cleaned_until or now - timedelta(days=1)) - timedelta(minutes=5)
-    ended = session.execute(select(FineTuningJob.tenant_id, FineTuningJob.id).where(
-        FineTuningJob.finished_at >= since)).all()
-    staged = [key for tenant_id, job_id in ended
-              for key in storage.list_keys(staging_root(tenant_id, job_id))]
-    storage.delete_quietly(*staged)
-    _cleaned_until = now
-    return {"aborted_uploads": len(aborted), "staged_objects": len(staged)}
+janitor = StorageJanitor()  # the scheduler process's

@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from typing import Any
 
 from celery import signals
@@ -73,19 +72,14 @@ def sweep_jobs() -> None:
             metrics.LEASE_EXPIRIES.labels(outcome).inc(len(result[outcome]))
     if any(result.values()):
         log.warning("sweep: %s", result)
-    global _storage_cleaned
-    if time.monotonic() - _storage_cleaned > settings.storage_janitor_seconds:
-        _storage_cleaned = time.monotonic()
+    if scheduler.janitor.due(settings):
         try:
             with admin_scope() as session:
-                cleaned = scheduler.clean_storage(session, get_storage(), settings)
+                cleaned = scheduler.janitor.run(session, get_storage(), settings)
         except StorageUnavailable:
             return  # next time
         if any(cleaned.values()):
             log.warning("storage clean-up: %s", cleaned)
-
-
-_storage_cleaned = float("-inf")
 
 
 # ----- training workers announce themselves ---------------------------------------------

@@ -108,7 +108,7 @@ def test_an_s3_outage_mid_publish_leaves_no_version_files(
     assert version_rows(claim.job_id) == []
     assert not [k for k in objects(tenant) if "/adapters/" in k]
     with admin_scope() as session:  # what the failed clean-up left, the scheduler removes
-        scheduler.clean_storage(session, get_storage(), get_settings())
+        scheduler.StorageJanitor().run(session, get_storage(), get_settings())
     assert objects(tenant) == []
 
 
@@ -119,7 +119,7 @@ def test_abandoned_multipart_uploads_are_aborted(stack: StackInfo,
     storage.client.create_multipart_upload(Bucket=storage.bucket, Key=key)
     settings = get_settings().model_copy(update={"stale_upload_hours": 0})
     with admin_scope() as session:
-        cleaned = scheduler.clean_storage(session, storage, settings)
+        cleaned = scheduler.StorageJanitor().run(session, storage, settings)
     assert cleaned["aborted_uploads"] >= 1
     left = storage.client.list_multipart_uploads(Bucket=storage.bucket,
                                                  Prefix=f"tenants/{tenant.id}/")
