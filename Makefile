@@ -56,7 +56,7 @@ fuzz: install  ## a long schemathesis run (every check, 200 examples, stateful) 
 
 lint: install  ## ruff and mypy
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy api core worker sdk/loramill
+	$(VENV)/bin/mypy api core worker devstack sdk/loramill
 
 bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their results
 	$(PY) bench/upload.py

@@ -14,7 +14,7 @@ from api.idempotency import IdempotencyMiddleware
 from api.request_ids import RequestIdMiddleware
 from api.routes import adapters, admin, files, health, jobs, keys, models, ops
 from core import logs
-from core.localstack import mark_clean_exit
+from core.process import mark_clean_exit
 from core.settings import get_settings
 
 

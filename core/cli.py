@@ -1,125 +1,35 @@
-"""``loramill-server``: run and administer a loramill deployment.
-
-    up / down / status     the local stack (embedded services + api, worker, scheduler)
-    migrate                apply database migrations and create the S3 bucket
-    create-tenant NAME     create a tenant and print its first key
-    create-key             a new key for a tenant (--tenant NAME) or an admin key (--admin)
-    register-model ID PATH register a base model directory (safetensors only)
-"""
+"""The administration commands of ``loramill-server``, for any deployment (the local
+stack's ``up``/``down``/``status`` are added by devstack/cli.py, the console script)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
-from core.settings import Settings, load_settings, read_env_file
-
-DEMO_TENANT = "demo"
+from core.settings import Settings, load_settings
 
 
-def _settings() -> Settings:
+def current_settings() -> Settings:
     return load_settings()
 
 
-def _session() -> Session:
+def admin_session() -> Session:
     from core.db import make_engine
 
     # the server CLI administers every tenant: the admin role
-    return Session(make_engine(_settings().require_admin_database_url()),
+    return Session(make_engine(current_settings().require_admin_database_url()),
                    expire_on_commit=False)
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from core.localstack import LocalStack, StackError
-
-    settings = _settings()
-    stack = LocalStack(settings)
-    print(f"loramill local stack in {settings.home}")
-    try:
-        stack.up()
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    settings = load_settings()
-    _ensure_demo(settings)
-    _ensure_tiny_model(settings)
-    print(f"\nAPI      {settings.api_url}\n"
-          f"ops      {settings.api_url}/ops  (sign in with LORAMILL_ADMIN_KEY from dev.env)\n"
-          f"metrics  {settings.api_url}/metrics\n"
-          f"env      {settings.home / 'dev.env'}  "
-          f"(source it: set -a; . {settings.home / 'dev.env'}; set +a)")
-    return 0
-
-
-def _ensure_demo(settings: Settings) -> None:
-    """The demo tenant with a tenant key and an admin key, in dev.env (kept across ups)."""
-    from core.repositories import tenants as tenant_repo
-    from core.services import tenants as tenant_service
-
-    dev_env = settings.home / "dev.env"
-    existing = read_env_file(dev_env)
-    with _session() as session:
-        tenant = tenant_repo.get_by_name(session, DEMO_TENANT)
-        if tenant is None:
-            tenant = tenant_service.create_tenant(session, DEMO_TENANT, settings)
-        api_key = existing.get("LORAMILL_API_KEY", "")
-        if not tenant_service.key_is_valid(session, api_key):
-            api_key = tenant_service.issue_key(session, tenant, name="demo").secret
-        admin_key = existing.get("LORAMILL_ADMIN_KEY", "")
-        if not tenant_service.key_is_valid(session, admin_key):
-            admin_key = tenant_service.issue_key(session, None, admin=True, name="demo").secret
-        session.commit()
-    dev_env.write_text(
-        f"LORAMILL_API_URL={settings.api_url}\n"
-        f"LORAMILL_API_KEY={api_key}\n"
-        f"LORAMILL_ADMIN_KEY={admin_key}\n"
-    )
-
-
-def _ensure_tiny_model(settings: Settings) -> None:
-    """Generate and register the tiny base model (no model hub is reachable)."""
-    from core.services import base_models
-
-    try:
-        from worker.training import tinymodel
-    except ImportError:
-        print("note: training packages not installed; skipping the tiny base model")
-        return
-    try:
-        path = tinymodel.ensure(settings.models_dir / "tiny-llama")
-    except ImportError as exc:
-        print(f"note: cannot build the tiny base model ({exc}); install the 'train' extra")
-        return
-    with _session() as session:
-        base_models.register(session, tinymodel.MODEL_ID, str(path), gpu_class="cpu")
-        session.commit()
-    print(f"model    {tinymodel.MODEL_ID} ({path})")
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    from core.localstack import LocalStack
-
-    LocalStack(_settings()).down()
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from core.localstack import LocalStack
-
-    pieces = LocalStack(_settings()).status()
-    for piece in pieces:
-        print(piece.line())
-    return 1 if any(p.state == "crashed" for p in pieces) else 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from core import migrate
     from core.storage import Storage, make_client
 
-    settings = _settings()
+    settings = current_settings()
     admin_url = settings.require_admin_database_url()
     migrate.upgrade(admin_url)
     print("database is at the latest migration")
@@ -143,9 +53,9 @@ def cmd_create_tenant(args: argparse.Namespace) -> int:
     from core.errors import LoramillError
     from core.services import ops
 
-    with _session() as session:
+    with admin_session() as session:
         try:
-            tenant = ops.create_tenant(session, _actor(), args.name, _settings())
+            tenant = ops.create_tenant(session, _actor(), args.name, current_settings())
         except LoramillError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 2
@@ -160,7 +70,7 @@ def cmd_create_key(args: argparse.Namespace) -> int:
     from core.repositories import tenants as tenant_repo
     from core.services import ops
 
-    with _session() as session:
+    with admin_session() as session:
         tenant = None
         if not args.admin:
             if not args.tenant:
@@ -181,7 +91,7 @@ def cmd_register_model(args: argparse.Namespace) -> int:
     from core.errors import LoramillError
     from core.services import base_models
 
-    with _session() as session:
+    with admin_session() as session:
         try:
             model = base_models.register(session, args.id, args.path, gpu_class=args.gpu_class)
         except LoramillError as exc:
@@ -193,14 +103,22 @@ def cmd_register_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loramill-server", description=__doc__,
+COMMANDS = """
+    migrate                apply database migrations and create the S3 bucket
+    create-tenant NAME     create a tenant and print its first key
+    create-key             a new key for a tenant (--tenant NAME) or an admin key (--admin)
+    register-model ID PATH register a base model directory (safetensors only)
+"""
+Command = tuple[str, Callable[[argparse.Namespace], int], str]  # name, function, help
+
+
+def build_parser(description: str = COMMANDS,
+                 more: tuple[Command, ...] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loramill-server", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the local stack").set_defaults(fn=cmd_up)
-    sub.add_parser("down", help="stop the local stack").set_defaults(fn=cmd_down)
-    sub.add_parser("status", help="show each process of the local stack").set_defaults(
-        fn=cmd_status)
+    for name, fn, text in more:
+        sub.add_parser(name, help=text).set_defaults(fn=fn)
     sub.add_parser("migrate", help="apply database migrations, create the bucket").set_defaults(
         fn=cmd_migrate)
     p = sub.add_parser("create-tenant", help="create a tenant; prints its first key")
@@ -219,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("LORAMILL_HOME", str(_settings().home))
+def main(argv: list[str] | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
+    os.environ.setdefault("LORAMILL_HOME", str(current_settings().home))
     code: int = args.fn(args)
     return code
 

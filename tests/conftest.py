@@ -42,7 +42,7 @@ def api_process(app: str = "api.app:app", *, args: tuple[str, ...] = (),
                 ready: str = "/healthz") -> Iterator[str]:
     """An extra API server (uvicorn) of the tests' own, on a free port; its URL once it
     answers ``ready``, stopped (its whole process group) afterwards."""
-    from core.localstack import find_ports
+    from devstack.stack import find_ports
 
     port = find_ports(1, 34000 + os.getpid() % 1000)[0]
     with (log.open("wb") if log else open(os.devnull, "wb")) as out:
@@ -77,7 +77,7 @@ def with_database(url: str, name: str) -> str:
 
 
 def _prepare_env() -> None:
-    from core.localstack import find_ports
+    from devstack.stack import find_ports
 
     os.environ["LORAMILL_HOME"] = str(TEST_HOME)
     # a per-process start port, so two test runs on one machine do not race for one
@@ -97,7 +97,7 @@ def _prepare_env() -> None:
 def stack() -> Iterator[StackInfo]:
     _prepare_env()
     from core import settings as settings_module
-    from core.localstack import LocalStack
+    from devstack.stack import LocalStack
 
     settings_module.get_settings.cache_clear()
     old = LocalStack(settings_module.load_settings())

@@ -14,22 +14,14 @@ from __future__ import annotations
 
 from celery import Celery
 
+from core.queue import DISPATCH_TASK, SCHEDULER_QUEUE, SWEEP_TASK, broker_url, queue_for
 from core.settings import get_settings
-
-TRAIN_TASK = "loramill.train_job"
-DISPATCH_TASK = "loramill.dispatch"
-SWEEP_TASK = "loramill.sweep"
-SCHEDULER_QUEUE = "loramill-scheduler"
-
-
-def queue_for(gpu_class: str) -> str:
-    return f"gpu-{gpu_class}"
 
 
 def make_app() -> Celery:
+    """Task names and queues come from core/queue.py, which is how core sends to them."""
     settings = get_settings()
-    broker = settings.redis_url or "redis://127.0.0.1:6379/0"
-    app = Celery("loramill", broker=broker, include=["worker.tasks"])
+    app = Celery("loramill", broker=broker_url(), include=["worker.tasks"])
     app.conf.update(
         task_default_queue=queue_for(settings.gpu_class),
         task_routes={DISPATCH_TASK: {"queue": SCHEDULER_QUEUE},

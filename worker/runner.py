@@ -563,7 +563,7 @@ def _stopped(c: Claim, recipe: Any, stop: Any) -> str:
         return "paused"
     hand_back(c, jobstate.QUEUED, f"Worker shutting down: job checkpointed at step "
                                   f"{stop.step} and returned to the queue")
-    from core.services import dispatch
+    from core import queue
 
-    dispatch.wake_dispatcher()
+    queue.wake_dispatcher()
     return "handed-back"

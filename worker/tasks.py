@@ -11,13 +11,13 @@ from typing import Any
 from celery import signals
 from celery.exceptions import WorkerShutdown
 
-from core import logs, metrics
+from core import logs, metrics, queue
 from core.db import admin_scope, session_scope
-from core.services import dispatch
+from core.queue import DISPATCH_TASK, SWEEP_TASK, TRAIN_TASK
 from core.settings import get_settings
 from core.storage import StorageUnavailable, get_storage
 from worker import scheduler
-from worker.celery_app import DISPATCH_TASK, SWEEP_TASK, TRAIN_TASK, app
+from worker.celery_app import app
 
 log = logging.getLogger("loramill.worker")
 SHUTTING_DOWN = threading.Event()  # set on SIGTERM: running jobs checkpoint and hand back
@@ -56,7 +56,7 @@ def dispatch_jobs() -> None:
     with admin_scope() as session:  # the scheduler spans tenants
         picks = scheduler.dispatch_tick(session, settings)
     failed = [p.job_id for p in picks
-              if not dispatch.enqueue(p.job_id, p.tenant_id, p.gpu_class)]
+              if not queue.enqueue(p.job_id, p.tenant_id, p.gpu_class)]
     if failed:
         with admin_scope() as session:
             scheduler.undispatch(session, failed)
@@ -155,6 +155,6 @@ def _shutting_down(**_: Any) -> None:
 
 @signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _stopped(**_: Any) -> None:
-    from core.localstack import mark_clean_exit
+    from core.process import mark_clean_exit
 
     mark_clean_exit()

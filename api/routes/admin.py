@@ -20,7 +20,8 @@ from api.schemas.admin import (
     WorkerObject,
 )
 from api.schemas.common import IntRange, Limit, ListPage
-from core.services import dispatch, ops
+from core.queue import wake_dispatcher
+from core.services import ops
 from core.services import tenants as tenant_service
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -60,7 +61,7 @@ def get_job(job_id: str, _: AdminActor, uow: AdminUoW) -> AdminJobObject:
 @router.post("/jobs/{job_id}/requeue", response_model=AdminJobObject)
 def requeue(job_id: str, actor: AdminActor, uow: AdminUoW) -> AdminJobObject:
     job = ops.requeue(uow.session, actor, job_id)
-    uow.after_commit(dispatch.wake_dispatcher)
+    uow.after_commit(wake_dispatcher)
     return AdminJobObject.of(job)
 
 

@@ -8,10 +8,10 @@ from api.deps import CurrentTenant, JobsWriter, UoW
 from api.schemas.adapters import CheckpointObject
 from api.schemas.common import IntRange, Limit, ListPage
 from api.schemas.jobs import CreateJob, EventObject, JobObject
+from core import queue
 from core.errors import InvalidRequest
 from core.repositories import checkpoints as checkpoint_repo
 from core.repositories import jobs as job_repo
-from core.services import dispatch
 from core.services import jobs as job_service
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -35,7 +35,7 @@ def create_job(body: CreateJob, tenant_id: JobsWriter, uow: UoW) -> JobObject:
         suffix=body.suffix or None, seed=body.seed, metadata=body.metadata,
     )
     job = job_service.create(uow.session, tenant_id, req)
-    uow.after_commit(dispatch.wake_dispatcher)
+    uow.after_commit(queue.wake_dispatcher)
     return JobObject.of(job)
 
 
@@ -77,7 +77,7 @@ def pause_job(job_id: str, tenant_id: JobsWriter, uow: UoW) -> JobObject:
 @router.post("/{job_id}/resume", response_model=JobObject)
 def resume_job(job_id: str, tenant_id: JobsWriter, uow: UoW) -> JobObject:
     job = job_service.resume(uow.session, tenant_id, job_id)
-    uow.after_commit(dispatch.wake_dispatcher)
+    uow.after_commit(queue.wake_dispatcher)
     return JobObject.of(job)
 
 

@@ -13,15 +13,15 @@ import pytest
 from tests.conftest import StackInfo
 
 if TYPE_CHECKING:
-    from core.localstack import LocalStack
+    from devstack.stack import LocalStack
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
 def local_stack(stack: StackInfo) -> LocalStack:
-    from core.localstack import LocalStack
     from core.settings import get_settings
+    from devstack.stack import LocalStack
 
     return LocalStack(get_settings())
 

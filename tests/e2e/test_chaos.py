@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.localstack import LocalStack, _pid_alive
+from devstack.stack import LocalStack, _pid_alive
 from tests.api.helpers import CHAT, jsonl, stored_state, upload_ok
 from tests.conftest import StackInfo, TenantHandle
 from tests.e2e.conftest import TERMINAL, all_events, wait_for, wait_for_worker

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from core.localstack import LocalStack
+from devstack.stack import LocalStack
 from tests.api.helpers import CHAT, assert_error, jsonl, stored_state, upload, upload_ok
 from tests.conftest import TenantHandle
 from tests.e2e.conftest import wait_for, wait_for_worker

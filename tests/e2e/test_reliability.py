@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from core.localstack import LocalStack, _pid_alive
+from devstack.stack import LocalStack, _pid_alive
 from tests.api.helpers import jsonl, prometheus_samples, sample, upload_ok
 from tests.conftest import TenantHandle
 from tests.e2e.conftest import all_events, wait_for, wait_for_worker

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from core.db import admin_scope
-from core.localstack import LocalStack
 from core.models import AdapterVersion
 from core.settings import get_settings
 from core.storage import StorageUnavailable, get_storage
+from devstack.stack import LocalStack
 from tests.api.helpers import upload_ok
 from tests.conftest import StackInfo, TenantHandle
 from worker import runner, scheduler

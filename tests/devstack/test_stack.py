@@ -13,8 +13,8 @@ import time
 import httpx
 import pytest
 
-from core.localstack import find_ports
 from core.settings import read_env_file
+from devstack.stack import find_ports
 from tests.conftest import ROOT
 
 HOME = ROOT / ".loramill-test" / "cli-stack"
@@ -22,7 +22,7 @@ HOME = ROOT / ".loramill-test" / "cli-stack"
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "devstack.cli", *args], env=env, capture_output=True, text=True,
         timeout=300, cwd=ROOT,
     )
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from core.process import PIECE_VARIABLE, exit_marker
 from core.settings import Settings
 
 ORDER = ("postgres", "redis", "s3", "api", "worker", "scheduler")
@@ -211,7 +212,7 @@ class LocalStack:
 
     def _exited_cleanly(self, name: str, pid: int) -> bool:
         try:
-            return int((self.run_dir / f"{name}.exit").read_text()) == pid
+            return int(exit_marker(self.home, name).read_text()) == pid
         except (OSError, ValueError):
             return False
 
@@ -379,7 +380,7 @@ class LocalStack:
         self._wait("api", lambda: httpx.get(url, timeout=2).status_code == 200, 60)
 
     def _start_worker(self) -> None:
-        from worker.celery_app import queue_for
+        from core.queue import queue_for
 
         # solo pool: one job per process, and SIGTERM reaches the job (graceful hand-back)
         self._spawn("worker", [
@@ -390,7 +391,7 @@ class LocalStack:
         ], env=self._python_env("worker"))
 
     def _start_scheduler(self) -> None:
-        from worker.celery_app import SCHEDULER_QUEUE
+        from core.queue import SCHEDULER_QUEUE
 
         # a small worker with beat embedded: beat ticks, the worker runs dispatch/sweep
         self._spawn("scheduler", [
@@ -422,7 +423,7 @@ class LocalStack:
             if state == "crashed":
                 log(f"{name:<10} crashed   restarting; last log lines:\n{self._tail(name)}")
             self._pidfile(name).unlink(missing_ok=True)
-            (self.run_dir / f"{name}.exit").unlink(missing_ok=True)
+            exit_marker(self.home, name).unlink(missing_ok=True)
             t0 = time.monotonic()
             starters[name]()
             if name in ("postgres", "redis", "s3"):
@@ -445,19 +446,6 @@ class LocalStack:
             else:
                 self._stop_pid(name)
             log(f"{name:<10} stopped")
-
-
-PIECE_VARIABLE = "LORAMILL_STACK_PIECE"  # set on the processes the stack starts
-
-
-def mark_clean_exit() -> None:
-    """Called by a process of the local stack as it stops cleanly, so ``status`` says
-    stopped, not crashed. Elsewhere (compose, Kubernetes) it does nothing."""
-    name = os.environ.get(PIECE_VARIABLE)
-    if name:
-        run_dir = Path(os.environ.get("LORAMILL_HOME", ".loramill")) / "run"
-        with contextlib.suppress(OSError):
-            (run_dir / f"{name}.exit").write_text(str(os.getpid()))
 
 
 def _redis_ping(port: int) -> bool:
