@@ -13,9 +13,9 @@ from api.edge import EdgeMiddleware
 from api.idempotency import IdempotencyMiddleware
 from api.request_ids import RequestIdMiddleware
 from api.routes import adapters, admin, files, health, jobs, keys, models, ops
-from core import logs
-from core.process import mark_clean_exit
-from core.settings import get_settings
+from core.kit import logs
+from core.kit.process import mark_clean_exit
+from core.kit.settings import get_settings
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from core.errors import RateLimited
+from core.kit.errors import RateLimited
 
 REMEMBERED_KEYS = 10_000
 

@@ -6,7 +6,7 @@ messages), so a message never points at rows that were rolled back.
 
 No request holds a pooled connection while it waits for a thread: authentication is one
 short transaction in one thread hop; scoping to the tenant costs no query (it is set when
-the endpoint's transaction begins, core.db.set_tenant); the endpoint's queries and its
+the endpoint's transaction begins, core.kit.db.set_tenant); the endpoint's queries and its
 commit then run without giving their connection back in between. Each tenant has a cap
 on requests in flight (api/concurrency.py), and the ``Idempotency-Key`` of a POST is
 claimed only once authentication, suspension, the rate limit and the key's scopes passed
@@ -26,13 +26,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
 from api.concurrency import slots
-from core import keys, logs, ratelimit
-from core.db import admin_scope, get_admin_sessionmaker, get_sessionmaker, set_tenant
-from core.errors import AuthenticationFailed, PermissionDenied
-from core.models import Tenant
-from core.repositories import tenants as tenant_repo
-from core.repositories.scope import TenantId
-from core.settings import Settings, get_settings
+from core.kit import logs
+from core.kit.db import admin_scope, get_admin_sessionmaker, get_sessionmaker, set_tenant
+from core.kit.errors import AuthenticationFailed, PermissionDenied
+from core.kit.settings import Settings, get_settings
+from core.tenants import keys, ratelimit
+from core.tenants import repository as tenant_repo
+from core.tenants.models import Tenant
+from core.tenants.scope import TenantId
 
 log = logging.getLogger("loramill.api")
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.settings import get_settings
+from core.kit.settings import get_settings
 
 UPLOAD_PATH = "/v1/files"
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -17,8 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from api import idempotency
-from core.db import UNREACHABLE
-from core.errors import LoramillError
+from core.kit.db import UNREACHABLE
+from core.kit.errors import LoramillError
 
 log = logging.getLogger("loramill.api")
 

@@ -44,11 +44,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.edge import UPLOAD_PATH
-from core.db import admin_scope, tenant_scope
-from core.errors import Conflict, LoramillError, Unprocessable
-from core.models import IdempotencyKey
-from core.models.base import utcnow
-from core.settings import get_settings
+from core.idempotency.models import IdempotencyKey
+from core.kit.db import admin_scope, tenant_scope
+from core.kit.errors import Conflict, LoramillError, Unprocessable
+from core.kit.orm import utcnow
+from core.kit.settings import get_settings
 
 log = logging.getLogger("loramill.idempotency")
 HEADER = b"idempotency-key"

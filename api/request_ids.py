@@ -17,7 +17,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import internal_error
-from core import logs, metrics
+from core.kit import logs, metrics
 
 log = logging.getLogger("loramill.access")
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

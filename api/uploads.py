@@ -23,7 +23,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from core.errors import InvalidRequest, LoramillError, UnsupportedMediaType
+from core.kit.errors import InvalidRequest, LoramillError, UnsupportedMediaType
 
 MAX_FIELDS = 16  # form fields besides the file
 MAX_FIELD_BYTES = 4096  # each

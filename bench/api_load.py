@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from core.settings import read_env_file
+from core.kit.settings import read_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("LORAMILL_HOME", ROOT / ".loramill"))

@@ -35,7 +35,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def latency(jobs: int) -> dict[str, float]:
-    from core.settings import read_env_file
+    from core.kit.settings import read_env_file
 
     env = read_env_file(HOME / "dev.env")
     client = httpx.Client(base_url=env["LORAMILL_API_URL"], timeout=60,
@@ -68,10 +68,10 @@ def tick_cost(queued: int, tenants: int) -> tuple[dict[str, float], str]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import Session
 
-    from core import migrate
-    from core.db import normalize_url
-    from core.settings import load_settings
-    from worker import scheduler
+    from core.kit import migrate
+    from core.kit.db import normalize_url
+    from core.kit.settings import load_settings
+    from core.scheduling import service as scheduler
 
     settings = load_settings()
     base_url = settings.require_admin_database_url()  # creates a database: the admin role

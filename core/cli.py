@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
-from core.settings import Settings, load_settings
+from core.kit.settings import Settings, load_settings
 
 
 def current_settings() -> Settings:
@@ -18,7 +18,7 @@ def current_settings() -> Settings:
 
 
 def admin_session() -> Session:
-    from core.db import make_engine
+    from core.kit.db import make_engine
 
     # the server CLI administers every tenant: the admin role
     return Session(make_engine(current_settings().require_admin_database_url()),
@@ -26,8 +26,8 @@ def admin_session() -> Session:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from core import migrate
-    from core.storage import Storage, make_client
+    from core.kit import migrate
+    from core.kit.storage import Storage, make_client
 
     settings = current_settings()
     admin_url = settings.require_admin_database_url()
@@ -50,8 +50,8 @@ def _actor() -> str:
 
 
 def cmd_create_tenant(args: argparse.Namespace) -> int:
-    from core.errors import LoramillError
-    from core.services import ops
+    from core.kit.errors import LoramillError
+    from core.ops import service as ops
 
     with admin_session() as session:
         try:
@@ -67,8 +67,8 @@ def cmd_create_tenant(args: argparse.Namespace) -> int:
 
 
 def cmd_create_key(args: argparse.Namespace) -> int:
-    from core.repositories import tenants as tenant_repo
-    from core.services import ops
+    from core.ops import service as ops
+    from core.tenants import repository as tenant_repo
 
     with admin_session() as session:
         tenant = None
@@ -88,8 +88,8 @@ def cmd_create_key(args: argparse.Namespace) -> int:
 
 
 def cmd_register_model(args: argparse.Namespace) -> int:
-    from core.errors import LoramillError
-    from core.services import base_models
+    from core.base_models import service as base_models
+    from core.kit.errors import LoramillError
 
     with admin_session() as session:
         try:

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from core import cli
-from core.settings import Settings, load_settings, read_env_file
+from core.kit.settings import Settings, load_settings, read_env_file
 
 DEMO_TENANT = "demo"
 
@@ -38,8 +38,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _ensure_demo(settings: Settings) -> None:
     """The demo tenant with a tenant key and an admin key, in dev.env (kept across ups)."""
-    from core.repositories import tenants as tenant_repo
-    from core.services import tenants as tenant_service
+    from core.tenants import repository as tenant_repo
+    from core.tenants import service as tenant_service
 
     dev_env = settings.home / "dev.env"
     existing = read_env_file(dev_env)
@@ -63,7 +63,7 @@ def _ensure_demo(settings: Settings) -> None:
 
 def _ensure_tiny_model(settings: Settings) -> None:
     """Generate and register the tiny base model (no model hub is reachable)."""
-    from core.services import base_models
+    from core.base_models import service as base_models
 
     try:
         from worker.training import tinymodel

@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx
 
-from core.process import PIECE_VARIABLE, exit_marker
-from core.settings import Settings
+from core.kit.process import PIECE_VARIABLE, exit_marker
+from core.kit.settings import Settings
 
 ORDER = ("postgres", "redis", "s3", "api", "worker", "scheduler")
 WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
@@ -347,7 +347,7 @@ class LocalStack:
         self._wait("s3", lambda: self._s3_ready(ports["s3"]), 60)
 
     def _s3_ready(self, port: int) -> bool:
-        from core.storage import Storage, make_client
+        from core.kit.storage import Storage, make_client
 
         settings = self.settings.model_copy(
             update={"s3_endpoint_url": f"http://127.0.0.1:{port}"}
@@ -380,7 +380,7 @@ class LocalStack:
         self._wait("api", lambda: httpx.get(url, timeout=2).status_code == 200, 60)
 
     def _start_worker(self) -> None:
-        from core.queue import queue_for
+        from core.kit.queue import queue_for
 
         # solo pool: one job per process, and SIGTERM reaches the job (graceful hand-back)
         self._spawn("worker", [
@@ -391,7 +391,7 @@ class LocalStack:
         ], env=self._python_env("worker"))
 
     def _start_scheduler(self) -> None:
-        from core.queue import SCHEDULER_QUEUE
+        from core.kit.queue import SCHEDULER_QUEUE
 
         # a small worker with beat embedded: beat ticks, the worker runs dispatch/sweep
         self._spawn("scheduler", [
@@ -430,7 +430,7 @@ class LocalStack:
                 self._write_env_file()
                 self.settings = self.settings.model_copy(update=_settings_update(self.env()))
             if name == "postgres":
-                from core import migrate
+                from core.kit import migrate
 
                 admin_url = self.settings.require_admin_database_url()
                 migrate.upgrade(admin_url)

@@ -3,9 +3,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from core.db import normalize_url
-from core.models import Base
-from core.settings import get_settings
+from core.kit.db import normalize_url
+from core.kit.settings import get_settings
+from core.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -96,7 +96,7 @@ def _prepare_env() -> None:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[StackInfo]:
     _prepare_env()
-    from core import settings as settings_module
+    from core.kit import settings as settings_module
     from devstack.stack import LocalStack
 
     settings_module.get_settings.cache_clear()
@@ -124,8 +124,8 @@ def stack() -> Iterator[StackInfo]:
 
 
 def _register_tiny_model(settings: object) -> None:
-    from core.db import admin_scope
-    from core.services import base_models
+    from core.base_models import service as base_models
+    from core.kit.db import admin_scope
     from worker.training import tinymodel
 
     path = tinymodel.ensure(ROOT / ".loramill-test-models" / "tiny-llama")
@@ -142,9 +142,9 @@ class TenantHandle:
 
 
 def make_tenant(stack: StackInfo, name: str | None = None) -> TenantHandle:
-    from core.db import admin_scope
-    from core.services import tenants as tenant_service
-    from core.settings import get_settings
+    from core.kit.db import admin_scope
+    from core.kit.settings import get_settings
+    from core.tenants import service as tenant_service
 
     name = name or f"t-{uuid.uuid4().hex[:10]}"
     with admin_scope() as session:
@@ -181,8 +181,8 @@ class AdminHandle:
 @pytest.fixture
 def admin(stack: StackInfo) -> Iterator[AdminHandle]:
     """An operator: an admin key (no tenant) and a client that sends it."""
-    from core.db import admin_scope
-    from core.services import tenants as tenant_service
+    from core.kit.db import admin_scope
+    from core.tenants import service as tenant_service
 
     with admin_scope() as session:
         issued = tenant_service.issue_key(session, None, admin=True, name="test operator")

@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from core import metrics
+from core.kit import metrics
 from tests.conftest import ROOT
 
 

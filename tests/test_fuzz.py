@@ -28,12 +28,12 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
-from core import migrate
-from core.db import make_engine
-from core.keys import FILES_WRITE, JOBS_WRITE, READ
-from core.services import base_models
-from core.services import tenants as tenant_service
-from core.settings import get_settings
+from core.base_models import service as base_models
+from core.kit import migrate
+from core.kit.db import make_engine
+from core.kit.settings import get_settings
+from core.tenants import service as tenant_service
+from core.tenants.keys import FILES_WRITE, JOBS_WRITE, READ
 from tests.conftest import ROOT, StackInfo, api_process, with_database
 
 LONG = os.environ.get("LORAMILL_FUZZ") == "long"

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from core.queue import DISPATCH_TASK, SCHEDULER_QUEUE, SWEEP_TASK, broker_url, queue_for
-from core.settings import get_settings
+from core.kit.queue import DISPATCH_TASK, SCHEDULER_QUEUE, SWEEP_TASK, broker_url, queue_for
+from core.kit.settings import get_settings
 
 
 def make_app() -> Celery:

@@ -35,17 +35,20 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import ids, jobstate, metrics
-from core.db import UNREACHABLE as DB_DOWN
-from core.db import tenant_scope
-from core.models import AdapterVersion, BaseModel, File, FineTuningJob
-from core.models.base import utcnow
-from core.repositories import adapters as adapter_repo
-from core.repositories import checkpoints as checkpoint_repo
-from core.repositories import jobs as job_repo
-from core.repositories.scope import TenantId
-from core.settings import get_settings
-from core.storage import (
+from core.adapters import repository as adapter_repo
+from core.adapters.models import AdapterVersion
+from core.base_models.models import BaseModel
+from core.checkpoints import repository as checkpoint_repo
+from core.files.models import File
+from core.jobs import repository as job_repo
+from core.jobs import state as jobstate
+from core.jobs.models import FineTuningJob
+from core.kit import ids, metrics
+from core.kit.db import UNREACHABLE as DB_DOWN
+from core.kit.db import tenant_scope
+from core.kit.orm import utcnow
+from core.kit.settings import get_settings
+from core.kit.storage import (
     StorageUnavailable,
     adapter_prefix,
     checkpoint_prefix,
@@ -53,6 +56,7 @@ from core.storage import (
     result_file_key,
     staging_prefix,
 )
+from core.tenants.scope import TenantId
 
 log = logging.getLogger("loramill.worker")
 CANCEL_POLL_SECONDS = 1.0
@@ -563,7 +567,7 @@ def _stopped(c: Claim, recipe: Any, stop: Any) -> str:
         return "paused"
     hand_back(c, jobstate.QUEUED, f"Worker shutting down: job checkpointed at step "
                                   f"{stop.step} and returned to the queue")
-    from core import queue
+    from core.kit import queue
 
     queue.wake_dispatcher()
     return "handed-back"

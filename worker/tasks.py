@@ -11,12 +11,12 @@ from typing import Any
 from celery import signals
 from celery.exceptions import WorkerShutdown
 
-from core import logs, metrics, queue
-from core.db import admin_scope, session_scope
-from core.queue import DISPATCH_TASK, SWEEP_TASK, TRAIN_TASK
-from core.settings import get_settings
-from core.storage import StorageUnavailable, get_storage
-from worker import scheduler
+from core.kit import logs, metrics, queue
+from core.kit.db import admin_scope, session_scope
+from core.kit.queue import DISPATCH_TASK, SWEEP_TASK, TRAIN_TASK
+from core.kit.settings import get_settings
+from core.kit.storage import StorageUnavailable, get_storage
+from core.scheduling import service as scheduler
 from worker.celery_app import app
 
 log = logging.getLogger("loramill.worker")
@@ -94,7 +94,7 @@ class WorkerHeartbeat:
         from sqlalchemy import func
         from sqlalchemy.dialects.postgresql import insert
 
-        from core.models import Worker
+        from core.scheduling.models import Worker
 
         values: dict[str, Any] = {
             "id": self.id, "hostname": socket.gethostname(), "gpu_class": self.gpu_class,
@@ -155,6 +155,6 @@ def _shutting_down(**_: Any) -> None:
 
 @signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _stopped(**_: Any) -> None:
-    from core.process import mark_clean_exit
+    from core.kit.process import mark_clean_exit
 
     mark_clean_exit()

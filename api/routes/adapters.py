@@ -10,9 +10,9 @@ from api.schemas.adapters import (
     DownloadObject,
 )
 from api.schemas.common import Limit, ListPage, Version
-from core.repositories import adapters as adapter_repo
-from core.services import adapters as adapter_service
-from core.storage import get_storage
+from core.adapters import repository as adapter_repo
+from core.adapters import service as adapter_service
+from core.kit.storage import get_storage
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 

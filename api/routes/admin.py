@@ -20,9 +20,9 @@ from api.schemas.admin import (
     WorkerObject,
 )
 from api.schemas.common import IntRange, Limit, ListPage
-from core.queue import wake_dispatcher
-from core.services import ops
-from core.services import tenants as tenant_service
+from core.kit.queue import wake_dispatcher
+from core.ops import service as ops
+from core.tenants import service as tenant_service
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 MAX_AGE_SECONDS = 10 * 366 * 86400  # older_than_seconds: ten years

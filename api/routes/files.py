@@ -12,10 +12,10 @@ from api.deps import CurrentTenant, FilesWriter, SettingsDep, UoW
 from api.schemas.common import IntRange, ListPage
 from api.schemas.files import FileDeleted, FileObject
 from api.uploads import FORM_OVERHEAD, Body, refuse, stream_form
-from core.errors import InvalidRequest, LoramillError
-from core.repositories import files as file_repo
-from core.services import files as file_service
-from core.storage import file_key, get_storage
+from core.files import repository as file_repo
+from core.files import service as file_service
+from core.kit.errors import InvalidRequest, LoramillError
+from core.kit.storage import file_key, get_storage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

@@ -9,10 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from core import metrics
-from core.db import get_engine, pool_usage
-from core.settings import get_settings
-from core.storage import get_storage
+from core.kit import metrics
+from core.kit.db import get_engine, pool_usage
+from core.kit.settings import get_settings
+from core.kit.storage import get_storage
 
 router = APIRouter(tags=["health"])
 

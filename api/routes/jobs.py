@@ -8,11 +8,11 @@ from api.deps import CurrentTenant, JobsWriter, UoW
 from api.schemas.adapters import CheckpointObject
 from api.schemas.common import IntRange, Limit, ListPage
 from api.schemas.jobs import CreateJob, EventObject, JobObject
-from core import queue
-from core.errors import InvalidRequest
-from core.repositories import checkpoints as checkpoint_repo
-from core.repositories import jobs as job_repo
-from core.services import jobs as job_service
+from core.checkpoints import repository as checkpoint_repo
+from core.jobs import repository as job_repo
+from core.jobs import service as job_service
+from core.kit import queue
+from core.kit.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import KeysWriter, UoW
 from api.schemas.common import ListPage, ts
-from core.models import ApiKey, Tenant
-from core.services import tenants as tenant_service
+from core.tenants import service as tenant_service
+from core.tenants.models import ApiKey, Tenant
 
 router = APIRouter(prefix="/v1/api_keys", tags=["api keys"])
 

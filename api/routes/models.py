@@ -7,11 +7,11 @@ from pydantic import BaseModel
 
 from api.deps import CurrentTenant, UoW
 from api.schemas.common import ListPage, ts
-from core.errors import NotFound
-from core.models import AdapterVersion
-from core.models import BaseModel as BaseModelRow
-from core.repositories import adapters as adapter_repo
-from core.repositories import base_models as model_repo
+from core.adapters import repository as adapter_repo
+from core.adapters.models import AdapterVersion
+from core.base_models import repository as model_repo
+from core.base_models.models import BaseModel as BaseModelRow
+from core.kit.errors import NotFound
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -13,11 +13,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from api.deps import AdminUoW, principal_for
-from core import jobstate, keys
-from core.errors import AuthenticationFailed, NotFound
-from core.models.base import utcnow
-from core.services import ops
-from core.settings import get_settings
+from core.jobs import state as jobstate
+from core.kit.errors import AuthenticationFailed, NotFound
+from core.kit.orm import utcnow
+from core.kit.settings import get_settings
+from core.ops import service as ops
+from core.tenants import keys
 
 router = APIRouter(prefix="/ops", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent.parent / "templates")

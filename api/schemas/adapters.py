@@ -5,7 +5,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from api.schemas.common import ts
-from core.models import Adapter, AdapterVersion, JobCheckpoint
+from core.adapters.models import Adapter, AdapterVersion
+from core.checkpoints.models import JobCheckpoint
 
 
 class CheckpointObject(BaseModel):

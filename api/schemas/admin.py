@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import MAX_BYTES, IntRange, ts
 from api.schemas.jobs import JobObject
-from core.models import AuditEntry, FineTuningJob, Tenant
-from core.services import ops
+from core.audit.models import AuditEntry
+from core.jobs.models import FineTuningJob
+from core.ops import service as ops
+from core.tenants.models import Tenant
 
 
 def age(since: datetime | None, now: datetime) -> float | None:

@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from api.schemas.common import ts
-from core.models import File
+from core.files.models import File
 
 
 class FileObject(BaseModel):

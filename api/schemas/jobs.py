@@ -5,8 +5,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.schemas.common import MAX_INT32, IntRange, ts
-from core.models import FineTuningJob, JobEvent
-from core.storage import NAME_MAX, NAME_PATTERN
+from core.jobs.models import FineTuningJob, JobEvent
+from core.kit.storage import NAME_MAX, NAME_PATTERN
 
 Auto = Literal["auto"]
 

@@ -6,9 +6,9 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from core.db import admin_scope
-from core.models import File
-from core.storage import get_storage
+from core.files.models import File
+from core.kit.db import admin_scope
+from core.kit.storage import get_storage
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"},
                      {"role": "assistant", "content": "Paris."}]}

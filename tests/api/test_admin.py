@@ -10,10 +10,11 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from core import jobstate
-from core.db import admin_scope
-from core.models import FineTuningJob, Worker
-from core.models.base import utcnow
+from core.jobs import state as jobstate
+from core.jobs.models import FineTuningJob
+from core.kit.db import admin_scope
+from core.kit.orm import utcnow
+from core.scheduling.models import Worker
 from tests.api.helpers import assert_error, upload_ok
 from tests.conftest import AdminHandle, StackInfo, TenantHandle
 

@@ -4,11 +4,11 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from core.db import admin_scope
-from core.keys import hash_key
-from core.models import ApiKey
-from core.models.base import utcnow
-from core.services import tenants as tenant_service
+from core.kit.db import admin_scope
+from core.kit.orm import utcnow
+from core.tenants import service as tenant_service
+from core.tenants.keys import hash_key
+from core.tenants.models import ApiKey
 from tests.api.helpers import assert_error
 from tests.conftest import StackInfo, TenantHandle
 

@@ -10,7 +10,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from core.db import get_engine, pool_usage
+from core.kit.db import get_engine, pool_usage
 from tests.api.helpers import upload_ok
 from tests.conftest import StackInfo, TenantHandle
 

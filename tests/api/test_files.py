@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import update
 
-from core.db import admin_scope
-from core.models import Tenant
+from core.kit.db import admin_scope
+from core.tenants.models import Tenant
 from tests.api.helpers import CHAT, assert_error, jsonl, stored_state, upload, upload_ok
 from tests.conftest import TenantHandle
 

@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from sqlalchemy import select, update
 
-from core.db import admin_scope
-from core.models import IdempotencyKey, Tenant
-from core.models.base import utcnow
+from core.idempotency.models import IdempotencyKey
+from core.kit.db import admin_scope
+from core.kit.orm import utcnow
+from core.tenants.models import Tenant
 from tests.api.helpers import CHAT, assert_error, jsonl, upload, upload_ok
 from tests.conftest import AdminHandle, StackInfo, TenantHandle
 

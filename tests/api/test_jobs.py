@@ -11,8 +11,9 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from core.db import admin_scope
-from core.models import FineTuningJob, Tenant
+from core.jobs.models import FineTuningJob
+from core.kit.db import admin_scope
+from core.tenants.models import Tenant
 from tests.api.helpers import CHAT, assert_error, jsonl, upload_ok
 from tests.conftest import StackInfo, TenantHandle
 

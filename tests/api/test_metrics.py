@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
-from core.db import admin_scope
-from core.models import FineTuningJob
+from core.jobs.models import FineTuningJob
+from core.kit.db import admin_scope
 from tests.api.helpers import Samples, prometheus_samples, sample, upload_ok
 from tests.conftest import TEST_HOME, StackInfo, TenantHandle, api_process
 

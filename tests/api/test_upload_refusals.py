@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import update
 
-from core.db import admin_scope
-from core.models import Tenant
+from core.kit.db import admin_scope
+from core.tenants.models import Tenant
 from tests.api.helpers import CHAT, jsonl, stored_state, upload
 from tests.conftest import StackInfo, TenantHandle
 
@@ -113,7 +113,7 @@ def test_concurrent_uploads_cannot_overrun_the_storage_quota(tenant: TenantHandl
 
 def test_a_client_that_goes_away_mid_upload_leaves_no_unfinished_upload(
         stack: StackInfo, tenant: TenantHandle) -> None:
-    from core.storage import get_storage
+    from core.kit.storage import get_storage
 
     storage = get_storage()
     prefix = f"tenants/{tenant.id}/"

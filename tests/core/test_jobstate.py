@@ -7,11 +7,13 @@ from itertools import product
 
 import pytest
 
-from core import ids, jobstate
-from core.db import admin_scope
-from core.models import File, FineTuningJob
-from core.services import tenants as tenant_service
-from core.settings import get_settings
+from core.files.models import File
+from core.jobs import state as jobstate
+from core.jobs.models import FineTuningJob
+from core.kit import ids
+from core.kit.db import admin_scope
+from core.kit.settings import get_settings
+from core.tenants import service as tenant_service
 from tests.conftest import StackInfo
 
 ALLOWED = {

@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from core import migrate
-from core.db import normalize_url
-from core.models import Base
+from core.kit import migrate
+from core.kit.db import normalize_url
+from core.tables import Base
 from tests.conftest import StackInfo, with_database
 
 

@@ -9,10 +9,12 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from core import ids
-from core.db import admin_scope, get_engine, session_scope, tenant_scope
-from core.migrate import ADMIN_ONLY_TABLES
-from core.models import File, FineTuningJob, Tenant
+from core.files.models import File
+from core.jobs.models import FineTuningJob
+from core.kit import ids
+from core.kit.db import admin_scope, get_engine, session_scope, tenant_scope
+from core.kit.migrate import ADMIN_ONLY_TABLES
+from core.tenants.models import Tenant
 from tests.api.helpers import upload_ok
 from tests.conftest import StackInfo, TenantHandle
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.datasets.validation import DatasetValidator, validate_bytes
+from core.files.validation import DatasetValidator, validate_bytes
 
 LIMITS = {"max_line_bytes": 400, "max_json_depth": 8, "max_problems": 20}
 

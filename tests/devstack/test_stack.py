@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from core.settings import read_env_file
+from core.kit.settings import read_env_file
 from devstack.stack import find_ports
 from tests.conftest import ROOT
 

@@ -20,7 +20,7 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 @pytest.fixture(scope="module")
 def local_stack(stack: StackInfo) -> LocalStack:
-    from core.settings import get_settings
+    from core.kit.settings import get_settings
     from devstack.stack import LocalStack
 
     return LocalStack(get_settings())
@@ -32,9 +32,9 @@ def worker(local_stack: LocalStack) -> Iterator[None]:
     starting from an idle queue (earlier API tests leave jobs queued on purpose)."""
     from sqlalchemy import update
 
-    from core import jobstate
-    from core.db import admin_scope
-    from core.models import FineTuningJob
+    from core.jobs import state as jobstate
+    from core.jobs.models import FineTuningJob
+    from core.kit.db import admin_scope
 
     with admin_scope() as session:
         session.execute(update(FineTuningJob)
@@ -42,6 +42,7 @@ def worker(local_stack: LocalStack) -> Iterator[None]:
                         .values(status=jobstate.CANCELLED))
     local_stack.up(pieces=("worker", "scheduler"), log=lambda _: None)
     wait_for_worker()
+    wait_for_metrics(local_stack.metrics_url("scheduler"))
     try:
         yield
     finally:
@@ -49,12 +50,25 @@ def worker(local_stack: LocalStack) -> Iterator[None]:
         local_stack._stop_pid("worker")
 
 
+def wait_for_metrics(url: str, timeout: float = 60) -> None:
+    """Until a process of the stack serves its metrics (the scheduler: it is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"nothing answers at {url}"
+        time.sleep(0.3)
+
+
 def wait_for_worker(timeout: float = 60) -> None:
     """Until a training worker has announced its slot (dispatch counts only those)."""
     from sqlalchemy import func, select
 
-    from core.db import admin_scope
-    from core.models import Worker
+    from core.kit.db import admin_scope
+    from core.scheduling.models import Worker
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

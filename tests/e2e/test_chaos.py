@@ -142,8 +142,8 @@ def test_an_s3_outage_fails_the_job_as_storage_unavailable_without_internals(
 @pytest.mark.usefixtures("restore")
 def test_a_killed_api_leaves_no_idempotency_key_reserved(
         stack: StackInfo, tenant: TenantHandle, local_stack: LocalStack) -> None:
-    from core.db import admin_scope
-    from core.models import IdempotencyKey
+    from core.idempotency.models import IdempotencyKey
+    from core.kit.db import admin_scope
 
     headers = {"Authorization": f"Bearer {tenant.key}", "Idempotency-Key": "killed-mid-way",
                "Content-Type": "multipart/form-data; boundary=b0"}

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from core.services.adapters import download_urls
-from core.storage import get_storage
+from core.adapters.service import download_urls
+from core.kit.storage import get_storage
 from tests.api.helpers import CHAT, assert_error, jsonl, upload_ok
 from tests.conftest import StackInfo, TenantHandle, make_tenant
 from tests.e2e.conftest import wait_for
@@ -92,8 +92,8 @@ def test_presigned_url_covers_one_object_and_expires(owner: dict[str, Any]) -> N
 
     from sqlalchemy import select
 
-    from core.db import admin_scope
-    from core.models import AdapterVersion
+    from core.adapters.models import AdapterVersion
+    from core.kit.db import admin_scope
 
     with admin_scope() as session:
         row = session.scalars(select(AdapterVersion).where(

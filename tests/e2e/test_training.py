@@ -14,8 +14,8 @@ import httpx
 import pytest
 import torch
 
-from core.db import admin_scope
-from core.services import base_models
+from core.base_models import service as base_models
+from core.kit.db import admin_scope
 from tests.api.helpers import jsonl, upload_ok
 from tests.conftest import ROOT, TenantHandle
 from tests.e2e.conftest import all_events, wait_for

@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core.db import admin_scope
-from core.models import AdapterVersion
-from core.settings import get_settings
-from core.storage import StorageUnavailable, get_storage
+from core.adapters.models import AdapterVersion
+from core.kit.db import admin_scope
+from core.kit.settings import get_settings
+from core.kit.storage import StorageUnavailable, get_storage
+from core.scheduling import service as scheduler
 from devstack.stack import LocalStack
 from tests.api.helpers import upload_ok
 from tests.conftest import StackInfo, TenantHandle
-from worker import runner, scheduler
+from worker import runner
 
 
 def claimed_job(tenant: TenantHandle, suffix: str) -> runner.Claim:

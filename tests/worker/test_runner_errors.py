@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.storage import StorageUnavailable
+from core.kit.storage import StorageUnavailable
 from worker.runner import explain
 from worker.training.data import NoTrainableTokens
 from worker.training.model import UnreadableModel

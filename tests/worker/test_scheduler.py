@@ -9,14 +9,18 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from core import ids, jobstate
-from core.db import admin_scope
-from core.models import File, FineTuningJob, Tenant, Worker
-from core.models.base import utcnow
-from core.services import tenants as tenant_service
-from core.settings import get_settings
+from core.files.models import File
+from core.jobs import state as jobstate
+from core.jobs.models import FineTuningJob
+from core.kit import ids
+from core.kit.db import admin_scope
+from core.kit.orm import utcnow
+from core.kit.settings import get_settings
+from core.scheduling import service as scheduler
+from core.scheduling.models import Worker
+from core.tenants import service as tenant_service
+from core.tenants.models import Tenant
 from tests.conftest import StackInfo
-from worker import scheduler
 
 
 def gpu_class() -> str:

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.kit.orm import Base, IdString, utcnow
+
+
+class Adapter(Base):
+    """A named line of adapter versions in one tenant's account."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdapterVersion(Base):
+    """An immutable published adapter. One job publishes at most one version."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("adapter_id", "version"),)
+
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    adapter_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("adapters.id", ondelete="CASCADE")
+    )
+    version: Mapped[int]
+    job_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("fine_tuning_jobs.id"), unique=True
+    )
+    base_model: Mapped[str] = mapped_column(String(200))
+    fine_tuned_model: Mapped[str] = mapped_column(String(400))
+    object_prefix: Mapped[str] = mapped_column(String(512))
+    files: Mapped[list[Any]]
+    manifest: Mapped[dict[str, Any]]
+    aliases: Mapped[list[str]] = mapped_column(ARRAY(String(64)), default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

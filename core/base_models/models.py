@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.kit.orm import Base, utcnow
+
+
+class BaseModel(Base):
+    """A registered base model that jobs may fine-tune (safetensors weights only)."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    source_uri: Mapped[str] = mapped_column(String(1024))
+    architecture: Mapped[str] = mapped_column(String(100))
+    params: Mapped[int] = mapped_column(BigInteger)
+    context_length: Mapped[int]
+    gpu_class: Mapped[str] = mapped_column(String(32))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,90 @@
+"""The base-model registry: only safetensors weights, never remote code."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.base_models import repository as model_repo
+from core.base_models.models import BaseModel
+from core.kit.errors import InvalidRequest
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# bytes per parameter -> GPU class; 4-bit weights plus LoRA, activations and headroom
+GPU_CLASSES = (("cpu", 300e6), ("gpu-24gb", 14e9), ("gpu-80gb", 75e9), ("gpu-multi", float("inf")))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    architecture: str
+    params: int
+    context_length: int
+
+
+def gpu_class_for(params: int) -> str:
+    return next(name for name, limit in GPU_CLASSES if params <= limit)
+
+
+def _safetensors_params(path: Path) -> int:
+    """Count parameters from a safetensors header without loading any weights."""
+    with path.open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length > 100 * 1024 * 1024:
+            raise InvalidRequest(f"{path.name} has an implausible safetensors header")
+        header: dict[str, Any] = json.loads(fh.read(length))
+    total = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        count = 1
+        for dim in meta["shape"]:
+            count *= int(dim)
+        total += count
+    return total
+
+
+def inspect_local(path: Path) -> ModelInfo:
+    if not path.is_dir():
+        raise InvalidRequest(f"{path} is not a directory")
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise InvalidRequest(f"{path} has no config.json")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        found = f" (found pickle-based {', '.join(pickles)})" if pickles else ""
+        raise InvalidRequest(
+            f"{path} has no .safetensors weights{found}; loramill loads only safetensors, "
+            "because pickle files can run code when loaded. Convert the weights first."
+        )
+    config = json.loads(config_path.read_text())
+    if config.get("auto_map"):
+        raise InvalidRequest(
+            f"{path}/config.json needs custom code (auto_map); loramill never enables "
+            "trust_remote_code"
+        )
+    architectures = config.get("architectures") or [config.get("model_type", "unknown")]
+    return ModelInfo(
+        architecture=str(architectures[0]),
+        params=sum(_safetensors_params(p) for p in weights),
+        context_length=int(config.get("max_position_embeddings", 2048)),
+    )
+
+
+def register(
+    session: Session, model_id: str, source: str, *, gpu_class: str | None = None,
+) -> BaseModel:
+    if source.startswith("s3://"):
+        raise InvalidRequest("register S3 models by first syncing them to a local path")
+    path = Path(source).resolve()
+    info = inspect_local(path)
+    return model_repo.upsert(session, BaseModel(
+        id=model_id, source_uri=str(path), architecture=info.architecture,
+        params=info.params, context_length=info.context_length,
+        gpu_class=gpu_class or gpu_class_for(info.params), enabled=True,
+    ))

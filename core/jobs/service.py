@@ -1,0 +1,189 @@
+"""Fine-tuning jobs: creation with a frozen spec, reads, and cancellation."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.base_models import repository as model_repo
+from core.files import repository as file_repo
+from core.files.models import File
+from core.jobs import repository as job_repo
+from core.jobs import state as jobstate
+from core.jobs.models import FineTuningJob
+from core.kit import ids
+from core.kit.errors import InvalidRequest, NotFound, RateLimited
+from core.kit.orm import utcnow
+from core.tenants.models import Tenant
+from core.tenants.scope import TenantId
+
+DEFAULT_LORA: dict[str, Any] = {
+    "r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear",
+    "quantization": "nf4",
+}
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the API validated; hyperparameter values may still be ``"auto"``."""
+
+    model: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    lora: dict[str, Any]
+    suffix: str | None
+    seed: int | None
+    metadata: dict[str, str] | None
+
+
+def resolve_hyperparameters(requested: dict[str, Any], examples: int) -> dict[str, Any]:
+    """Turn ``"auto"`` into numbers from the dataset size, so the spec is fixed at
+    creation and the job shows what it will run."""
+    def pick(name: str, auto: Any) -> Any:
+        value = requested.get(name, "auto")
+        return auto if value == "auto" else value
+
+    batch_auto = 1 if examples < 16 else 2 if examples < 64 else 4 if examples < 256 else 8
+    return {
+        "n_epochs": pick("n_epochs", min(10, max(1, math.ceil(100 / max(examples, 1))))),
+        "batch_size": pick("batch_size", batch_auto),
+        "learning_rate_multiplier": pick("learning_rate_multiplier", 1.0),
+    }
+
+
+def _usable_file(session: Session, tenant_id: TenantId, file_id: str, param: str) -> File:
+    file = file_repo.get(session, tenant_id, file_id, lock="share")  # not deleted meanwhile
+    if file is None:
+        raise InvalidRequest(f"{param} {file_id!r} does not exist", param=param,
+                             code="file_not_found")
+    if file.purpose != "fine-tune":
+        raise InvalidRequest(f"{param} {file_id!r} has purpose {file.purpose!r}, "
+                             "not 'fine-tune'", param=param, code="invalid_file")
+    if file.status != "processed":
+        raise InvalidRequest(f"{param} {file_id!r} is {file.status}, not processed",
+                             param=param, code="file_not_ready")
+    return file
+
+
+def check_queued_quota(session: Session, tenant: Tenant) -> None:
+    queued = job_repo.count_queued(session, TenantId(tenant.id))
+    if queued >= tenant.max_queued_jobs:
+        raise RateLimited(
+            f"max_queued_jobs quota reached: {queued} of {tenant.max_queued_jobs} jobs are "
+            "already queued; wait for some to start or ask for a higher quota",
+            code="max_queued_jobs_exceeded",
+        )
+
+
+def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuningJob:
+    tenant = session.get(Tenant, tenant_id, with_for_update=True)  # serialise the quota
+    assert tenant is not None
+    check_queued_quota(session, tenant)
+    base = model_repo.get_enabled(session, req.model)
+    if base is None:
+        raise InvalidRequest(
+            f"model {req.model!r} is not an available base model; GET /v1/models lists them",
+            param="model", code="model_not_found",
+        )
+    training = _usable_file(session, tenant_id, req.training_file, "training_file")
+    if req.validation_file is not None:
+        validation = _usable_file(session, tenant_id, req.validation_file, "validation_file")
+        if validation.format != training.format:
+            raise InvalidRequest(
+                f"validation_file is {validation.format} data but training_file is "
+                f"{training.format}; use one format for both", param="validation_file",
+                code="invalid_file",
+            )
+    spec = {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": resolve_hyperparameters(
+                req.hyperparameters, training.example_count
+            ),
+        },
+        "lora": {**DEFAULT_LORA, **req.lora},
+        "dataset": {"format": training.format, "sha256": training.sha256,
+                    "examples": training.example_count},
+    }
+    job = job_repo.add(session, FineTuningJob(
+        id=ids.new_id(ids.JOB), tenant_id=tenant_id, model=base.id,
+        training_file=training.id, validation_file=req.validation_file, method=spec,
+        suffix=req.suffix, seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
+        metadata_=req.metadata, status=jobstate.QUEUED, gpu_class=base.gpu_class,
+    ))
+    job_repo.add_event(session, job, f"Created fine-tuning job: {job.id}")
+    job_repo.add_event(session, job, "Job queued; waiting for a worker",
+                       data={"gpu_class": job.gpu_class})
+    return job
+
+
+def get(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
+    job = job_repo.get(session, tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
+    return job
+
+
+def cancel(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
+    """Cancel a job, at once, in whatever unfinished state it is: the one place that decides
+    a cancel. A running job's worker finds its lease gone (every write it makes is fenced
+    by status and lease) and stops at its next step, so nothing it does after this counts:
+    no checkpoint row, no adapter version. A worker that died needs nothing more. If the
+    job finished first (a publish that committed while this waited for its row lock), the
+    answer says so: a cancel is never acknowledged and then ignored."""
+    job = get(session, tenant_id, job_id)
+    if job.status == jobstate.CANCELLED:  # cancelling twice is harmless
+        return job
+    was = job.status
+    cancelled = jobstate.transition(session, job_id, jobstate.CANCELLED, tenant_id=tenant_id,
+                                    values={"cancel_requested_at": utcnow(),
+                                            "estimated_finish": None})
+    if cancelled is None:
+        session.refresh(job)  # what won the race: a worker finished it, or another cancel
+        if job.status == jobstate.CANCELLED:
+            return job
+        raise InvalidRequest(f"job {job_id} has already {job.status} and cannot be cancelled",
+                             param="fine_tuning_job_id", code="job_not_cancellable")
+    job_repo.add_event(session, cancelled, "Job cancelled" + (
+        "; its worker stops at its next step" if was == jobstate.RUNNING else ""))
+    return cancelled
+
+
+def pause(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
+    """Ask a running job to checkpoint and free its worker; it becomes ``paused``."""
+    job = get(session, tenant_id, job_id)
+    if job.status == jobstate.PAUSED:
+        return job
+    if job.status != jobstate.RUNNING:
+        raise InvalidRequest(f"only running jobs can be paused; job {job_id} is {job.status}",
+                             param="fine_tuning_job_id", code="job_not_pausable")
+    if job.pause_requested_at is None:
+        job.pause_requested_at = utcnow()
+        job_repo.add_event(session, job, "Pause requested; checkpointing at the next step")
+        session.flush()
+    return job
+
+
+def resume(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
+    """Put a paused job back in the queue; it continues from its pause checkpoint."""
+    job = get(session, tenant_id, job_id)
+    if job.status != jobstate.PAUSED:
+        raise InvalidRequest(f"only paused jobs can be resumed; job {job_id} is {job.status}",
+                             param="fine_tuning_job_id", code="job_not_resumable")
+    tenant = session.get(Tenant, tenant_id, with_for_update=True)
+    assert tenant is not None
+    check_queued_quota(session, tenant)
+    resumed = jobstate.transition(session, job_id, jobstate.QUEUED, tenant_id=tenant_id,
+                                  values={"pause_requested_at": None, "dispatched_at": None})
+    if resumed is None:
+        session.refresh(job)
+        raise InvalidRequest(f"job {job_id} is {job.status} and cannot be resumed",
+                             param="fine_tuning_job_id", code="job_not_resumable")
+    job_repo.add_event(session, resumed, "Job resumed; queued to continue from its "
+                                         "last checkpoint")
+    return resumed

@@ -1,0 +1,58 @@
+"""Messages to the workers, by task name: what core, the API and the scheduler send, and
+what worker/celery_app.py registers its tasks under. Core sends through a producer-only
+Celery app of its own, so it never imports the worker.
+
+A message is a hint, not a lease (design.md §1): it carries ids only, and PostgreSQL stays
+the source of truth, so a broker outage loses no job, it only delays one (the dispatcher
+sends again).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery import Celery
+
+from core.kit.settings import get_settings
+
+log = logging.getLogger("loramill.queue")
+
+TRAIN_TASK = "loramill.train_job"
+DISPATCH_TASK = "loramill.dispatch"
+SWEEP_TASK = "loramill.sweep"
+SCHEDULER_QUEUE = "loramill-scheduler"
+
+
+def queue_for(gpu_class: str) -> str:
+    """The queue a GPU class's workers listen on."""
+    return f"gpu-{gpu_class}"
+
+
+def broker_url() -> str:
+    return get_settings().redis_url or "redis://127.0.0.1:6379/0"
+
+
+@lru_cache(maxsize=1)
+def _producer() -> Celery:
+    return Celery("loramill-producer", broker=broker_url())
+
+
+def enqueue(job_id: str, tenant_id: str, gpu_class: str) -> bool:
+    """Send a job's wake-up message to its GPU class's queue. It names the tenant, so the
+    worker opens its transactions as that tenant."""
+    try:
+        _producer().send_task(TRAIN_TASK, args=[job_id, tenant_id],
+                              queue=queue_for(gpu_class), retry=False)
+    except Exception as exc:
+        log.warning("could not send job %s to the broker: %s", job_id, exc)
+        return False
+    return True
+
+
+def wake_dispatcher() -> None:
+    """Ask the scheduler to dispatch now rather than at its next tick (best effort)."""
+    try:
+        _producer().send_task(DISPATCH_TASK, queue=SCHEDULER_QUEUE, retry=False, expires=10)
+    except Exception as exc:
+        log.warning("could not wake the dispatcher (broker unavailable?): %s", exc)
