@@ -18,7 +18,8 @@ shown once. A retry with the same key and request gets the stored response
 (``Idempotent-Replayed: true``); with another request, a 422. Retries that arrive while
 the first still runs wait for it (so 50 concurrent identical POSTs make one job) without
 holding a thread or a database connection. Keys are per tenant, and operators have a
-namespace of their own; a stored response lives 24 hours.
+namespace of their own; a stored response lives 24 hours. What is kept is decided in
+core/idempotency/service.py; the table's SQL is core/idempotency/repository.py.
 """
 
 from __future__ import annotations
@@ -37,31 +38,22 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.edge import UPLOAD_PATH
+from core.idempotency import repository, service
 from core.idempotency.models import IdempotencyKey
 from core.kit.db import admin_scope, tenant_scope
 from core.kit.errors import Conflict, LoramillError, Unprocessable
-from core.kit.orm import utcnow
 from core.kit.settings import get_settings
 
 log = logging.getLogger("loramill.idempotency")
 HEADER = b"idempotency-key"
 SCOPE_KEY = "loramill.idempotency"
-ADMIN_SCOPE = "admin"
-TTL = timedelta(hours=24)
 WAIT_SECONDS = 120.0
 MAX_KEY = 255
-MAX_STORED_BODY = 1024 * 1024
 MAX_KEPT_UPLOAD = 8 * 1024 * 1024  # a waiting upload keeps its body up to this, to run later
-NEVER_STORED = frozenset({401, 403, 409, 429})
-SECRET_NOTE = ("the secret was shown once, in the response that created this key, and is "
-               "not stored; if it was lost, revoke this key and create another")
 
 
 class BodyDigest:
@@ -114,63 +106,41 @@ class Pending:
     lease: asyncio.Task[None] | None = None
 
 
-# ----- the table ------------------------------------------------------------------------
+# ----- the table: one short transaction each, as the tenant (operators: the admin role)
 
-def _scope(tenant_id: str | None) -> Any:
+def _transaction(tenant_id: str | None) -> Any:
     return tenant_scope(tenant_id) if tenant_id else admin_scope()
 
 
-def _where(scope_id: str, key: str) -> Any:
-    return (IdempotencyKey.scope == scope_id) & (IdempotencyKey.key == key)
+def _lease() -> timedelta:
+    return timedelta(seconds=get_settings().idempotency_lease_seconds)
 
 
-def _reserve(scope_id: str, tenant_id: str | None, key: str) -> bool:
-    """Reserve the key for this request; False when another has it (or had it)."""
-    now = utcnow()
-    lease = timedelta(seconds=get_settings().idempotency_lease_seconds)
-    with _scope(tenant_id) as session:
-        session.execute(delete(IdempotencyKey).where(_where(scope_id, key),
-                                                     IdempotencyKey.expires_at < now))
-        inserted = session.execute(
-            insert(IdempotencyKey)
-            .values(scope=scope_id, tenant_id=tenant_id, key=key, request_hash="",
-                    created_at=now, expires_at=now + lease)
-            .on_conflict_do_nothing()
-            .returning(IdempotencyKey.key)
-        ).first()
-    return inserted is not None
+def _reserve(scope: str, tenant_id: str | None, key: str) -> bool:
+    with _transaction(tenant_id) as session:
+        return repository.reserve(session, scope, tenant_id, key, _lease())
 
 
-def _load(scope_id: str, tenant_id: str | None, key: str) -> IdempotencyKey | None:
-    with _scope(tenant_id) as session:
-        row: IdempotencyKey | None = session.scalars(
-            select(IdempotencyKey).where(_where(scope_id, key))).one_or_none()
-        return row
+def _load(scope: str, tenant_id: str | None, key: str) -> IdempotencyKey | None:
+    with _transaction(tenant_id) as session:
+        return repository.get(session, scope, key)
 
 
-def _renew(scope_id: str, tenant_id: str | None, key: str) -> None:
-    lease = timedelta(seconds=get_settings().idempotency_lease_seconds)
-    with _scope(tenant_id) as session:
-        session.execute(update(IdempotencyKey)
-                        .where(_where(scope_id, key), IdempotencyKey.status_code.is_(None))
-                        .values(expires_at=utcnow() + lease))
+def _renew(scope: str, tenant_id: str | None, key: str) -> None:
+    with _transaction(tenant_id) as session:
+        repository.renew(session, scope, key, _lease())
 
 
 def _finish(pending: Pending, response: dict[str, Any] | None) -> None:
-    """Store the response, or (None) release the key for a retry."""
+    """Keep the response, or (None) release the key for a retry."""
     assert pending.scope_id is not None
-    with _scope(pending.tenant_id) as session:
-        _store(session, pending, response)
-
-
-def _store(session: Session, pending: Pending, response: dict[str, Any] | None) -> None:
-    where = _where(pending.scope_id or "", pending.key)
-    if response is None:
-        session.execute(delete(IdempotencyKey).where(where))
-        return
-    session.execute(update(IdempotencyKey).where(where).values(
-        request_hash=pending.digest.hexdigest(), status_code=pending.status,
-        response=response, expires_at=utcnow() + TTL))
+    with _transaction(pending.tenant_id) as session:
+        if response is None:
+            repository.release(session, pending.scope_id, pending.key)
+        else:
+            repository.store(session, pending.scope_id, pending.key,
+                             request_hash=pending.digest.hexdigest(), status=pending.status,
+                             response=response, keep=service.KEEP)
 
 
 # ----- inside the request: after authentication and scopes --------------------------------
@@ -209,7 +179,7 @@ async def claim(request: Request, tenant_id: str | None) -> None:
         return
     if not pending.body_done and request.url.path != UPLOAD_PATH:
         await request.body()  # small (api/edge.py): hash all of it; the endpoint reads a copy
-    scope_id = tenant_id or ADMIN_SCOPE
+    scope_id = service.scope_of(tenant_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_SECONDS
     pause = 0.02
@@ -269,17 +239,9 @@ async def _keep_lease(scope_id: str, tenant_id: str | None, key: str) -> None:
 # ----- around the request ----------------------------------------------------------------
 
 def _storable(pending: Pending) -> dict[str, Any] | None:
-    cut_short = pending.body_started and not pending.body_done  # e.g. refused while uploading
-    if (pending.refused or cut_short or pending.status >= 500
-            or pending.status in NEVER_STORED or len(pending.body) > MAX_STORED_BODY):
-        return None
-    try:
-        body = json.loads(bytes(pending.body) or b"null")
-    except ValueError:
-        return None
-    if isinstance(body, dict) and body.get("secret"):  # a new API key: never stored
-        body = {**body, "secret": None, "note": SECRET_NOTE}
-    return {"body": body}
+    return service.response_to_keep(
+        pending.status, bytes(pending.body), reached_endpoint=not pending.refused,
+        whole_request=pending.body_done or not pending.body_started)
 
 
 class IdempotencyMiddleware:
@@ -311,7 +273,7 @@ class IdempotencyMiddleware:
             if message["type"] == "http.response.start":
                 pending.status = message["status"]
             elif (message["type"] == "http.response.body"
-                  and len(pending.body) <= MAX_STORED_BODY):
+                  and len(pending.body) <= service.MAX_KEPT_BODY):
                 pending.body += message.get("body", b"")
             await send(message)
 

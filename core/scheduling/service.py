@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from core.idempotency.models import IdempotencyKey
+from core.idempotency import repository as idempotency_repo
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
@@ -217,7 +217,7 @@ def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
         .execution_options(synchronize_session=False)
     ).scalars().all()
     out["redispatched"] = list(rearmed)
-    session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+    idempotency_repo.delete_expired(session, now)
     return out
 
 
