@@ -20,6 +20,7 @@ from api.schemas.admin import (
     WorkerObject,
 )
 from api.schemas.common import IntRange, Limit, ListPage
+from core.audit import service as audit
 from core.kit.queue import wake_dispatcher
 from core.ops import service as ops
 from core.tenants import service as tenant_service
@@ -130,5 +131,5 @@ def revoke_key(tenant_id: str, key_id: str, actor: AdminActor, uow: AdminUoW) ->
 @router.get("/audit_log", response_model=ListPage[AuditObject])
 def audit_log(_: AdminActor, uow: AdminUoW, target_id: str | None = None, after: str | None = None,
               limit: Limit = 20) -> ListPage[AuditObject]:
-    items, more = ops.audit_page(uow.session, after=after, limit=limit, target_id=target_id)
+    items, more = audit.page(uow.session, after=after, limit=limit, target_id=target_id)
     return ListPage.of([AuditObject.of(e) for e in items], more)

@@ -1,5 +1,5 @@
-"""What operators see and do across all tenants: the queue, workers, jobs, tenants, and
-the audit log every operator action writes to (in the same transaction as the action)."""
+"""What operators see and do across all tenants: the queue, workers, jobs and tenants.
+Every action is written to the audit log (core/audit) in the same transaction."""
 
 from __future__ import annotations
 
@@ -7,19 +7,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.audit.models import AuditEntry
+from core.audit import service as audit
 from core.jobs import repository as job_repo
 from core.jobs import service as job_service
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob, JobEvent
-from core.kit import ids
 from core.kit.errors import InvalidRequest, NotFound
 from core.kit.orm import utcnow
-from core.kit.pagination import newest_first
 from core.kit.settings import Settings
+from core.ops import repository
 from core.scheduling.models import Worker
 from core.tenants import service as tenant_service
 from core.tenants.models import ApiKey, Tenant
@@ -28,27 +26,6 @@ from core.tenants.scope import TenantId
 RATE_WINDOW = timedelta(minutes=15)
 PRIORITY_RANGE = (-100, 100)
 QUOTA_FIELDS = ("max_running_jobs", "max_queued_jobs", "max_file_bytes", "storage_bytes")
-
-
-# ----- audit -----------------------------------------------------------------------------
-
-
-def audit(session: Session, actor: str, action: str, target_type: str, target_id: str, *,
-          tenant_id: str | None = None, details: dict[str, Any] | None = None) -> AuditEntry:
-    entry = AuditEntry(id=ids.new_id(ids.AUDIT), actor=actor, action=action,
-                       target_type=target_type, target_id=target_id, tenant_id=tenant_id,
-                       details=details)
-    session.add(entry)
-    session.flush()
-    return entry
-
-
-def audit_page(session: Session, *, after: str | None, limit: int,
-               target_id: str | None = None) -> tuple[list[AuditEntry], bool]:
-    stmt = select(AuditEntry)
-    if target_id:
-        stmt = stmt.where(AuditEntry.target_id == target_id)
-    return newest_first(session, stmt, AuditEntry.id, after=after, limit=limit)
 
 
 # ----- the queue -------------------------------------------------------------------------
@@ -78,14 +55,7 @@ class QueueSummary:
 def queue_summary(session: Session, now: datetime | None = None) -> QueueSummary:
     now = now or utcnow()
     counted = (jobstate.QUEUED, jobstate.RUNNING, jobstate.PAUSED)
-    rows = session.execute(
-        select(FineTuningJob.tenant_id, Tenant.name, FineTuningJob.gpu_class,
-               FineTuningJob.status, func.count(),
-               func.min(FineTuningJob.created_at))
-        .join(Tenant, Tenant.id == FineTuningJob.tenant_id)
-        .where(FineTuningJob.status.in_(counted))
-        .group_by(FineTuningJob.tenant_id, Tenant.name, FineTuningJob.gpu_class,
-                  FineTuningJob.status)).all()
+    rows = repository.queue_counts(session, counted)
     by_key: dict[tuple[str, str], TenantQueue] = {}
     totals = dict.fromkeys(counted, 0)
     for tenant_id, name, gpu_class, status, n, oldest in rows:
@@ -95,13 +65,8 @@ def queue_summary(session: Session, now: datetime | None = None) -> QueueSummary
         if status == jobstate.QUEUED:
             entry.oldest_queued_at = oldest
     since = now - RATE_WINDOW
-    started = session.scalar(select(func.count()).select_from(FineTuningJob)
-                             .where(FineTuningJob.started_at >= since)) or 0
-    finished = dict(session.execute(
-        select(FineTuningJob.status, func.count())
-        .where(FineTuningJob.finished_at >= since,
-               FineTuningJob.status.in_(jobstate.TERMINAL))
-        .group_by(FineTuningJob.status)).tuples().all())
+    started = repository.started_since(session, since)
+    finished = repository.finished_since(session, since)
     ordered = sorted(by_key.values(), key=lambda q: (-q.queued, -q.running, q.tenant_name))
     waiting = [q.oldest_queued_at for q in ordered if q.oldest_queued_at]
     return QueueSummary(now, ordered, totals, min(waiting, default=None), started,
@@ -119,14 +84,9 @@ class WorkerView:
 
 
 def workers(session: Session, settings: Settings, limit: int = 200) -> list[WorkerView]:
-    since = func.now() - timedelta(seconds=settings.worker_timeout_seconds)
-    rows = session.execute(select(Worker, Worker.alive(since))
-                           .order_by(Worker.last_heartbeat_at.desc()).limit(limit)).all()
-    running: dict[str, list[str]] = {}
-    for job_id, worker_id in session.execute(
-            select(FineTuningJob.id, FineTuningJob.worker_id)
-            .where(FineTuningJob.status == jobstate.RUNNING)):
-        running.setdefault(worker_id or "", []).append(job_id)
+    rows = repository.workers_with_liveness(
+        session, timedelta(seconds=settings.worker_timeout_seconds), limit)
+    running = repository.running_by_worker(session)
     return [WorkerView(w, "stopped" if w.stopped_at else "alive" if alive else "lost",
                        running.get(w.id, [])) for w, alive in rows]
 
@@ -137,18 +97,14 @@ def workers(session: Session, settings: Settings, limit: int = 200) -> list[Work
 def jobs_page(session: Session, *, status: list[str] | None, tenant_id: str | None,
               older_than: timedelta | None, after: str | None,
               limit: int) -> tuple[list[FineTuningJob], bool]:
-    stmt = select(FineTuningJob)
-    if status:
-        unknown = sorted(set(status) - set(jobstate.STATUSES))
-        if unknown:
-            raise InvalidRequest(f"unknown status {', '.join(unknown)}; one of "
-                                 f"{', '.join(jobstate.STATUSES)}", param="status")
-        stmt = stmt.where(FineTuningJob.status.in_(status))
-    if tenant_id:
-        stmt = stmt.where(FineTuningJob.tenant_id == tenant_id)
-    if older_than is not None:
-        stmt = stmt.where(FineTuningJob.created_at <= utcnow() - older_than)
-    return newest_first(session, stmt, FineTuningJob.id, after=after, limit=limit)
+    unknown = sorted(set(status or ()) - set(jobstate.STATUSES))
+    if unknown:
+        raise InvalidRequest(f"unknown status {', '.join(unknown)}; one of "
+                             f"{', '.join(jobstate.STATUSES)}", param="status")
+    return repository.jobs_page(
+        session, statuses=status or [], tenant_id=tenant_id,
+        created_before=utcnow() - older_than if older_than is not None else None,
+        after=after, limit=limit)
 
 
 def get_job(session: Session, job_id: str) -> FineTuningJob:
@@ -160,10 +116,7 @@ def get_job(session: Session, job_id: str) -> FineTuningJob:
 
 def metric_events(session: Session, job_id: str, limit: int = 5000) -> list[dict[str, Any]]:
     """The job's step metrics, oldest first (the loss curve)."""
-    rows = session.scalars(
-        select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
-        .order_by(JobEvent.id.desc()).limit(limit))
-    return [d for d in reversed(list(rows)) if d]
+    return repository.metric_events(session, job_id, limit)
 
 
 def requeue(session: Session, actor: str, job_id: str) -> FineTuningJob:
@@ -192,7 +145,7 @@ def requeue(session: Session, actor: str, job_id: str) -> FineTuningJob:
                              "jobs can be requeued", param="fine_tuning_job_id",
                              code="job_not_requeueable")
     job_repo.add_event(session, requeued, f"Job requeued by an operator (was {before})")
-    audit(session, actor, "job.requeue", "job", job_id, tenant_id=requeued.tenant_id,
+    audit.record(session, actor, "job.requeue", "job", job_id, tenant_id=requeued.tenant_id,
           details={"from": before})
     return requeued
 
@@ -201,7 +154,7 @@ def cancel(session: Session, actor: str, job_id: str) -> FineTuningJob:
     job = get_job(session, job_id)
     before = job.status
     cancelled = job_service.cancel(session, TenantId(job.tenant_id), job_id)
-    audit(session, actor, "job.cancel", "job", job_id, tenant_id=job.tenant_id,
+    audit.record(session, actor, "job.cancel", "job", job_id, tenant_id=job.tenant_id,
           details={"from": before})
     return cancelled
 
@@ -218,7 +171,7 @@ def set_priority(session: Session, actor: str, job_id: str, priority: int) -> Fi
     before = job.priority
     job.priority = priority
     session.flush()
-    audit(session, actor, "job.priority", "job", job_id, tenant_id=job.tenant_id,
+    audit.record(session, actor, "job.priority", "job", job_id, tenant_id=job.tenant_id,
           details={"from": before, "to": priority})
     return job
 
@@ -233,9 +186,7 @@ def get_tenant(session: Session, tenant_id: str) -> Tenant:
     return tenant
 
 
-def tenants_page(session: Session, *, after: str | None,
-                 limit: int) -> tuple[list[Tenant], bool]:
-    return newest_first(session, select(Tenant), Tenant.id, after=after, limit=limit)
+tenants_page = repository.tenants_page
 
 
 def set_quotas(session: Session, actor: str, tenant_id: str,
@@ -251,7 +202,7 @@ def set_quotas(session: Session, actor: str, tenant_id: str,
         changes[name] = {"from": getattr(tenant, name), "to": value}
         setattr(tenant, name, value)
     session.flush()
-    audit(session, actor, "tenant.quotas", "tenant", tenant_id, tenant_id=tenant_id,
+    audit.record(session, actor, "tenant.quotas", "tenant", tenant_id, tenant_id=tenant_id,
           details=changes)
     return tenant
 
@@ -264,7 +215,7 @@ def set_suspended(session: Session, actor: str, tenant_id: str, suspended: bool)
     elif not suspended:
         tenant.suspended_at = None
     session.flush()
-    audit(session, actor, "tenant.suspend" if suspended else "tenant.unsuspend", "tenant",
+    audit.record(session, actor, "tenant.suspend" if suspended else "tenant.unsuspend", "tenant",
           tenant_id, tenant_id=tenant_id)
     return tenant
 
@@ -272,7 +223,7 @@ def set_suspended(session: Session, actor: str, tenant_id: str, suspended: bool)
 def create_tenant(session: Session, actor: str, name: str, settings: Settings,
                   quotas: dict[str, int] | None = None) -> Tenant:
     tenant = tenant_service.create_tenant(session, name, settings)
-    audit(session, actor, "tenant.create", "tenant", tenant.id, tenant_id=tenant.id,
+    audit.record(session, actor, "tenant.create", "tenant", tenant.id, tenant_id=tenant.id,
           details={"name": name})
     if quotas:
         set_quotas(session, actor, tenant.id, quotas)
@@ -287,7 +238,7 @@ def issue_key(session: Session, actor: str, tenant_id: str | None, *, name: str 
     else:
         issued = tenant_service.issue_key(session, get_tenant(session, tenant_id), name=name,
                                           scopes=tenant_service.tenant_scopes(scopes))
-    audit(session, actor, "key.create", "api_key", issued.row.id, tenant_id=tenant_id,
+    audit.record(session, actor, "key.create", "api_key", issued.row.id, tenant_id=tenant_id,
           details={"prefix": issued.row.prefix, "scopes": list(issued.row.scopes)})
     return issued
 
@@ -295,7 +246,7 @@ def issue_key(session: Session, actor: str, tenant_id: str | None, *, name: str 
 def revoke_key(session: Session, actor: str, tenant_id: str, key_id: str) -> ApiKey:
     get_tenant(session, tenant_id)
     key = tenant_service.revoke_key(session, tenant_id, key_id)
-    audit(session, actor, "key.revoke", "api_key", key_id, tenant_id=tenant_id,
+    audit.record(session, actor, "key.revoke", "api_key", key_id, tenant_id=tenant_id,
           details={"prefix": key.prefix})
     return key
 
@@ -323,19 +274,8 @@ def progress(step: int, total_steps: int | None) -> float:
 
 def running_jobs(session: Session, limit: int = 100) -> list[RunningJob]:
     """Running jobs with their progress, from each one's latest metrics event."""
-    rows = session.execute(
-        select(FineTuningJob, Tenant.name).join(Tenant, Tenant.id == FineTuningJob.tenant_id)
-        .where(FineTuningJob.status == jobstate.RUNNING)
-        .order_by(FineTuningJob.started_at).limit(limit)).all()
-    latest: dict[str, dict[str, Any]] = {}
-    if rows:
-        found = session.execute(
-            select(JobEvent.job_id, JobEvent.data)
-            .where(JobEvent.job_id.in_([job.id for job, _ in rows]),
-                   JobEvent.type == "metrics")
-            .order_by(JobEvent.job_id, JobEvent.id.desc())
-            .distinct(JobEvent.job_id)).all()
-        latest = {job_id: data or {} for job_id, data in found}
+    rows = repository.running_jobs(session, limit)
+    latest = repository.latest_metrics(session, [job.id for job, _ in rows])
     out = []
     for job, name in rows:
         m = latest.get(job.id, {})
@@ -346,14 +286,8 @@ def running_jobs(session: Session, limit: int = 100) -> list[RunningJob]:
 
 def recent_finished(session: Session, statuses: list[str],
                     limit: int = 10) -> list[tuple[FineTuningJob, str]]:
-    return [(job, name) for job, name in session.execute(
-        select(FineTuningJob, Tenant.name).join(Tenant, Tenant.id == FineTuningJob.tenant_id)
-        .where(FineTuningJob.status.in_(statuses))
-        .order_by(FineTuningJob.finished_at.desc().nulls_last()).limit(limit)).tuples()]
+    return repository.recent_finished(session, statuses, limit)
 
 
 def recent_events(session: Session, job_id: str, limit: int = 50) -> list[JobEvent]:
-    """The job's messages, newest first, without the per-step metrics lines."""
-    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
-                                                       JobEvent.type != "metrics")
-                                .order_by(JobEvent.id.desc()).limit(limit)))
+    return repository.recent_events(session, job_id, limit)

@@ -1,0 +1,119 @@
+"""The SQL behind the operators' views: reads across every tenant (the admin role)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.jobs import state as jobstate
+from core.jobs.models import FineTuningJob, JobEvent
+from core.kit.pagination import newest_first
+from core.scheduling.models import Worker
+from core.tenants.models import Tenant
+
+QueueCount = tuple[str, str, str, str, int, datetime]
+
+
+def queue_counts(session: Session, statuses: Sequence[str]) -> list[QueueCount]:
+    """(tenant id, tenant name, GPU class, status, count, oldest created_at) per group."""
+    return list(session.execute(
+        select(FineTuningJob.tenant_id, Tenant.name, FineTuningJob.gpu_class,
+               FineTuningJob.status, func.count(), func.min(FineTuningJob.created_at))
+        .join(Tenant, Tenant.id == FineTuningJob.tenant_id)
+        .where(FineTuningJob.status.in_(statuses))
+        .group_by(FineTuningJob.tenant_id, Tenant.name, FineTuningJob.gpu_class,
+                  FineTuningJob.status)).tuples())
+
+
+def started_since(session: Session, since: datetime) -> int:
+    return int(session.scalar(select(func.count()).select_from(FineTuningJob)
+                              .where(FineTuningJob.started_at >= since)) or 0)
+
+
+def finished_since(session: Session, since: datetime) -> dict[str, int]:
+    return dict(session.execute(
+        select(FineTuningJob.status, func.count())
+        .where(FineTuningJob.finished_at >= since,
+               FineTuningJob.status.in_(jobstate.TERMINAL))
+        .group_by(FineTuningJob.status)).tuples().all())
+
+
+def workers_with_liveness(session: Session, timeout: timedelta,
+                          limit: int) -> list[tuple[Worker, bool]]:
+    since = func.now() - timeout
+    return [(w, bool(alive)) for w, alive in session.execute(
+        select(Worker, Worker.alive(since))
+        .order_by(Worker.last_heartbeat_at.desc()).limit(limit)).tuples()]
+
+
+def running_by_worker(session: Session) -> dict[str, list[str]]:
+    running: dict[str, list[str]] = {}
+    for job_id, worker_id in session.execute(
+            select(FineTuningJob.id, FineTuningJob.worker_id)
+            .where(FineTuningJob.status == jobstate.RUNNING)):
+        running.setdefault(worker_id or "", []).append(job_id)
+    return running
+
+
+def jobs_page(session: Session, *, statuses: list[str], tenant_id: str | None,
+              created_before: datetime | None, after: str | None,
+              limit: int) -> tuple[list[FineTuningJob], bool]:
+    stmt = select(FineTuningJob)
+    if statuses:
+        stmt = stmt.where(FineTuningJob.status.in_(statuses))
+    if tenant_id:
+        stmt = stmt.where(FineTuningJob.tenant_id == tenant_id)
+    if created_before is not None:
+        stmt = stmt.where(FineTuningJob.created_at <= created_before)
+    return newest_first(session, stmt, FineTuningJob.id, after=after, limit=limit)
+
+
+def metric_events(session: Session, job_id: str, limit: int) -> list[dict[str, Any]]:
+    """The job's step metrics, oldest first."""
+    rows = session.scalars(
+        select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+        .order_by(JobEvent.id.desc()).limit(limit))
+    return [d for d in reversed(list(rows)) if d]
+
+
+def running_jobs(session: Session, limit: int) -> list[tuple[FineTuningJob, str]]:
+    return list(session.execute(
+        select(FineTuningJob, Tenant.name).join(Tenant, Tenant.id == FineTuningJob.tenant_id)
+        .where(FineTuningJob.status == jobstate.RUNNING)
+        .order_by(FineTuningJob.started_at).limit(limit)).tuples())
+
+
+def latest_metrics(session: Session, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each job's latest metrics event's data."""
+    if not job_ids:
+        return {}
+    found = session.execute(
+        select(JobEvent.job_id, JobEvent.data)
+        .where(JobEvent.job_id.in_(job_ids), JobEvent.type == "metrics")
+        .order_by(JobEvent.job_id, JobEvent.id.desc())
+        .distinct(JobEvent.job_id)).tuples()
+    return {job_id: data or {} for job_id, data in found}
+
+
+def recent_finished(session: Session, statuses: list[str],
+                    limit: int) -> list[tuple[FineTuningJob, str]]:
+    return list(session.execute(
+        select(FineTuningJob, Tenant.name).join(Tenant, Tenant.id == FineTuningJob.tenant_id)
+        .where(FineTuningJob.status.in_(statuses))
+        .order_by(FineTuningJob.finished_at.desc().nulls_last()).limit(limit)).tuples())
+
+
+def recent_events(session: Session, job_id: str, limit: int) -> list[JobEvent]:
+    """The job's messages, newest first, without the per-step metrics lines."""
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                       JobEvent.type != "metrics")
+                                .order_by(JobEvent.id.desc()).limit(limit)))
+
+
+def tenants_page(session: Session, *, after: str | None,
+                 limit: int) -> tuple[list[Tenant], bool]:
+    return newest_first(session, select(Tenant), Tenant.id, after=after, limit=limit)
