@@ -71,6 +71,7 @@ def tick_cost(queued: int, tenants: int) -> tuple[dict[str, float], str]:
     from core.kit import migrate
     from core.kit.db import normalize_url
     from core.kit.settings import load_settings
+    from core.scheduling import repository as worker_repo
     from core.scheduling import service as scheduler
 
     settings = load_settings()
@@ -126,7 +127,7 @@ def tick_cost(queued: int, tenants: int) -> tuple[dict[str, float], str]:
         assert len(picks) == 50, len(picks)
         with engine.connect() as conn:
             plan = "\n".join(row[0] for row in conn.execute(
-                text("EXPLAIN (ANALYZE, BUFFERS) " + str(scheduler.HEADS_SQL)),
+                text("EXPLAIN (ANALYZE, BUFFERS) " + str(worker_repo.HEADS_SQL)),
                 {"gpu_class": "gpu-80gb", "per_tenant": 50}))
         engine.dispose()
         return {"queued_jobs": queued, "tenants": tenants, "slots": 50,

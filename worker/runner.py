@@ -14,11 +14,8 @@ and cancel checks skip a beat instead of failing.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import csv
 import functools
-import hashlib
-import json
 import logging
 import math
 import re
@@ -32,31 +29,27 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
-from core.adapters import repository as adapter_repo
+from core.adapters import service as adapter_service
 from core.adapters.models import AdapterVersion
 from core.base_models.models import BaseModel
-from core.checkpoints import repository as checkpoint_repo
+from core.checkpoints import service as checkpoint_service
 from core.files.models import File
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
-from core.kit import ids, metrics
+from core.kit import metrics
 from core.kit.db import UNREACHABLE as DB_DOWN
 from core.kit.db import tenant_scope
 from core.kit.orm import utcnow
 from core.kit.settings import get_settings
 from core.kit.storage import (
     StorageUnavailable,
-    adapter_prefix,
-    checkpoint_prefix,
     get_storage,
-    result_file_key,
-    staging_prefix,
 )
-from core.tenants.scope import TenantId
+from worker.ticker import Stop, Ticker
 
 log = logging.getLogger("loramill.worker")
 CANCEL_POLL_SECONDS = 1.0
@@ -125,7 +118,7 @@ def claim(job_id: str, tenant_id: str, worker_id: str) -> Claim | None:
         assert base is not None and training is not None
         job_repo.add_event(session, job, f"Fine-tuning job started on {worker_id} "
                            f"(attempt {job.attempt})", data={"worker": worker_id})
-        latest = checkpoint_repo.latest(session, job.id)
+        latest = checkpoint_service.latest(session, job.id)
         return Claim(
             resume_step=latest.step if latest else None,
             resume_prefix=latest.object_prefix if latest else None,
@@ -141,49 +134,37 @@ def claim(job_id: str, tenant_id: str, worker_id: str) -> Claim | None:
 def fenced(session: Session, c: Claim) -> FineTuningJob:
     """Touch the heartbeat under our lease (locking the job row for this transaction);
     raises LeaseLost when the job is no longer ours."""
-    job = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.id == c.job_id, FineTuningJob.lease_token == c.lease_token,
-               FineTuningJob.status == jobstate.RUNNING)
-        .values(heartbeat_at=func.now())
-        .returning(FineTuningJob)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    ).scalar_one_or_none()
+    job = job_repo.fence(session, c.job_id, c.lease_token)
     if job is None:
         raise LeaseLost(c.job_id)
     return job
 
 
 class Heartbeat:
-    """Beats every few seconds on its own thread, so a long step or a slow model load
-    does not look like a lost worker."""
+    """The job's lease, renewed every few seconds on a thread of its own (worker/ticker.py),
+    so a long step or a slow model load does not look like a lost worker. ``lost`` is set
+    once a renewal is refused: the job is no longer ours."""
 
     def __init__(self, c: Claim, every: float | None = None):
-        self.claim, self.every = c, every or get_settings().heartbeat_seconds
+        self.claim = c
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        # run in a copy of this context, so its log lines carry the job's id too
-        self._thread = threading.Thread(target=contextvars.copy_context().run,
-                                        args=(self._run,), name="heartbeat", daemon=True)
+        self._ticker = Ticker(f"heartbeat {c.job_id}",
+                              every or get_settings().heartbeat_seconds, self._beat)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                with tenant_scope(self.claim.tenant_id) as session:
-                    fenced(session, self.claim)
-            except LeaseLost:
-                self.lost.set()
-                return
-            except Exception:  # database blip: try again next beat
-                log.warning("heartbeat for %s failed", self.claim.job_id, exc_info=True)
+    def _beat(self) -> None:
+        try:
+            with tenant_scope(self.claim.tenant_id) as session:
+                fenced(session, self.claim)
+        except LeaseLost:
+            self.lost.set()
+            raise Stop() from None
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._ticker.stop()
 
 
 class JobReporter:
@@ -235,37 +216,28 @@ class JobReporter:
         self._polled = now
         try:
             with tenant_scope(self.claim.tenant_id) as session:
-                row = session.execute(
-                    select(FineTuningJob.status, FineTuningJob.lease_token,
-                           FineTuningJob.pause_requested_at)
-                    .where(FineTuningJob.id == self.claim.job_id)
-                ).one()
+                status, lease, pause = job_repo.lease_state(session, self.claim.job_id)
         except DB_DOWN:
             log.warning("database unavailable; cancel check skipped")
             return None  # the heartbeat retries, and a later check will tell
-        if row.lease_token != self.claim.lease_token:
+        if lease != self.claim.lease_token:
             return "lease_lost"
-        if row.status == jobstate.CANCELLED:
+        if status == jobstate.CANCELLED:
             return "cancel"
-        if row.status != jobstate.RUNNING:
+        if status != jobstate.RUNNING:
             return "lease_lost"
-        return "pause" if row.pause_requested_at is not None else None
+        return "pause" if pause else None
 
     def checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
-        prefix = checkpoint_prefix(self.claim.tenant_id, self.claim.job_id, step)
-        storage = get_storage()
-        for path in sorted(directory.iterdir()):
-            storage.upload_file(path, prefix + path.name)
+        prefix = checkpoint_service.upload(get_storage(), self.claim.tenant_id,
+                                           self.claim.job_id, step, directory)
         self._record_checkpoint(step, metrics, prefix)
 
     @outage_tolerant
     def _record_checkpoint(self, step: int, metrics: dict[str, Any], prefix: str) -> None:
         with tenant_scope(self.claim.tenant_id) as session:
-            job = fenced(session, self.claim)
-            checkpoint_repo.add(session, tenant_id=job.tenant_id, job_id=job.id, step=step,
-                                metrics=metrics, object_prefix=prefix)
-            job_repo.add_event(session, job, f"Checkpoint saved at step {step}",
-                               data={"step": step})
+            checkpoint_service.record(session, fenced(session, self.claim), step, metrics,
+                                      prefix)
 
 
 def explain(exc: BaseException) -> dict[str, Any]:
@@ -320,14 +292,6 @@ def _observe_end(job: FineTuningJob) -> None:
             (job.finished_at - job.started_at).total_seconds())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -336,14 +300,6 @@ def _library_versions() -> dict[str, str]:
         with contextlib.suppress(md.PackageNotFoundError):
             found[name] = md.version(name)
     return found
-
-
-def fine_tuned_name(c: Claim, adapter_name: str) -> str:
-    return f"ft:{c.model}:{c.tenant_id}:{c.suffix or adapter_name}:{c.job_id}"
-
-
-def adapter_name(c: Claim) -> str:
-    return c.suffix or c.model.rsplit("/", 1)[-1]
 
 
 def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
@@ -357,88 +313,52 @@ def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 def publish(c: Claim, adapter_dir: Path, history: list[dict[str, Any]],
             trained_tokens: int, work_dir: Path) -> AdapterVersion:
-    """Upload the adapter under a staging prefix (no lock held, however long it takes),
-    then, in one short transaction that locks the job row: fenced check (a cancel that
-    committed first wins here), next version number, server-side copies into place, the
-    version and result-file rows, job succeeded. Whatever fails, nothing is left: the copies
-    are removed when the transaction does not commit, the staging prefix always."""
+    """Stage the adapter (no lock held), then publish it as the next version in one short,
+    fenced transaction that also ends the job ``succeeded`` (core/adapters/service.py)."""
     storage = get_storage()
-    staging = staging_prefix(c.tenant_id, c.job_id, c.lease_token)
     csv_path = work_dir / "metrics.csv"
     write_metrics_csv(history, csv_path)
-    result_id = ids.new_id(ids.FILE)
-    result_key = result_file_key(c.tenant_id, result_id)
-    paths = sorted(p for p in adapter_dir.iterdir() if p.is_file())
-    files: list[dict[str, Any]] = [{"name": p.name, "bytes": p.stat().st_size,
-                                    "sha256": _sha256(p)} for p in paths]
+    staged = adapter_service.stage(
+        storage, tenant_id=c.tenant_id, job_id=c.job_id, lease_token=c.lease_token,
+        adapter_dir=adapter_dir, metrics_csv=csv_path, metric_rows=len(history))
+    published = False
     try:
-        for path in paths:
-            storage.upload_file(path, staging + path.name)
-        storage.upload_file(csv_path, result_key)
-        result = File(
-            id=result_id, tenant_id=c.tenant_id, filename="step_metrics.csv",
-            purpose="fine-tune-results", bytes=csv_path.stat().st_size,
-            sha256=_sha256(csv_path), format="csv", line_count=len(history) + 1,
-            example_count=0, status="processed", object_key=result_key)
-        row, done = _commit_version(c, staging, files, history, trained_tokens, result)
-    except BaseException:
-        storage.delete_quietly(result_key)
-        raise
+        row, done = _commit_version(c, staged, history, trained_tokens)
+        published = True
     finally:
-        storage.delete_quietly(*(staging + p.name for p in paths))
+        adapter_service.discard(storage, staged, published=published)
     _observe_end(done)
     return row
 
 
 @outage_tolerant
-def _commit_version(c: Claim, staging: str, files: list[dict[str, Any]],
-                    history: list[dict[str, Any]], trained_tokens: int,
-                    result: File) -> tuple[AdapterVersion, FineTuningJob]:
-    """The adapter row lock serialises versions; the unique job_id makes a second publish
-    of the same job impossible."""
+def _commit_version(c: Claim, staged: adapter_service.Staged, history: list[dict[str, Any]],
+                    trained_tokens: int) -> tuple[AdapterVersion, FineTuningJob]:
+    """The fenced transaction: a cancel that committed first wins here; the copies put in
+    place are removed if it does not commit."""
     storage = get_storage()
-    name = adapter_name(c)
+    name = adapter_service.adapter_name(c.model, c.suffix)
+    last = history[-1] if history else {}
     placed: list[str] = []
     try:
         with tenant_scope(c.tenant_id) as session:
             job = fenced(session, c)
-            adapter = adapter_repo.lock_or_create(session, TenantId(job.tenant_id), name)
-            version = adapter_repo.next_version(session, adapter)
-            prefix = adapter_prefix(job.tenant_id, name, version)
-            ft_name = fine_tuned_name(c, name)
-            last = history[-1] if history else {}
-            manifest = json.dumps({
-                "adapter": name, "version": version, "fine_tuned_model": ft_name,
-                "job_id": job.id, "base_model": job.model, "method": job.method,
-                "seed": job.seed, "dataset_sha256": c.dataset_sha256,
-                "metrics": {k: last.get(k) for k in ("step", "train_loss", "valid_loss")},
-                "trained_tokens": trained_tokens, "files": files,
-                "libraries": _library_versions(), "created_at": utcnow().isoformat(),
-            }, indent=2).encode()
-            for entry in files:
-                placed.append(prefix + entry["name"])
-                storage.copy(staging + entry["name"], placed[-1])
-            placed.append(prefix + "manifest.json")
-            storage.put_bytes(placed[-1], manifest)
-            session.add(result)
-            row = AdapterVersion(
-                id=ids.new_id("adpv"), tenant_id=job.tenant_id, adapter_id=adapter.id,
-                version=version, job_id=job.id, base_model=job.model, fine_tuned_model=ft_name,
-                object_prefix=prefix, manifest=json.loads(manifest), aliases=[],
-                files=[*files, {"name": "manifest.json", "bytes": len(manifest),
-                                "sha256": hashlib.sha256(manifest).hexdigest()}],
-            )
-            session.add(row)
+            row = adapter_service.publish_version(
+                session, storage, job, staged, name=name, placed=placed, manifest={
+                    "dataset_sha256": c.dataset_sha256, "trained_tokens": trained_tokens,
+                    "metrics": {k: last.get(k) for k in ("step", "train_loss", "valid_loss")},
+                    "libraries": _library_versions()})
             done = jobstate.transition(session, job.id, jobstate.SUCCEEDED,
                                        lease_token=c.lease_token, values={
-                                           "fine_tuned_model": ft_name,
+                                           "fine_tuned_model": row.fine_tuned_model,
                                            "trained_tokens": trained_tokens,
-                                           "result_files": [result.id],
+                                           "result_files": [staged.result.id],
                                            "estimated_finish": None})
             if done is None:
                 raise LeaseLost(c.job_id)
-            job_repo.add_event(session, done, f"New fine-tuned model created: {ft_name}",
-                               data={"adapter": name, "version": version})
+            job_repo.add_event(session, done,
+                               f"New fine-tuned model created: {row.fine_tuned_model}",
+                               data={"adapter": name, "version": row.version})
             job_repo.add_event(session, done, "The job has successfully completed")
     except BaseException:
         storage.delete_quietly(*placed)
@@ -544,9 +464,7 @@ def _lease_gone(c: Claim, step: int | None) -> str:
     """The job is no longer ours to write: cancelled (the API did that at once; say where
     training stopped), or taken over by another worker."""
     with tenant_scope(c.tenant_id) as session:
-        job = session.scalars(select(FineTuningJob).where(
-            FineTuningJob.id == c.job_id, FineTuningJob.lease_token == c.lease_token,
-            FineTuningJob.status == jobstate.CANCELLED)).one_or_none()
+        job = job_repo.cancelled_under(session, c.job_id, c.lease_token)
         if job is None:
             log.warning("job %s: lease lost at step %s; another worker has it", c.job_id, step)
             return "lease-lost"

@@ -16,8 +16,10 @@ from core.kit.db import admin_scope, session_scope
 from core.kit.queue import DISPATCH_TASK, SWEEP_TASK, TRAIN_TASK
 from core.kit.settings import get_settings
 from core.kit.storage import StorageUnavailable, get_storage
+from core.scheduling import repository as worker_repo
 from core.scheduling import service as scheduler
 from worker.celery_app import app
+from worker.ticker import Ticker
 
 log = logging.getLogger("loramill.worker")
 SHUTTING_DOWN = threading.Event()  # set on SIGTERM: running jobs checkpoint and hand back
@@ -86,36 +88,25 @@ def sweep_jobs() -> None:
 
 
 class WorkerHeartbeat:
+    """This training worker's slot, announced in ``workers`` every few seconds (the
+    dispatcher counts only workers heard from recently), and withdrawn when it stops."""
+
     def __init__(self, gpu_class: str, capacity: int):
         self.id, self.gpu_class, self.capacity = worker_id(), gpu_class, capacity
-        self._stop = threading.Event()
+        self._ticker = Ticker("worker heartbeat", get_settings().heartbeat_seconds, self.beat,
+                              at_once=True)
 
     def beat(self, stopped: bool = False) -> None:
-        from sqlalchemy import func
-        from sqlalchemy.dialects.postgresql import insert
-
-        from core.scheduling.models import Worker
-
-        values: dict[str, Any] = {
-            "id": self.id, "hostname": socket.gethostname(), "gpu_class": self.gpu_class,
-            "capacity": self.capacity, "last_heartbeat_at": func.now(),
-            "stopped_at": func.now() if stopped else None,
-        }
         with session_scope() as session:
-            session.execute(insert(Worker).values(started_at=func.now(), **values)
-                            .on_conflict_do_update(index_elements=["id"], set_=values))
+            worker_repo.beat(session, self.id, hostname=socket.gethostname(),
+                             gpu_class=self.gpu_class, capacity=self.capacity,
+                             stopped=stopped)
 
-    def run(self) -> None:
-        every = get_settings().heartbeat_seconds
-        while not self._stop.is_set():
-            try:
-                self.beat()
-            except Exception:
-                log.warning("worker heartbeat failed", exc_info=True)
-            self._stop.wait(every)
+    def start(self) -> None:
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._ticker.stop()
         try:
             self.beat(stopped=True)
         except Exception:
@@ -143,7 +134,7 @@ def _announce(sender: Any = None, **_: Any) -> None:
     if not gpu_queues:
         return  # the scheduler: no training slots
     _heartbeat = WorkerHeartbeat(gpu_queues[0].removeprefix("gpu-"), 1)
-    threading.Thread(target=_heartbeat.run, name="worker-heartbeat", daemon=True).start()
+    _heartbeat.start()
 
 
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -24,6 +24,12 @@ def lock_or_create(session: Session, tenant_id: TenantId, name: str) -> Adapter:
     ).one()
 
 
+def add_version(session: Session, row: AdapterVersion) -> AdapterVersion:
+    session.add(row)
+    session.flush()
+    return row
+
+
 def next_version(session: Session, adapter: Adapter) -> int:
     latest = session.scalar(select(func.max(AdapterVersion.version)).where(
         AdapterVersion.adapter_id == adapter.id))

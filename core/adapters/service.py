@@ -1,16 +1,35 @@
-"""Reading published adapters and handing out presigned downloads."""
+"""Adapters: publishing a job's adapter as the next immutable version, reading versions,
+and handing out presigned downloads.
+
+Publishing is two steps, so that no lock is held while files travel: :func:`stage` uploads
+the files under the job's staging prefix; :func:`publish_version`, inside the caller's
+transaction (which holds the job row, fenced), numbers the version under the adapter's
+row lock, copies the staged files into place with server-side copies, writes the manifest,
+the version row and the metrics CSV's file row. Whatever fails, nothing is left half-done:
+the caller removes the placed copies if its transaction does not commit, and
+:func:`discard` removes the staging files either way.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from core.adapters import repository as adapter_repo
 from core.adapters.models import Adapter, AdapterVersion
+from core.files import service as file_service
+from core.files.models import File
+from core.jobs.models import FineTuningJob
+from core.kit import ids
 from core.kit.errors import NotFound
 from core.kit.orm import utcnow
-from core.kit.storage import Storage
+from core.kit.storage import Storage, adapter_prefix, result_file_key, staging_prefix
 from core.tenants.scope import TenantId
 
 DOWNLOAD_SECONDS = 15 * 60
@@ -40,3 +59,98 @@ def download_urls(storage: Storage, row: AdapterVersion,
                                                 filename=str(f["name"]))}
              for f in row.files]
     return expires, files
+
+
+# ----- naming ---------------------------------------------------------------------------
+
+
+def adapter_name(model: str, suffix: str | None) -> str:
+    """The adapter a job publishes to: its suffix, else the base model's last path part."""
+    return suffix or model.rsplit("/", 1)[-1]
+
+
+def fine_tuned_name(job: FineTuningJob, name: str) -> str:
+    return f"ft:{job.model}:{job.tenant_id}:{job.suffix or name}:{job.id}"
+
+
+# ----- publishing -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A job's adapter files uploaded under its staging prefix, and its metrics CSV
+    uploaded as a result file (its row is written with the version)."""
+
+    prefix: str
+    files: list[dict[str, Any]]  # name, bytes, sha256
+    result: File
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage(storage: Storage, *, tenant_id: str, job_id: str, lease_token: str,
+          adapter_dir: Path, metrics_csv: Path, metric_rows: int) -> Staged:
+    """Upload a job's adapter and metrics without holding any lock (however long it takes).
+    If this fails, what it uploaded is removed by :func:`discard` (or, when storage is
+    down, by the scheduler's storage clean-up once the job has ended)."""
+    prefix = staging_prefix(tenant_id, job_id, lease_token)
+    paths = sorted(p for p in adapter_dir.iterdir() if p.is_file())
+    files = [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_of(p)}
+             for p in paths]
+    result_id = ids.new_id(ids.FILE)
+    result = file_service.result_file(
+        tenant_id=tenant_id, file_id=result_id, key=result_file_key(tenant_id, result_id),
+        filename="step_metrics.csv", size=metrics_csv.stat().st_size,
+        sha256=sha256_of(metrics_csv), lines=metric_rows + 1)
+    staged = Staged(prefix=prefix, files=files, result=result)
+    try:
+        for path in paths:
+            storage.upload_file(path, prefix + path.name)
+        storage.upload_file(metrics_csv, result.object_key)
+    except BaseException:
+        discard(storage, staged, published=False)
+        raise
+    return staged
+
+
+def discard(storage: Storage, staged: Staged, *, published: bool) -> None:
+    """Remove the staging copies; and the result file's object unless it was published."""
+    keys = [staged.prefix + f["name"] for f in staged.files]
+    storage.delete_quietly(*keys, *([] if published else [staged.result.object_key]))
+
+
+def publish_version(session: Session, storage: Storage, job: FineTuningJob, staged: Staged,
+                    *, name: str, manifest: dict[str, Any],
+                    placed: list[str]) -> AdapterVersion:
+    """The next version of adapter ``name`` from ``staged``, in the caller's transaction.
+    ``job`` must be locked by the caller (fenced). Keys written into place are appended to
+    ``placed``: the caller removes them if its transaction does not commit."""
+    tenant_id = TenantId(job.tenant_id)
+    adapter = adapter_repo.lock_or_create(session, tenant_id, name)
+    version = adapter_repo.next_version(session, adapter)
+    prefix = adapter_prefix(job.tenant_id, name, version)
+    ft_name = fine_tuned_name(job, name)
+    document = json.dumps({
+        "adapter": name, "version": version, "fine_tuned_model": ft_name, "job_id": job.id,
+        "base_model": job.model, "method": job.method, "seed": job.seed, **manifest,
+        "files": staged.files, "created_at": utcnow().isoformat(),
+    }, indent=2).encode()
+    for entry in staged.files:
+        placed.append(prefix + entry["name"])
+        storage.copy(staged.prefix + entry["name"], placed[-1])
+    placed.append(prefix + "manifest.json")
+    storage.put_bytes(placed[-1], document)
+    file_service.add_result(session, staged.result)
+    return adapter_repo.add_version(session, AdapterVersion(
+        id=ids.new_id("adpv"), tenant_id=job.tenant_id, adapter_id=adapter.id,
+        version=version, job_id=job.id, base_model=job.model, fine_tuned_model=ft_name,
+        object_prefix=prefix, manifest=json.loads(document), aliases=[],
+        files=[*staged.files, {"name": "manifest.json", "bytes": len(document),
+                               "sha256": hashlib.sha256(document).hexdigest()}],
+    ))

@@ -163,6 +163,18 @@ def record(
     ))
 
 
+def result_file(*, tenant_id: str, file_id: str, key: str, filename: str, size: int,
+                sha256: str, lines: int) -> File:
+    """A result file's row (a job's metrics CSV), built here like every other file row."""
+    return File(id=file_id, tenant_id=tenant_id, filename=filename,
+                purpose="fine-tune-results", bytes=size, sha256=sha256, format="csv",
+                line_count=lines, example_count=0, status="processed", object_key=key)
+
+
+def add_result(session: Session, file: File) -> File:
+    return file_repo.add(session, file)
+
+
 def get(session: Session, tenant_id: TenantId, file_id: str, *,
         lock: Literal["share", "update"] | None = None) -> File:
     file = file_repo.get(session, tenant_id, file_id, lock=lock)

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.jobs.models import FineTuningJob, JobEvent
-from core.jobs.state import ACTIVE
+from core.jobs.state import ACTIVE, CANCELLED, RUNNING
 from core.kit import ids
 from core.kit.pagination import newest_first
 from core.tenants.scope import TenantId
@@ -72,3 +72,34 @@ def active_job_using_file(session: Session, tenant_id: TenantId, file_id: str) -
         ).limit(1)
     ).first()
     return found
+
+
+def fence(session: Session, job_id: str, lease_token: str) -> FineTuningJob | None:
+    """Touch the heartbeat of a job that still runs under this lease, locking its row for
+    the transaction; None when it does not (taken over, cancelled, finished)."""
+    job: FineTuningJob | None = session.execute(
+        update(FineTuningJob)
+        .where(FineTuningJob.id == job_id, FineTuningJob.lease_token == lease_token,
+               FineTuningJob.status == RUNNING)
+        .values(heartbeat_at=func.now())
+        .returning(FineTuningJob)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalar_one_or_none()
+    return job
+
+
+def lease_state(session: Session, job_id: str) -> tuple[str, str | None, bool]:
+    """(status, lease token, pause requested) — what a worker checks between steps."""
+    row = session.execute(
+        select(FineTuningJob.status, FineTuningJob.lease_token,
+               FineTuningJob.pause_requested_at)
+        .where(FineTuningJob.id == job_id)).one()
+    return row.status, row.lease_token, row.pause_requested_at is not None
+
+
+def cancelled_under(session: Session, job_id: str, lease_token: str) -> FineTuningJob | None:
+    """The job, if it was cancelled while this lease held it."""
+    job: FineTuningJob | None = session.scalars(select(FineTuningJob).where(
+        FineTuningJob.id == job_id, FineTuningJob.lease_token == lease_token,
+        FineTuningJob.status == CANCELLED)).one_or_none()
+    return job

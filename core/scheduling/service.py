@@ -15,54 +15,28 @@ Both run in one transaction under a PostgreSQL advisory lock, so scheduler repli
 wake-up hints never double-dispatch.
 """
 
+
 from __future__ import annotations
 
 import heapq
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from core.idempotency import repository as idempotency_repo
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
-from core.jobs.models import FineTuningJob
 from core.kit.settings import Settings
 from core.kit.storage import Storage, staging_root
-from core.scheduling.models import Worker
-from core.tenants.models import Tenant
+from core.scheduling import repository
+from core.scheduling.repository import DISPATCH_LOCK, SWEEP_LOCK, Head
 
 log = logging.getLogger("loramill.scheduler")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-DISPATCH_LOCK = 0x10A4A111  # advisory lock ids
-SWEEP_LOCK = 0x10A4A112
-
-HEADS_SQL = text("""
-    SELECT j.id, j.tenant_id, j.priority, j.created_at, t.max_running_jobs,
-           t.last_dispatched_at
-    FROM tenants t
-    CROSS JOIN LATERAL (
-        SELECT id, tenant_id, priority, created_at
-        FROM fine_tuning_jobs
-        WHERE tenant_id = t.id AND gpu_class = :gpu_class
-          AND status = 'queued' AND dispatched_at IS NULL
-        ORDER BY priority DESC, created_at
-        LIMIT LEAST(:per_tenant, t.max_running_jobs)
-    ) j
-    WHERE t.suspended_at IS NULL
-""")
-
-# Jobs holding (or about to hold) a worker slot. Written exactly as the partial index
-# ix_fine_tuning_jobs_inflight's predicate, so PostgreSQL reads only that small index.
-INFLIGHT_SQL = text("""
-    SELECT tenant_id, gpu_class, count(*)
-    FROM fine_tuning_jobs
-    WHERE status = 'running' OR (status = 'queued' AND dispatched_at IS NOT NULL)
-    GROUP BY tenant_id, gpu_class
-""")
 
 
 @dataclass(frozen=True)
@@ -72,117 +46,89 @@ class Pick:
     gpu_class: str
 
 
-def _locked(session: Session, lock_id: int) -> bool:
-    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(lock_id))))
-
-
 @dataclass(frozen=True)
 class InFlight:
     by_class: dict[str, int]  # running or dispatched jobs per GPU class
     by_tenant: dict[str, int]  # ... and per tenant, across classes
 
     @classmethod
-    def read(cls, session: Session) -> InFlight:
+    def of(cls, rows: Iterable[tuple[str, str, int]]) -> InFlight:
+        """From (tenant id, GPU class, count) rows."""
         by_class: dict[str, int] = {}
         by_tenant: dict[str, int] = {}
-        for tenant_id, gpu_class, n in session.execute(INFLIGHT_SQL):
-            by_class[gpu_class] = by_class.get(gpu_class, 0) + int(n)
-            by_tenant[tenant_id] = by_tenant.get(tenant_id, 0) + int(n)
+        for tenant_id, gpu_class, n in rows:
+            by_class[gpu_class] = by_class.get(gpu_class, 0) + n
+            by_tenant[tenant_id] = by_tenant.get(tenant_id, 0) + n
         return cls(by_class, by_tenant)
 
 
-def free_slots(session: Session, settings: Settings, now: datetime,
-               inflight: InFlight) -> dict[str, int]:
+def free_slots(capacity: dict[str, int], inflight: InFlight) -> dict[str, int]:
     """Capacity of recently seen workers minus jobs running or already dispatched."""
-    alive_since = now - timedelta(seconds=settings.worker_timeout_seconds)
-    capacity = session.execute(
-        select(Worker.gpu_class, func.sum(Worker.capacity))
-        .where(Worker.alive(alive_since))
-        .group_by(Worker.gpu_class)
-    ).all()
-    free = {gpu: int(cap) - inflight.by_class.get(gpu, 0) for gpu, cap in capacity}
+    free = {gpu: cap - inflight.by_class.get(gpu, 0) for gpu, cap in capacity.items()}
     return {gpu: n for gpu, n in free.items() if n > 0}
 
 
-def choose(session: Session, gpu_class: str, slots: int, inflight: InFlight) -> list[Pick]:
-    """The next ``slots`` jobs of one GPU class, fairly across tenants."""
-    tenants: dict[str, tuple[int, datetime]] = {}
-    heads: dict[str, list[tuple[int, datetime, str]]] = {}
-    for job_id, tenant_id, priority, created_at, quota, served in session.execute(
-            HEADS_SQL, {"gpu_class": gpu_class, "per_tenant": slots}):
-        heads.setdefault(tenant_id, []).append((-priority, created_at, job_id))
-        tenants[tenant_id] = (int(quota), served or EPOCH)
+def choose(heads: list[Head], gpu_class: str, slots: int, inflight: InFlight,
+           now: datetime) -> list[Pick]:
+    """The next ``slots`` jobs of one GPU class, fairly across tenants: fewest running
+    first, then priority, then the tenant served least recently, then the oldest job, never
+    past a tenant's quota. ``heads``: each tenant's next jobs, best first."""
+    quotas: dict[str, tuple[int, datetime]] = {}
+    queues: dict[str, list[tuple[int, datetime, str]]] = {}
+    for head in heads:
+        queues.setdefault(head.tenant_id, []).append(
+            (-head.priority, head.created_at, head.job_id))
+        quotas[head.tenant_id] = (head.tenant_quota, head.tenant_served_at or EPOCH)
     # (running, -priority, tenant last served, job created, job id, tenant)
     heap: list[tuple[int, int, datetime, datetime, str, str]] = []
 
     def offer(tenant_id: str, running: int, served: datetime) -> None:
-        quota = tenants[tenant_id][0]
-        if heads[tenant_id] and running < quota:
-            neg_priority, created, job_id = heads[tenant_id][0]
+        if queues[tenant_id] and running < quotas[tenant_id][0]:
+            neg_priority, created, job_id = queues[tenant_id][0]
             heapq.heappush(heap, (running, neg_priority, served, created, job_id, tenant_id))
 
-    for tenant_id in heads:
-        offer(tenant_id, inflight.by_tenant.get(tenant_id, 0), tenants[tenant_id][1])
+    for tenant_id in queues:
+        offer(tenant_id, inflight.by_tenant.get(tenant_id, 0), quotas[tenant_id][1])
     picks: list[Pick] = []
-    now = datetime.now(UTC)
     while heap and len(picks) < slots:
         running, _, _, _, job_id, tenant_id = heapq.heappop(heap)
         picks.append(Pick(job_id, tenant_id, gpu_class))
-        heads[tenant_id].pop(0)
-        offer(tenant_id, running + 1, now)
+        queues[tenant_id].pop(0)
+        offer(tenant_id, running + 1, now)  # just served: behind tenants that were not
     return picks
 
 
 def dispatch_tick(session: Session, settings: Settings) -> list[Pick]:
     """Choose and mark jobs as dispatched; the caller sends them after commit."""
-    if not _locked(session, DISPATCH_LOCK):
+    if not repository.try_lock(session, DISPATCH_LOCK):
         return []
-    now = session.scalar(select(func.now()))
-    assert now is not None
-    inflight = InFlight.read(session)
+    now = repository.database_now(session)
+    inflight = InFlight.of(repository.inflight(session))
+    capacity = repository.capacity_by_class(
+        session, now - timedelta(seconds=settings.worker_timeout_seconds))
     picks: list[Pick] = []
-    for gpu_class, slots in sorted(free_slots(session, settings, now, inflight).items()):
-        picks += choose(session, gpu_class, slots, inflight)
+    for gpu_class, slots in sorted(free_slots(capacity, inflight).items()):
+        heads = repository.queue_heads(session, gpu_class, slots)
+        picks += choose(heads, gpu_class, slots, inflight, now)
     if picks:
-        session.execute(
-            update(FineTuningJob)
-            .where(FineTuningJob.id.in_([p.job_id for p in picks]),
-                   FineTuningJob.status == jobstate.QUEUED)
-            .values(dispatched_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        session.execute(
-            update(Tenant).where(Tenant.id.in_({p.tenant_id for p in picks}))
-            .values(last_dispatched_at=now).execution_options(synchronize_session=False)
-        )
+        repository.mark_dispatched(session, [p.job_id for p in picks],
+                                   {p.tenant_id for p in picks}, now)
     return picks
 
 
 def undispatch(session: Session, job_ids: list[str]) -> None:
     """The broker refused the messages: let the next tick try again."""
-    session.execute(update(FineTuningJob)
-                    .where(FineTuningJob.id.in_(job_ids),
-                           FineTuningJob.status == jobstate.QUEUED)
-                    .values(dispatched_at=None)
-                    .execution_options(synchronize_session=False))
+    repository.undispatch(session, job_ids)
 
 
 def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
     """Re-queue or fail jobs whose worker stopped heartbeating; re-arm lost dispatches."""
-    if not _locked(session, SWEEP_LOCK):
-        return {"requeued": [], "failed": [], "redispatched": []}
-    now = session.scalar(select(func.now()))
-    assert now is not None
-    # GREATEST ignores a NULL heartbeat (a claim that never beat)
-    last_sign = func.greatest(FineTuningJob.heartbeat_at, func.pg_postmaster_start_time())
-    stale = list(session.scalars(
-        select(FineTuningJob)
-        .where(FineTuningJob.status == jobstate.RUNNING,
-               last_sign < now - timedelta(seconds=settings.lease_timeout_seconds))
-        .with_for_update(skip_locked=True)
-    ))
     out: dict[str, list[str]] = {"requeued": [], "failed": [], "redispatched": []}
-    for job in stale:
+    if not repository.try_lock(session, SWEEP_LOCK):
+        return out
+    now = repository.database_now(session)
+    for job in repository.stale_running(
+            session, now - timedelta(seconds=settings.lease_timeout_seconds)):
         silent = int((now - job.heartbeat_at).total_seconds()) if job.heartbeat_at else 0
         lost = f"worker {job.worker_id} stopped heartbeating {silent}s ago"
         if job.attempt >= settings.max_attempts:
@@ -207,16 +153,8 @@ def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
                 f"{done.attempt + 1} of {settings.max_attempts} will resume from its last "
                 "checkpoint", level="warn")
             out["requeued"].append(job.id)
-    rearmed = session.execute(
-        update(FineTuningJob)
-        .where(FineTuningJob.status == jobstate.QUEUED,
-               FineTuningJob.dispatched_at < now - timedelta(
-                   seconds=settings.dispatch_timeout_seconds))
-        .values(dispatched_at=None)
-        .returning(FineTuningJob.id)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
-    out["redispatched"] = list(rearmed)
+    out["redispatched"] = repository.rearm_unclaimed(
+        session, now - timedelta(seconds=settings.dispatch_timeout_seconds))
     idempotency_repo.delete_expired(session, now)
     return out
 
@@ -236,13 +174,11 @@ class StorageJanitor:
 
     def run(self, session: Session, storage: Storage, settings: Settings) -> dict[str, int]:
         self.ran_at = time.monotonic()
-        now = session.scalar(select(func.now()))
-        assert now is not None
+        now = repository.database_now(session)
         aborted = storage.abort_stale_uploads("tenants/",
                                               timedelta(hours=settings.stale_upload_hours))
         since = (self.covered_until or now - timedelta(days=1)) - timedelta(minutes=5)
-        ended = session.execute(select(FineTuningJob.tenant_id, FineTuningJob.id).where(
-            FineTuningJob.finished_at >= since)).all()
+        ended = repository.ended_since(session, since)
         staged = [key for tenant_id, job_id in ended
                   for key in storage.list_keys(staging_root(tenant_id, job_id))]
         storage.delete_quietly(*staged)
