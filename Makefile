@@ -54,9 +54,10 @@ test: install browser  ## run the whole test suite against real services
 fuzz: install  ## a long schemathesis run (every check, 200 examples, stateful) on its own API
 	LORAMILL_FUZZ=long $(VENV)/bin/pytest tests/test_fuzz.py
 
-lint: install  ## ruff and mypy
+lint: install  ## ruff, mypy and the import rules (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy api core worker devstack sdk/loramill
+	$(VENV)/bin/lint-imports
 
 bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their results
 	$(PY) bench/upload.py

@@ -57,11 +57,19 @@ class Quiet:
     def checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None: ...
 
 
+def lora() -> Any:
+    """The same LoRA on both sides: a job's defaults (core/jobs/spec.py)."""
+    from core.jobs.spec import LoraSpec as Defaults
+    from worker.training.model import LoraSpec
+
+    return LoraSpec(**Defaults().model_dump())
+
+
 def run_ours(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     from worker.training.recipe import Recipe, TrainSpec
 
     spec = TrainSpec(n_epochs=1, batch_size=args.batch_size, learning_rate=2e-4,
-                     seed=args.seed, log_every=10**9)
+                     seed=args.seed, lora=lora(), metric_events=1, checkpoint_every=-1)
     recipe = Recipe(spec, model_dir, data, Quiet(), work_dir=WORK / "ours")
     recipe.setup()
     start = time.perf_counter()
@@ -76,7 +84,7 @@ def run_hf(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, A
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from worker.training import data as data_mod
-    from worker.training.model import LoraSpec, add_lora, load_base, load_tokenizer
+    from worker.training.model import add_lora, load_base, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     ds = data_mod.load(data, tok, 1024)
@@ -85,7 +93,7 @@ def run_hf(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, A
         labels = [data_mod.IGNORE, *ex.targets[:-1]]
         rows.append({"input_ids": ex.input_ids, "attention_mask": [1] * len(ex),
                      "labels": labels})
-    model = add_lora(load_base(model_dir, "nf4", torch.device("cpu")), LoraSpec())
+    model = add_lora(load_base(model_dir, "nf4", torch.device("cpu")), lora())
     trainer = Trainer(
         model=model, train_dataset=rows,
         data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),

@@ -17,7 +17,6 @@ import contextlib
 import csv
 import functools
 import logging
-import math
 import re
 import secrets
 import tempfile
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy import func
 from sqlalchemy.orm import Session
@@ -40,6 +39,8 @@ from core.files.models import File
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
+from core.jobs.spec import JobSpec
+from core.jobs.state import JobStatus
 from core.kit import metrics
 from core.kit.db import UNREACHABLE as DB_DOWN
 from core.kit.db import tenant_scope
@@ -50,6 +51,9 @@ from core.kit.storage import (
     get_storage,
 )
 from worker.ticker import Stop, Ticker
+
+if TYPE_CHECKING:
+    from worker.training.recipe import TrainSpec
 
 log = logging.getLogger("loramill.worker")
 CANCEL_POLL_SECONDS = 1.0
@@ -105,7 +109,7 @@ class Claim:
 def claim(job_id: str, tenant_id: str, worker_id: str) -> Claim | None:
     token = secrets.token_hex(16)
     with tenant_scope(tenant_id) as session:
-        job = jobstate.transition(session, job_id, jobstate.RUNNING, values={
+        job = jobstate.transition(session, job_id, JobStatus.RUNNING, values={
             "lease_token": token, "worker_id": worker_id, "heartbeat_at": func.now(),
             "started_at": func.coalesce(FineTuningJob.started_at, func.now()),
             "attempt": FineTuningJob.attempt + 1,
@@ -222,9 +226,9 @@ class JobReporter:
             return None  # the heartbeat retries, and a later check will tell
         if lease != self.claim.lease_token:
             return "lease_lost"
-        if status == jobstate.CANCELLED:
+        if status == JobStatus.CANCELLED:
             return "cancel"
-        if status != jobstate.RUNNING:
+        if status != JobStatus.RUNNING:
             return "lease_lost"
         return "pause" if pause else None
 
@@ -348,7 +352,7 @@ def _commit_version(c: Claim, staged: adapter_service.Staged, history: list[dict
                     "dataset_sha256": c.dataset_sha256, "trained_tokens": trained_tokens,
                     "metrics": {k: last.get(k) for k in ("step", "train_loss", "valid_loss")},
                     "libraries": _library_versions()})
-            done = jobstate.transition(session, job.id, jobstate.SUCCEEDED,
+            done = jobstate.transition(session, job.id, JobStatus.SUCCEEDED,
                                        lease_token=c.lease_token, values={
                                            "fine_tuned_model": row.fine_tuned_model,
                                            "trained_tokens": trained_tokens,
@@ -366,14 +370,19 @@ def _commit_version(c: Claim, staged: adapter_service.Staged, history: list[dict
     return row, done
 
 
-def _schedule(c: Claim) -> dict[str, int]:
-    """How often to log and checkpoint: about 100 metric events and 4 checkpoints."""
-    hp = c.method["supervised"]["hyperparameters"]
-    examples = int(c.method.get("dataset", {}).get("examples", 1))
-    steps = math.ceil(examples / int(hp["batch_size"])) * int(hp["n_epochs"])
-    configured = get_settings().checkpoint_every_steps
-    return {"log_every": max(1, steps // 100),
-            "checkpoint_every": configured if configured > 0 else max(1, steps // 4)}
+def train_spec(c: Claim) -> TrainSpec:
+    """The recipe's spec from the job's (core/jobs/spec.py): the one translation."""
+    from worker.training.model import LoraSpec
+    from worker.training.recipe import BASE_LEARNING_RATE, TrainSpec
+
+    spec = JobSpec.of(c.method)
+    hp, lora = spec.hyperparameters, spec.lora
+    return TrainSpec(
+        n_epochs=hp.n_epochs, batch_size=hp.batch_size, seed=c.seed,
+        learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
+        lora=LoraSpec(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                      target_modules=lora.target_modules, quantization=lora.quantization),
+        checkpoint_every=max(get_settings().checkpoint_every_steps, 0))
 
 
 def _download_checkpoint(c: Claim, work: Path) -> Path | None:
@@ -391,7 +400,7 @@ def hand_back(c: Claim, target: str, message: str) -> None:
     """Pause, or return to the queue on shutdown: the attempt does not count as a loss."""
     values: dict[str, Any] = {"lease_token": None, "worker_id": None,
                               "attempt": FineTuningJob.attempt - 1}
-    if target == jobstate.QUEUED:
+    if target == JobStatus.QUEUED:
         values["dispatched_at"] = None
     else:
         values["pause_requested_at"] = None
@@ -401,7 +410,7 @@ def hand_back(c: Claim, target: str, message: str) -> None:
 def run_job(job_id: str, tenant_id: str, worker_id: str, *,
             shutting_down: threading.Event | None = None) -> str:
     """Run one job to an end state, a pause or a hand-back; returns what happened."""
-    from worker.training.recipe import Recipe, Stopped, TrainSpec
+    from worker.training.recipe import Recipe, Stopped
 
     c = claim(job_id, tenant_id, worker_id)
     if c is None:
@@ -418,7 +427,7 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
             if c.validation_key:
                 valid_path = work / "valid.jsonl"
                 storage.download_file(c.validation_key, valid_path)
-            spec = TrainSpec.from_job(c.method, c.seed, **_schedule(c))
+            spec = train_spec(c)
             reporter.message(f"Loading base model {c.model} "
                              f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
             recipe = Recipe(spec, c.model_path, train_path, reporter, valid_file=valid_path,
@@ -443,7 +452,7 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
         except DB_DOWN:  # for longer than the lease: not the job's fault
             log.exception("job %s: database unreachable", job_id)
             try:
-                hand_back(c, jobstate.QUEUED, "The database was unreachable for too long: "
+                hand_back(c, JobStatus.QUEUED, "The database was unreachable for too long: "
                           "job returned to the queue; it resumes from its last checkpoint")
             except LeaseLost:
                 return _lease_gone(c, recipe.position.step if recipe else None)
@@ -452,7 +461,7 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
             log.exception("job %s failed", job_id)
             error = explain(exc)
             try:
-                finish(c, jobstate.FAILED, f"Fine-tuning job failed: {error['message']}",
+                finish(c, JobStatus.FAILED, f"Fine-tuning job failed: {error['message']}",
                        level="error", values={"error": error})
             except LeaseLost:
                 return _lease_gone(c, recipe.position.step if recipe else None)
@@ -480,10 +489,10 @@ def _stopped(c: Claim, recipe: Any, stop: Any) -> str:
     if recipe is not None and stop.step != recipe.last_checkpoint_step:
         recipe.save_checkpoint()  # so the next claim resumes exactly here
     if stop.reason == "pause":
-        hand_back(c, jobstate.PAUSED, f"Job paused at step {stop.step}; resume continues "
+        hand_back(c, JobStatus.PAUSED, f"Job paused at step {stop.step}; resume continues "
                                       "from this checkpoint")
         return "paused"
-    hand_back(c, jobstate.QUEUED, f"Worker shutting down: job checkpointed at step "
+    hand_back(c, JobStatus.QUEUED, f"Worker shutting down: job checkpointed at step "
                                   f"{stop.step} and returned to the queue")
     from core.kit import queue
 

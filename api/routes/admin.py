@@ -19,9 +19,10 @@ from api.schemas.admin import (
     TenantObject,
     WorkerObject,
 )
-from api.schemas.common import IntRange, Limit, ListPage
+from api.schemas.common import Limit, ListPage
 from core.audit import service as audit
 from core.kit.queue import wake_dispatcher
+from core.kit.types import IntRange
 from core.ops import service as ops
 from core.tenants import service as tenant_service
 

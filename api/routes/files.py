@@ -9,13 +9,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentTenant, FilesWriter, SettingsDep, UoW
-from api.schemas.common import IntRange, ListPage
+from api.schemas.common import ListPage
 from api.schemas.files import FileDeleted, FileObject
 from api.uploads import FORM_OVERHEAD, Body, refuse, stream_form
 from core.files import repository as file_repo
 from core.files import service as file_service
 from core.kit.errors import InvalidRequest, LoramillError
 from core.kit.storage import file_key, get_storage
+from core.kit.types import IntRange
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

@@ -6,13 +6,15 @@ from fastapi import APIRouter, Query, Request
 
 from api.deps import CurrentTenant, JobsWriter, UoW
 from api.schemas.adapters import CheckpointObject
-from api.schemas.common import IntRange, Limit, ListPage
+from api.schemas.common import Limit, ListPage
 from api.schemas.jobs import CreateJob, EventObject, JobObject
 from core.checkpoints import repository as checkpoint_repo
 from core.jobs import repository as job_repo
 from core.jobs import service as job_service
+from core.jobs.spec import LoraSpec, RequestedHyperparameters
 from core.kit import queue
 from core.kit.errors import InvalidRequest
+from core.kit.types import IntRange
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -30,8 +32,7 @@ def create_job(body: CreateJob, tenant_id: JobsWriter, uow: UoW) -> JobObject:
     req = job_service.JobRequest(
         model=body.model, training_file=body.training_file,
         validation_file=body.validation_file,
-        hyperparameters=hyper.model_dump() if hyper else {},
-        lora=body.lora.model_dump() if body.lora else {},
+        hyperparameters=hyper or RequestedHyperparameters(), lora=body.lora or LoraSpec(),
         suffix=body.suffix or None, seed=body.seed, metadata=body.metadata,
     )
     job = job_service.create(uow.session, tenant_id, req)

@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.deps import AdminUoW, principal_for
 from core.jobs import state as jobstate
+from core.jobs.state import JobStatus
 from core.kit.errors import AuthenticationFailed, NotFound
 from core.kit.orm import utcnow
 from core.kit.settings import get_settings
@@ -108,7 +109,7 @@ def overview(request: Request, uow: AdminUoW) -> Response:
         "workers": worker_views,
         "alive": sum(w.state == "alive" for w in worker_views),
         "running": ops.running_jobs(session),
-        "failures": ops.recent_finished(session, [jobstate.FAILED]),
+        "failures": ops.recent_finished(session, [JobStatus.FAILED]),
         "finished": ops.recent_finished(session, sorted(jobstate.TERMINAL)),
     })
 
@@ -126,7 +127,7 @@ def job_page(job_id: str, request: Request, uow: AdminUoW) -> Response:
     return _page(request, "job", {
         "job": job, "tenant": ops.get_tenant(uow.session, job.tenant_id),
         "chart": loss_chart(points), "last": last,
-        "progress": 1.0 if job.status == jobstate.SUCCEEDED
+        "progress": 1.0 if job.status == JobStatus.SUCCEEDED
         else ops.progress(last.get("step", 0), last.get("total_steps")),
         "events": ops.recent_events(uow.session, job_id),
     })

@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas.common import MAX_BYTES, IntRange, ts
+from api.schemas.common import ts
 from api.schemas.jobs import JobObject
 from core.audit.models import AuditEntry
 from core.jobs.models import FineTuningJob
+from core.kit.types import MAX_BYTES, IntRange
 from core.ops import service as ops
 from core.tenants.models import Tenant
 

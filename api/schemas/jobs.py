@@ -4,25 +4,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.schemas.common import MAX_INT32, IntRange, ts
+from api.schemas.common import ts
 from core.jobs.models import FineTuningJob, JobEvent
+from core.jobs.spec import JobSpec, LoraSpec, RequestedHyperparameters
 from core.kit.storage import NAME_MAX, NAME_PATTERN
-
-Auto = Literal["auto"]
-
-
-class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    n_epochs: Auto | Annotated[int, IntRange(1, 50)] = "auto"
-    batch_size: Auto | Annotated[int, IntRange(1, 256)] = "auto"
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+from core.kit.types import MAX_INT32, IntRange
 
 
 class Supervised(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: RequestedHyperparameters | None = None
 
 
 class Method(BaseModel):
@@ -32,36 +24,13 @@ class Method(BaseModel):
     supervised: Supervised | None = None
 
 
-class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    r: Annotated[int, IntRange(1, 256)] = 8
-    alpha: float = Field(16, gt=0, le=4096)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Literal["all-linear"] | list[str] = "all-linear"
-    quantization: Literal["nf4", "none"] = "nf4"
-
-    @field_validator("target_modules")
-    @classmethod
-    def _modules(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if not value or len(value) > 64:
-                raise ValueError("must list 1 to 64 module names, or be 'all-linear'")
-            for name in value:
-                if not name or len(name) > 100 or not name.replace("_", "").replace(
-                    ".", ""
-                ).isalnum():
-                    raise ValueError(f"{name!r} is not a module name")
-        return value
-
-
 class CreateJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=200)
     training_file: str = Field(min_length=1, max_length=64)
     validation_file: str | None = Field(None, min_length=1, max_length=64)
-    hyperparameters: Hyperparameters | None = None
+    hyperparameters: RequestedHyperparameters | None = None
     method: Method | None = None
     suffix: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN,
                                description="letters, digits, '-', '_' and single dots; "
@@ -69,7 +38,7 @@ class CreateJob(BaseModel):
     seed: Annotated[int, IntRange(0, MAX_INT32)] | None = None
     metadata: dict[str, str] | None = None
     integrations: list[Any] | None = None
-    lora: LoraSettings | None = None
+    lora: LoraSpec | None = None
 
     @field_validator("metadata")
     @classmethod
@@ -125,20 +94,20 @@ class JobObject(BaseModel):
 
     @classmethod
     def of(cls, job: FineTuningJob) -> JobObject:
-        spec = job.method
+        spec = JobSpec.of(job.method)
         return cls(
             id=job.id, created_at=ts(job.created_at) or 0, finished_at=ts(job.finished_at),
             model=job.model, fine_tuned_model=job.fine_tuned_model,
             organization_id=job.tenant_id, result_files=list(job.result_files or []),
             status=job.status, training_file=job.training_file,
             validation_file=job.validation_file,
-            hyperparameters=spec["supervised"]["hyperparameters"],
+            hyperparameters=spec.hyperparameters.model_dump(),
             trained_tokens=job.trained_tokens,
             error=JobError(**job.error) if job.error else None,
             user_provided_suffix=job.suffix, seed=job.seed,
             estimated_finish=ts(job.estimated_finish), metadata=job.metadata_,
-            method={"type": spec["type"], "supervised": spec["supervised"]},
-            lora=spec["lora"],
+            method={"type": spec.type, "supervised": spec.supervised.model_dump()},
+            lora=spec.lora.model_dump(),
         )
 
 

@@ -6,7 +6,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.jobs.models import FineTuningJob, JobEvent
-from core.jobs.state import ACTIVE, CANCELLED, RUNNING
+from core.jobs.state import ACTIVE, JobStatus
 from core.kit import ids
 from core.kit.pagination import newest_first
 from core.tenants.scope import TenantId
@@ -58,7 +58,7 @@ def list_events(
 
 def count_queued(session: Session, tenant_id: TenantId) -> int:
     return int(session.scalar(select(func.count()).select_from(FineTuningJob).where(
-        FineTuningJob.tenant_id == tenant_id, FineTuningJob.status == "queued")) or 0)
+        FineTuningJob.tenant_id == tenant_id, FineTuningJob.status == JobStatus.QUEUED)) or 0)
 
 
 def active_job_using_file(session: Session, tenant_id: TenantId, file_id: str) -> str | None:
@@ -80,7 +80,7 @@ def fence(session: Session, job_id: str, lease_token: str) -> FineTuningJob | No
     job: FineTuningJob | None = session.execute(
         update(FineTuningJob)
         .where(FineTuningJob.id == job_id, FineTuningJob.lease_token == lease_token,
-               FineTuningJob.status == RUNNING)
+               FineTuningJob.status == JobStatus.RUNNING)
         .values(heartbeat_at=func.now())
         .returning(FineTuningJob)
         .execution_options(synchronize_session=False, populate_existing=True)
@@ -101,5 +101,5 @@ def cancelled_under(session: Session, job_id: str, lease_token: str) -> FineTuni
     """The job, if it was cancelled while this lease held it."""
     job: FineTuningJob | None = session.scalars(select(FineTuningJob).where(
         FineTuningJob.id == job_id, FineTuningJob.lease_token == lease_token,
-        FineTuningJob.status == CANCELLED)).one_or_none()
+        FineTuningJob.status == JobStatus.CANCELLED)).one_or_none()
     return job

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -15,16 +13,20 @@ from core.files.models import File
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
+from core.jobs.spec import (
+    DatasetInfo,
+    JobSpec,
+    LoraSpec,
+    RequestedHyperparameters,
+    Supervised,
+    resolve,
+)
+from core.jobs.state import JobStatus
 from core.kit import ids
 from core.kit.errors import InvalidRequest, NotFound, RateLimited
 from core.kit.orm import utcnow
 from core.tenants.models import Tenant
 from core.tenants.scope import TenantId
-
-DEFAULT_LORA: dict[str, Any] = {
-    "r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear",
-    "quantization": "nf4",
-}
 
 
 @dataclass(frozen=True)
@@ -34,26 +36,11 @@ class JobRequest:
     model: str
     training_file: str
     validation_file: str | None
-    hyperparameters: dict[str, Any]
-    lora: dict[str, Any]
+    hyperparameters: RequestedHyperparameters
+    lora: LoraSpec
     suffix: str | None
     seed: int | None
     metadata: dict[str, str] | None
-
-
-def resolve_hyperparameters(requested: dict[str, Any], examples: int) -> dict[str, Any]:
-    """Turn ``"auto"`` into numbers from the dataset size, so the spec is fixed at
-    creation and the job shows what it will run."""
-    def pick(name: str, auto: Any) -> Any:
-        value = requested.get(name, "auto")
-        return auto if value == "auto" else value
-
-    batch_auto = 1 if examples < 16 else 2 if examples < 64 else 4 if examples < 256 else 8
-    return {
-        "n_epochs": pick("n_epochs", min(10, max(1, math.ceil(100 / max(examples, 1))))),
-        "batch_size": pick("batch_size", batch_auto),
-        "learning_rate_multiplier": pick("learning_rate_multiplier", 1.0),
-    }
 
 
 def _usable_file(session: Session, tenant_id: TenantId, file_id: str, param: str) -> File:
@@ -99,22 +86,18 @@ def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuning
                 f"{training.format}; use one format for both", param="validation_file",
                 code="invalid_file",
             )
-    spec = {
-        "type": "supervised",
-        "supervised": {
-            "hyperparameters": resolve_hyperparameters(
-                req.hyperparameters, training.example_count
-            ),
-        },
-        "lora": {**DEFAULT_LORA, **req.lora},
-        "dataset": {"format": training.format, "sha256": training.sha256,
-                    "examples": training.example_count},
-    }
+    spec = JobSpec(
+        supervised=Supervised(hyperparameters=resolve(req.hyperparameters,
+                                                      training.example_count)),
+        lora=req.lora,
+        dataset=DatasetInfo(format=training.format, sha256=training.sha256,
+                            examples=training.example_count),
+    )
     job = job_repo.add(session, FineTuningJob(
         id=ids.new_id(ids.JOB), tenant_id=tenant_id, model=base.id,
-        training_file=training.id, validation_file=req.validation_file, method=spec,
+        training_file=training.id, validation_file=req.validation_file, method=spec.stored(),
         suffix=req.suffix, seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
-        metadata_=req.metadata, status=jobstate.QUEUED, gpu_class=base.gpu_class,
+        metadata_=req.metadata, status=JobStatus.QUEUED, gpu_class=base.gpu_class,
     ))
     job_repo.add_event(session, job, f"Created fine-tuning job: {job.id}")
     job_repo.add_event(session, job, "Job queued; waiting for a worker",
@@ -137,29 +120,29 @@ def cancel(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
     job finished first (a publish that committed while this waited for its row lock), the
     answer says so: a cancel is never acknowledged and then ignored."""
     job = get(session, tenant_id, job_id)
-    if job.status == jobstate.CANCELLED:  # cancelling twice is harmless
+    if job.status == JobStatus.CANCELLED:  # cancelling twice is harmless
         return job
     was = job.status
-    cancelled = jobstate.transition(session, job_id, jobstate.CANCELLED, tenant_id=tenant_id,
+    cancelled = jobstate.transition(session, job_id, JobStatus.CANCELLED, tenant_id=tenant_id,
                                     values={"cancel_requested_at": utcnow(),
                                             "estimated_finish": None})
     if cancelled is None:
         session.refresh(job)  # what won the race: a worker finished it, or another cancel
-        if job.status == jobstate.CANCELLED:
+        if job.status == JobStatus.CANCELLED:
             return job
         raise InvalidRequest(f"job {job_id} has already {job.status} and cannot be cancelled",
                              param="fine_tuning_job_id", code="job_not_cancellable")
     job_repo.add_event(session, cancelled, "Job cancelled" + (
-        "; its worker stops at its next step" if was == jobstate.RUNNING else ""))
+        "; its worker stops at its next step" if was == JobStatus.RUNNING else ""))
     return cancelled
 
 
 def pause(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
     """Ask a running job to checkpoint and free its worker; it becomes ``paused``."""
     job = get(session, tenant_id, job_id)
-    if job.status == jobstate.PAUSED:
+    if job.status == JobStatus.PAUSED:
         return job
-    if job.status != jobstate.RUNNING:
+    if job.status != JobStatus.RUNNING:
         raise InvalidRequest(f"only running jobs can be paused; job {job_id} is {job.status}",
                              param="fine_tuning_job_id", code="job_not_pausable")
     if job.pause_requested_at is None:
@@ -172,13 +155,13 @@ def pause(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
 def resume(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
     """Put a paused job back in the queue; it continues from its pause checkpoint."""
     job = get(session, tenant_id, job_id)
-    if job.status != jobstate.PAUSED:
+    if job.status != JobStatus.PAUSED:
         raise InvalidRequest(f"only paused jobs can be resumed; job {job_id} is {job.status}",
                              param="fine_tuning_job_id", code="job_not_resumable")
     tenant = session.get(Tenant, tenant_id, with_for_update=True)
     assert tenant is not None
     check_queued_quota(session, tenant)
-    resumed = jobstate.transition(session, job_id, jobstate.QUEUED, tenant_id=tenant_id,
+    resumed = jobstate.transition(session, job_id, JobStatus.QUEUED, tenant_id=tenant_id,
                                   values={"pause_requested_at": None, "dispatched_at": None})
     if resumed is None:
         session.refresh(job)

@@ -7,6 +7,7 @@ leave, so two actors racing on one job cannot both win; the loser gets ``None``.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import update
@@ -15,31 +16,37 @@ from sqlalchemy.orm import Session
 from core.jobs.models import FineTuningJob
 from core.kit.orm import utcnow
 
-VALIDATING_FILES = "validating_files"
-QUEUED = "queued"
-RUNNING = "running"
-PAUSED = "paused"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
 
-STATUSES = (VALIDATING_FILES, QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED)
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ACTIVE = frozenset(STATUSES) - TERMINAL
+class JobStatus(StrEnum):
+    """A job's status; the names are OpenAI's fine-tuning API's."""
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+STATUSES = tuple(JobStatus)
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = frozenset(JobStatus) - TERMINAL
 
 # target status -> the statuses it may be entered from
 ALLOWED_FROM: dict[str, frozenset[str]] = {
-    # RUNNING: worker lost, re-queued; FAILED: an operator's requeue (POST /v1/admin/...)
-    QUEUED: frozenset({VALIDATING_FILES, RUNNING, PAUSED, FAILED}),
-    RUNNING: frozenset({QUEUED}),
-    PAUSED: frozenset({RUNNING}),
-    SUCCEEDED: frozenset({RUNNING}),
-    FAILED: frozenset({VALIDATING_FILES, QUEUED, RUNNING}),
-    CANCELLED: frozenset(ACTIVE),
+    # from running: worker lost, re-queued; from failed: an operator's requeue (/v1/admin)
+    JobStatus.QUEUED: frozenset({JobStatus.VALIDATING_FILES, JobStatus.RUNNING,
+                                 JobStatus.PAUSED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset({JobStatus.QUEUED}),
+    JobStatus.PAUSED: frozenset({JobStatus.RUNNING}),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}),
+    JobStatus.FAILED: frozenset({JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING}),
+    JobStatus.CANCELLED: frozenset(ACTIVE),
 }
 
 # Columns the finishing transitions stamp on their own.
-_FINISHING = frozenset({SUCCEEDED, FAILED, CANCELLED})
+_FINISHING = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def can_transition(source: str, target: str) -> bool:

@@ -96,6 +96,7 @@ class QueueCollector(Collector):
 
         from core.jobs import state as jobstate
         from core.jobs.models import FineTuningJob
+        from core.jobs.state import JobStatus
         from core.kit.db import admin_scope
         from core.scheduling.models import Worker
 
@@ -109,7 +110,7 @@ class QueueCollector(Collector):
                 ages = session.execute(
                     select(FineTuningJob.gpu_class,
                            func.extract("epoch", func.now() - func.min(FineTuningJob.created_at)))
-                    .where(FineTuningJob.status == jobstate.QUEUED)
+                    .where(FineTuningJob.status == JobStatus.QUEUED)
                     .group_by(FineTuningJob.gpu_class)).all()
                 workers = session.execute(
                     select(Worker.gpu_class, func.count())

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob, JobEvent
+from core.jobs.state import JobStatus
 from core.kit.pagination import newest_first
 from core.scheduling.models import Worker
 from core.tenants.models import Tenant
@@ -54,7 +55,7 @@ def running_by_worker(session: Session) -> dict[str, list[str]]:
     running: dict[str, list[str]] = {}
     for job_id, worker_id in session.execute(
             select(FineTuningJob.id, FineTuningJob.worker_id)
-            .where(FineTuningJob.status == jobstate.RUNNING)):
+            .where(FineTuningJob.status == JobStatus.RUNNING)):
         running.setdefault(worker_id or "", []).append(job_id)
     return running
 
@@ -83,7 +84,7 @@ def metric_events(session: Session, job_id: str, limit: int) -> list[dict[str, A
 def running_jobs(session: Session, limit: int) -> list[tuple[FineTuningJob, str]]:
     return list(session.execute(
         select(FineTuningJob, Tenant.name).join(Tenant, Tenant.id == FineTuningJob.tenant_id)
-        .where(FineTuningJob.status == jobstate.RUNNING)
+        .where(FineTuningJob.status == JobStatus.RUNNING)
         .order_by(FineTuningJob.started_at).limit(limit)).tuples())
 
 

@@ -14,6 +14,7 @@ from core.jobs import repository as job_repo
 from core.jobs import service as job_service
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob, JobEvent
+from core.jobs.state import JobStatus
 from core.kit.errors import InvalidRequest, NotFound
 from core.kit.orm import utcnow
 from core.kit.settings import Settings
@@ -54,15 +55,15 @@ class QueueSummary:
 
 def queue_summary(session: Session, now: datetime | None = None) -> QueueSummary:
     now = now or utcnow()
-    counted = (jobstate.QUEUED, jobstate.RUNNING, jobstate.PAUSED)
+    counted = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
     rows = repository.queue_counts(session, counted)
     by_key: dict[tuple[str, str], TenantQueue] = {}
-    totals = dict.fromkeys(counted, 0)
+    totals: dict[str, int] = dict.fromkeys(counted, 0)
     for tenant_id, name, gpu_class, status, n, oldest in rows:
         entry = by_key.setdefault((tenant_id, gpu_class), TenantQueue(tenant_id, name, gpu_class))
         setattr(entry, status, n)
         totals[status] += n
-        if status == jobstate.QUEUED:
+        if status == JobStatus.QUEUED:
             entry.oldest_queued_at = oldest
     since = now - RATE_WINDOW
     started = repository.started_since(session, since)
@@ -125,19 +126,19 @@ def requeue(session: Session, actor: str, job_id: str) -> FineTuningJob:
     are refused), or a queued one whose dispatch was lost."""
     job = get_job(session, job_id)
     before = job.status
-    if before == jobstate.QUEUED:
+    if before == JobStatus.QUEUED:
         job.dispatched_at = None
         session.flush()
         requeued: FineTuningJob | None = job
-    elif before in (jobstate.FAILED, jobstate.RUNNING):
+    elif before in (JobStatus.FAILED, JobStatus.RUNNING):
         values: dict[str, Any] = {
             "lease_token": None, "worker_id": None, "heartbeat_at": None,
             "dispatched_at": None, "error": None, "finished_at": None,
             "cancel_requested_at": None, "pause_requested_at": None,
         }
-        if before == jobstate.FAILED:
+        if before == JobStatus.FAILED:
             values["attempt"] = 0  # a fresh allowance of worker losses
-        requeued = jobstate.transition(session, job_id, jobstate.QUEUED, values=values)
+        requeued = jobstate.transition(session, job_id, JobStatus.QUEUED, values=values)
     else:
         requeued = None
     if requeued is None:

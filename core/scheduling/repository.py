@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.jobs.models import FineTuningJob
-from core.jobs.state import QUEUED, RUNNING
+from core.jobs.state import JobStatus
 from core.scheduling.models import Worker
 from core.tenants.models import Tenant
 
@@ -103,7 +103,7 @@ def queue_heads(session: Session, gpu_class: str, per_tenant: int) -> list[Head]
 def mark_dispatched(session: Session, job_ids: list[str], tenant_ids: set[str],
                     now: datetime) -> None:
     session.execute(update(FineTuningJob)
-                    .where(FineTuningJob.id.in_(job_ids), FineTuningJob.status == QUEUED)
+                    .where(FineTuningJob.id.in_(job_ids), FineTuningJob.status == JobStatus.QUEUED)
                     .values(dispatched_at=now)
                     .execution_options(synchronize_session=False))
     session.execute(update(Tenant).where(Tenant.id.in_(tenant_ids))
@@ -113,7 +113,7 @@ def mark_dispatched(session: Session, job_ids: list[str], tenant_ids: set[str],
 
 def undispatch(session: Session, job_ids: list[str]) -> None:
     session.execute(update(FineTuningJob)
-                    .where(FineTuningJob.id.in_(job_ids), FineTuningJob.status == QUEUED)
+                    .where(FineTuningJob.id.in_(job_ids), FineTuningJob.status == JobStatus.QUEUED)
                     .values(dispatched_at=None)
                     .execution_options(synchronize_session=False))
 
@@ -125,7 +125,7 @@ def stale_running(session: Session, silent_before: datetime) -> list[FineTuningJ
     last_sign = func.greatest(FineTuningJob.heartbeat_at, func.pg_postmaster_start_time())
     return list(session.scalars(
         select(FineTuningJob)
-        .where(FineTuningJob.status == RUNNING, last_sign < silent_before)
+        .where(FineTuningJob.status == JobStatus.RUNNING, last_sign < silent_before)
         .with_for_update(skip_locked=True)))
 
 
@@ -133,7 +133,7 @@ def rearm_unclaimed(session: Session, dispatched_before: datetime) -> list[str]:
     """Dispatched jobs nobody claimed (a lost message): dispatchable again."""
     return list(session.execute(
         update(FineTuningJob)
-        .where(FineTuningJob.status == QUEUED,
+        .where(FineTuningJob.status == JobStatus.QUEUED,
                FineTuningJob.dispatched_at < dispatched_before)
         .values(dispatched_at=None)
         .returning(FineTuningJob.id)

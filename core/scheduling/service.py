@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from core.idempotency import repository as idempotency_repo
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
+from core.jobs.state import JobStatus
 from core.kit.settings import Settings
 from core.kit.storage import Storage, staging_root
 from core.scheduling import repository
@@ -135,7 +136,7 @@ def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
             error = {"code": "worker_lost", "param": None,
                      "message": f"the job lost its worker {job.attempt} times (last: {lost}); "
                                 f"giving up after {settings.max_attempts} attempts"}
-            done = jobstate.transition(session, job.id, jobstate.FAILED,
+            done = jobstate.transition(session, job.id, JobStatus.FAILED,
                                        lease_token=job.lease_token,
                                        values={"error": error, "lease_token": None})
             if done is not None:
@@ -143,7 +144,7 @@ def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
                                    level="error")
                 out["failed"].append(job.id)
             continue
-        done = jobstate.transition(session, job.id, jobstate.QUEUED,
+        done = jobstate.transition(session, job.id, JobStatus.QUEUED,
                                    lease_token=job.lease_token,
                                    values={"lease_token": None, "worker_id": None,
                                            "dispatched_at": None})

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
+from core.jobs.state import JobStatus
 from core.kit.db import admin_scope
 from core.kit.orm import utcnow
 from core.scheduling.models import Worker
@@ -128,7 +128,7 @@ def test_priority_cancel_and_requeue_are_audited(admin: AdminHandle,
                  param="priority")
 
     # a failed job goes back to the queue with a fresh allowance of attempts
-    force(job["id"], status=jobstate.FAILED, attempt=3, finished_at=utcnow(),
+    force(job["id"], status=JobStatus.FAILED, attempt=3, finished_at=utcnow(),
           error={"code": "worker_lost", "message": "lost", "param": None})
     requeued = admin.client.post(f"{url}/requeue").json()
     assert (requeued["status"], requeued["attempt"], requeued["error"]) == ("queued", 0, None)
@@ -156,7 +156,7 @@ def test_priority_cancel_and_requeue_are_audited(admin: AdminHandle,
 def test_requeue_a_running_job_revokes_its_lease(admin: AdminHandle,
                                                  tenant: TenantHandle) -> None:
     job = new_job(tenant)
-    force(job["id"], status=jobstate.RUNNING, lease_token="old-lease", worker_id="gone:1",
+    force(job["id"], status=JobStatus.RUNNING, lease_token="old-lease", worker_id="gone:1",
           started_at=utcnow())
     requeued = admin.client.post(f"/v1/admin/jobs/{job['id']}/requeue").json()
     assert (requeued["status"], requeued["worker_id"]) == ("queued", None)

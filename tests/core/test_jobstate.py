@@ -10,6 +10,7 @@ import pytest
 from core.files.models import File
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
+from core.jobs.state import JobStatus
 from core.kit import ids
 from core.kit.db import admin_scope
 from core.kit.settings import get_settings
@@ -17,15 +18,15 @@ from core.tenants import service as tenant_service
 from tests.conftest import StackInfo
 
 ALLOWED = {
-    (jobstate.VALIDATING_FILES, jobstate.QUEUED), (jobstate.VALIDATING_FILES, jobstate.FAILED),
-    (jobstate.VALIDATING_FILES, jobstate.CANCELLED),
-    (jobstate.QUEUED, jobstate.RUNNING), (jobstate.QUEUED, jobstate.FAILED),
-    (jobstate.QUEUED, jobstate.CANCELLED),
-    (jobstate.RUNNING, jobstate.SUCCEEDED), (jobstate.RUNNING, jobstate.FAILED),
-    (jobstate.RUNNING, jobstate.PAUSED), (jobstate.RUNNING, jobstate.CANCELLED),
-    (jobstate.RUNNING, jobstate.QUEUED),
-    (jobstate.PAUSED, jobstate.QUEUED), (jobstate.PAUSED, jobstate.CANCELLED),
-    (jobstate.FAILED, jobstate.QUEUED),  # an operator's requeue
+    (JobStatus.VALIDATING_FILES, JobStatus.QUEUED), (JobStatus.VALIDATING_FILES, JobStatus.FAILED),
+    (JobStatus.VALIDATING_FILES, JobStatus.CANCELLED),
+    (JobStatus.QUEUED, JobStatus.RUNNING), (JobStatus.QUEUED, JobStatus.FAILED),
+    (JobStatus.QUEUED, JobStatus.CANCELLED),
+    (JobStatus.RUNNING, JobStatus.SUCCEEDED), (JobStatus.RUNNING, JobStatus.FAILED),
+    (JobStatus.RUNNING, JobStatus.PAUSED), (JobStatus.RUNNING, JobStatus.CANCELLED),
+    (JobStatus.RUNNING, JobStatus.QUEUED),
+    (JobStatus.PAUSED, JobStatus.QUEUED), (JobStatus.PAUSED, JobStatus.CANCELLED),
+    (JobStatus.FAILED, JobStatus.QUEUED),  # an operator's requeue
 }
 
 
@@ -66,27 +67,27 @@ def test_every_transition(stack: StackInfo, source: str, target: str) -> None:
 
 
 def test_finishing_transitions_stamp_finished_at(stack: StackInfo) -> None:
-    job_id, _ = make_job(jobstate.QUEUED)
+    job_id, _ = make_job(JobStatus.QUEUED)
     with admin_scope() as session:
-        job = jobstate.transition(session, job_id, jobstate.CANCELLED)
+        job = jobstate.transition(session, job_id, JobStatus.CANCELLED)
         assert job is not None and job.finished_at is not None
 
 
 def test_tenant_scope_and_lease_fence(stack: StackInfo) -> None:
-    job_id, _ = make_job(jobstate.QUEUED)
+    job_id, _ = make_job(JobStatus.QUEUED)
     with admin_scope() as session:
-        assert jobstate.transition(session, job_id, jobstate.CANCELLED,
+        assert jobstate.transition(session, job_id, JobStatus.CANCELLED,
                                    tenant_id="tenant-someone-else") is None
-        assert jobstate.transition(session, job_id, jobstate.RUNNING,
+        assert jobstate.transition(session, job_id, JobStatus.RUNNING,
                                    values={"lease_token": "A"}) is not None
     with admin_scope() as session:
-        assert jobstate.transition(session, job_id, jobstate.SUCCEEDED, lease_token="B") is None
-        assert jobstate.transition(session, job_id, jobstate.SUCCEEDED, lease_token="A")
+        assert jobstate.transition(session, job_id, JobStatus.SUCCEEDED, lease_token="B") is None
+        assert jobstate.transition(session, job_id, JobStatus.SUCCEEDED, lease_token="A")
 
 
 def test_two_concurrent_cancels_one_wins(stack: StackInfo) -> None:
     for _ in range(5):
-        job_id, _ = make_job(jobstate.QUEUED)
+        job_id, _ = make_job(JobStatus.QUEUED)
         barrier = threading.Barrier(2)
         results: list[bool] = []
 
@@ -94,7 +95,7 @@ def test_two_concurrent_cancels_one_wins(stack: StackInfo) -> None:
                    results: list[bool] = results) -> None:
             with admin_scope() as session:
                 barrier.wait()
-                results.append(jobstate.transition(session, job_id, jobstate.CANCELLED)
+                results.append(jobstate.transition(session, job_id, JobStatus.CANCELLED)
                                is not None)
 
         threads = [threading.Thread(target=cancel) for _ in range(2)]
@@ -107,7 +108,7 @@ def test_two_concurrent_cancels_one_wins(stack: StackInfo) -> None:
 
 def test_cancel_races_a_claim(stack: StackInfo) -> None:
     """A worker claiming and a user cancelling at once: exactly one of them wins."""
-    job_id, _ = make_job(jobstate.QUEUED)
+    job_id, _ = make_job(JobStatus.QUEUED)
     barrier = threading.Barrier(2)
     outcome: dict[str, bool] = {}
 
@@ -117,14 +118,14 @@ def test_cancel_races_a_claim(stack: StackInfo) -> None:
             outcome[target] = jobstate.transition(session, job_id, target) is not None
 
     threads = [threading.Thread(target=act, args=(t,)) for t in
-               (jobstate.RUNNING, jobstate.CANCELLED)]
+               (JobStatus.RUNNING, JobStatus.CANCELLED)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     with admin_scope() as session:
         final = session.get(FineTuningJob, job_id).status  # type: ignore[union-attr]
-    if outcome[jobstate.RUNNING] and outcome[jobstate.CANCELLED]:
-        assert final == jobstate.CANCELLED  # claimed, then cancelled from running: legal
+    if outcome[JobStatus.RUNNING] and outcome[JobStatus.CANCELLED]:
+        assert final == JobStatus.CANCELLED  # claimed, then cancelled from running: legal
     else:
         assert sum(outcome.values()) == 1

@@ -34,12 +34,13 @@ def worker(local_stack: LocalStack) -> Iterator[None]:
 
     from core.jobs import state as jobstate
     from core.jobs.models import FineTuningJob
+    from core.jobs.state import JobStatus
     from core.kit.db import admin_scope
 
     with admin_scope() as session:
         session.execute(update(FineTuningJob)
                         .where(FineTuningJob.status.in_(jobstate.ACTIVE))
-                        .values(status=jobstate.CANCELLED))
+                        .values(status=JobStatus.CANCELLED))
     local_stack.up(pieces=("worker", "scheduler"), log=lambda _: None)
     wait_for_worker()
     wait_for_metrics(local_stack.metrics_url("scheduler"))

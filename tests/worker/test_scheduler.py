@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 from core.files.models import File
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
+from core.jobs.state import JobStatus
 from core.kit import ids
 from core.kit.db import admin_scope
 from core.kit.orm import utcnow
@@ -53,7 +54,7 @@ def add_jobs(tenant_id: str, gpu: str, count: int, priority: int = 0) -> list[st
         for i in range(count):
             job = FineTuningJob(
                 id=ids.new_id(ids.JOB), tenant_id=tenant_id, model="loramill/tiny-llama",
-                training_file=file.id, method={}, seed=1, status=jobstate.QUEUED,
+                training_file=file.id, method={}, seed=1, status=JobStatus.QUEUED,
                 gpu_class=gpu, priority=priority,
                 created_at=utcnow() + timedelta(milliseconds=i),
             )
@@ -71,13 +72,13 @@ def tick(gpu: str) -> list[str]:
 
 def start(job_id: str) -> None:
     with admin_scope() as session:
-        assert jobstate.transition(session, job_id, jobstate.RUNNING,
+        assert jobstate.transition(session, job_id, JobStatus.RUNNING,
                                    values={"lease_token": "t", "heartbeat_at": utcnow()})
 
 
 def finish(job_id: str) -> None:
     with admin_scope() as session:
-        assert jobstate.transition(session, job_id, jobstate.SUCCEEDED)
+        assert jobstate.transition(session, job_id, JobStatus.SUCCEEDED)
 
 
 def test_one_slot_tenant_b_goes_before_tenant_a_second_job(stack: StackInfo) -> None:
@@ -143,7 +144,7 @@ def test_sweeper_requeues_a_lost_job_then_fails_it_after_max_attempts(
     stale = utcnow() - timedelta(seconds=settings.lease_timeout_seconds + 5)
     for attempt in range(1, settings.max_attempts + 1):
         with admin_scope() as session:
-            moved = jobstate.transition(session, job_id, jobstate.RUNNING, values={
+            moved = jobstate.transition(session, job_id, JobStatus.RUNNING, values={
                 "lease_token": f"lease-{attempt}", "heartbeat_at": stale,
                 "attempt": attempt, "worker_id": "gone"})
             assert moved is not None
@@ -153,10 +154,10 @@ def test_sweeper_requeues_a_lost_job_then_fails_it_after_max_attempts(
             job = session.get(FineTuningJob, job_id)
             assert job is not None
             if attempt < settings.max_attempts:
-                assert job_id in result["requeued"] and job.status == jobstate.QUEUED
+                assert job_id in result["requeued"] and job.status == JobStatus.QUEUED
                 assert job.lease_token is None
             else:
-                assert job_id in result["failed"] and job.status == jobstate.FAILED
+                assert job_id in result["failed"] and job.status == JobStatus.FAILED
                 assert job.error is not None and job.error["code"] == "worker_lost"
 
 

@@ -14,15 +14,23 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:
-    from worker.training.recipe import Position
+
+@dataclass
+class Position:
+    """Where training is: enough to resume exactly (with the RNG state)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    trained_tokens: int = 0
+
 
 FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors",
          "rng.safetensors", "state.json")
@@ -66,8 +74,6 @@ def load(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
          scheduler: torch.optim.lr_scheduler.LRScheduler,
          history: list[dict[str, Any]]) -> Position:
     from peft import set_peft_model_state_dict
-
-    from worker.training.recipe import Position
 
     state = json.loads((directory / "state.json").read_text())
     set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))

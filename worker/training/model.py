@@ -22,11 +22,14 @@ class UnreadableModel(ValueError):
 
 @dataclass(frozen=True)
 class LoraSpec:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
-    quantization: str = "nf4"
+    """The adapter to train. No defaults here: a job's come from its spec
+    (core/jobs/spec.py), the one place they are set."""
+
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: str | list[str]
+    quantization: str  # nf4 | none
 
 
 def check_model_dir(path: Path) -> None:

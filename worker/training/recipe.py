@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from worker.training import checkpoint, data, loss, packing
+from worker.training.checkpoint import Position
 from worker.training.model import LoraSpec, add_lora, load_base, load_tokenizer
 
 BASE_LEARNING_RATE = 2e-4  # times the job's learning_rate_multiplier
@@ -23,36 +24,32 @@ BASE_LEARNING_RATE = 2e-4  # times the job's learning_rate_multiplier
 
 @dataclass(frozen=True)
 class TrainSpec:
+    """What to train, in the recipe's terms (the runner builds it from a job's spec)."""
+
     n_epochs: int
     batch_size: int
     learning_rate: float
     seed: int
-    lora: LoraSpec = field(default_factory=LoraSpec)
+    lora: LoraSpec
     max_seq_len: int | None = None  # default: the model's context length
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    log_every: int = 1
-    checkpoint_every: int = 0  # steps; 0 = none
+    metric_events: int = 100  # about this many metrics reports a run
+    checkpoints: int = 4  # about this many checkpoints a run ...
+    checkpoint_every: int = 0  # ... unless this many steps is given; -1: none
     micro_batch_tokens: int = 16384
     pack: bool = True
 
-    @classmethod
-    def from_job(cls, method: dict[str, Any], seed: int, **overrides: Any) -> TrainSpec:
-        hp = method["supervised"]["hyperparameters"]
-        lora = method.get("lora", {})
-        return cls(
-            n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
-            learning_rate=BASE_LEARNING_RATE * float(hp["learning_rate_multiplier"]),
-            seed=seed,
-            lora=LoraSpec(
-                r=int(lora.get("r", 8)), alpha=float(lora.get("alpha", 16)),
-                dropout=float(lora.get("dropout", 0.05)),
-                target_modules=lora.get("target_modules", "all-linear"),
-                quantization=lora.get("quantization", "nf4"),
-            ),
-            **overrides,
-        )
+
+def total_steps(examples: int, batch_size: int, epochs: int) -> int:
+    """The number of optimizer steps: the one place it is computed."""
+    return math.ceil(examples / batch_size) * epochs
+
+
+def every(total: int, times: int) -> int:
+    """An interval in steps that happens about ``times`` times in ``total`` steps."""
+    return max(1, total // max(times, 1))
 
 
 class Reporter(Protocol):
@@ -73,16 +70,6 @@ class Stopped(Exception):
         super().__init__(f"stopped at step {step}: {reason}")
         self.reason = reason
         self.step = step
-
-
-@dataclass
-class Position:
-    """Where training is: enough to resume exactly (with the RNG state)."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    trained_tokens: int = 0
 
 
 @dataclass
@@ -135,8 +122,13 @@ class Recipe:
                 data={"truncated": self.train.truncated, "max_len": self.max_len},
             )
         self.lengths = [len(e) for e in self.train.examples]
-        self.steps_per_epoch = math.ceil(len(self.train.examples) / self.spec.batch_size)
-        self.total_steps = self.steps_per_epoch * self.spec.n_epochs
+        # from the examples as loaded (some may have been dropped), not as uploaded
+        self.total_steps = total_steps(len(self.train.examples), self.spec.batch_size,
+                                       self.spec.n_epochs)
+        self.steps_per_epoch = self.total_steps // self.spec.n_epochs
+        self.log_every = every(self.total_steps, self.spec.metric_events)
+        self.checkpoint_every = (self.spec.checkpoint_every if self.spec.checkpoint_every
+                                 else every(self.total_steps, self.spec.checkpoints))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.spec.learning_rate,
                                            weight_decay=self.spec.weight_decay)
@@ -212,14 +204,15 @@ class Recipe:
                                                  else (pos.epoch, index + 1))
                 window_tokens += tokens
                 done = pos.step == self.total_steps
-                if pos.step % spec.log_every == 0 or done:
+                if pos.step % self.log_every == 0 or done:
                     elapsed = max(time.monotonic() - window_start, 1e-9)
                     metrics = self._metrics(last_loss, window_tokens / elapsed,
                                             epoch_end=epoch_end)
                     window_tokens, window_start = 0, time.monotonic()
                     self.history.append(metrics)
                     self.reporter.metrics(metrics)
-                if spec.checkpoint_every and pos.step % spec.checkpoint_every == 0 and not done:
+                if (self.checkpoint_every > 0 and pos.step % self.checkpoint_every == 0
+                        and not done):
                     self.save_checkpoint()
         valid = next((h["valid_loss"] for h in reversed(self.history)
                       if h.get("valid_loss") is not None), None)

@@ -40,7 +40,8 @@ class Reporter:
 
 def recipe(tmp: Path, data: Path, reporter: Reporter) -> Recipe:
     spec = TrainSpec(n_epochs=3, batch_size=2, learning_rate=2e-3, seed=11,
-                     lora=LoraSpec(r=8, alpha=16, dropout=0.1), checkpoint_every=4)
+                     lora=LoraSpec(r=8, alpha=16, dropout=0.1, target_modules="all-linear",
+                                   quantization="nf4"), checkpoint_every=4)
     return Recipe(spec, MODEL_DIR, data, reporter, work_dir=tmp)
 
 
