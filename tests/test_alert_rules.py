@@ -7,11 +7,12 @@ import re
 import yaml
 
 from core.kit import metrics
+from core.ops.metrics import QueueCollector
 from tests.conftest import ROOT
 
 
 def exported() -> set[str]:
-    names = {family.name for family in metrics.QueueCollector(30, "cpu").describe()}
+    names = {family.name for family in QueueCollector(30, "cpu").describe()}
     for metric in (metrics.HTTP_LATENCY, metrics.JOB_DURATION, metrics.TRAINED_TOKENS,
                    metrics.LEASE_EXPIRIES):
         for family in metric.collect():

@@ -14,6 +14,7 @@ from api.schemas.files import FileDeleted, FileObject
 from api.uploads import FORM_OVERHEAD, Body, refuse, stream_form
 from core.files import repository as file_repo
 from core.files import service as file_service
+from core.jobs import repository as job_repo
 from core.kit.errors import InvalidRequest, LoramillError
 from core.kit.storage import file_key, get_storage
 from core.kit.types import IntRange
@@ -98,7 +99,8 @@ def get_file(file_id: str, tenant_id: CurrentTenant, uow: UoW) -> FileObject:
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, tenant_id: FilesWriter, uow: UoW) -> FileDeleted:
-    file = file_service.delete(uow.session, tenant_id, file_id)
+    file = file_service.delete(uow.session, tenant_id, file_id,
+                               used_by=job_repo.active_job_using_file)
     key = file.object_key
     uow.after_commit(lambda: get_storage().delete(key))
     return FileDeleted(id=file.id)

@@ -13,6 +13,7 @@ from core.kit import metrics
 from core.kit.db import get_engine, pool_usage
 from core.kit.settings import get_settings
 from core.kit.storage import get_storage
+from core.ops.metrics import QueueCollector
 
 router = APIRouter(tags=["health"])
 
@@ -62,9 +63,9 @@ def _services() -> dict[str, str]:
 
 
 @lru_cache(maxsize=1)
-def _queue_collector() -> metrics.QueueCollector:
+def _queue_collector() -> QueueCollector:
     settings = get_settings()
-    return metrics.QueueCollector(settings.worker_timeout_seconds, settings.gpu_class)
+    return QueueCollector(settings.worker_timeout_seconds, settings.gpu_class)
 
 
 @router.get("/metrics", include_in_schema=False)

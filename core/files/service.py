@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Callable
 from typing import Literal
 
 from sqlalchemy.orm import Session
@@ -11,7 +12,6 @@ from sqlalchemy.orm import Session
 from core.files import repository as file_repo
 from core.files.models import File
 from core.files.validation import DatasetValidator, Report
-from core.jobs import repository as job_repo
 from core.kit import ids
 from core.kit.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from core.kit.orm import utcnow
@@ -183,12 +183,15 @@ def get(session: Session, tenant_id: TenantId, file_id: str, *,
     return file
 
 
-def delete(session: Session, tenant_id: TenantId, file_id: str) -> File:
+UsedBy = Callable[[Session, TenantId, str], str | None]  # an unfinished job using the file
+
+
+def delete(session: Session, tenant_id: TenantId, file_id: str, *, used_by: UsedBy) -> File:
     """Mark the file deleted; the caller removes its object once this commits. The row is
-    locked first, so a job being created on the file either commits before (and is seen
-    below) or finds the file gone."""
+    locked first, so a job being created on the file either commits before (and is found
+    by ``used_by``, the jobs domain's query) or finds the file gone."""
     file = get(session, tenant_id, file_id, lock="update")
-    active = job_repo.active_job_using_file(session, tenant_id, file_id)
+    active = used_by(session, tenant_id, file_id)
     if active:
         raise Conflict(
             f"file {file_id} is used by job {active}, which has not finished; cancel the "

@@ -7,7 +7,7 @@ Without it, the process keeps its samples in memory.
 
 Counters and histograms are observed where things happen (a request, a job finishing, a
 lease expiring). What the database already knows (queue depth, the oldest queued job,
-live workers) is read at scrape time by :class:`QueueCollector` on the API, so every API
+live workers) is read at scrape time by core/ops/metrics.py on the API, so every API
 replica reports the same numbers and nothing drifts.
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from datetime import timedelta
 
 from prometheus_client import (
     REGISTRY,
@@ -25,7 +23,6 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -67,76 +64,6 @@ def registry(*extra: Collector) -> CollectorRegistry:
     for collector in extra:
         reg.register(collector)
     return reg
-
-
-class QueueCollector(Collector):
-    """Queue depth, oldest queued job and live workers, read from PostgreSQL."""
-
-    def __init__(self, worker_timeout_seconds: float, gpu_class: str):
-        self.worker_timeout = worker_timeout_seconds
-        self.gpu_class = gpu_class  # reported with zeros when nothing is known yet
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        """The families, empty (a registry asks for them without querying anything)."""
-        return [
-            GaugeMetricFamily("loramill_database_up",
-                              "1 when the metrics query reached PostgreSQL."),
-            GaugeMetricFamily("loramill_jobs", "Unfinished jobs by status and GPU class.",
-                              labels=["status", "gpu_class"]),
-            GaugeMetricFamily("loramill_oldest_queued_job_age_seconds",
-                              "Age of the oldest job waiting in the queue.",
-                              labels=["gpu_class"]),
-            GaugeMetricFamily("loramill_workers_alive",
-                              "Training workers heard from within the worker timeout.",
-                              labels=["gpu_class"]),
-        ]
-
-    def collect(self) -> Iterator[Metric]:
-        from sqlalchemy import func, select
-
-        from core.jobs import state as jobstate
-        from core.jobs.models import FineTuningJob
-        from core.jobs.state import JobStatus
-        from core.kit.db import admin_scope
-        from core.scheduling.models import Worker
-
-        up, depth, oldest, alive = self.describe()
-        try:
-            with admin_scope() as session:  # counts across tenants
-                counts = session.execute(
-                    select(FineTuningJob.status, FineTuningJob.gpu_class, func.count())
-                    .where(FineTuningJob.status.in_(jobstate.ACTIVE))
-                    .group_by(FineTuningJob.status, FineTuningJob.gpu_class)).all()
-                ages = session.execute(
-                    select(FineTuningJob.gpu_class,
-                           func.extract("epoch", func.now() - func.min(FineTuningJob.created_at)))
-                    .where(FineTuningJob.status == JobStatus.QUEUED)
-                    .group_by(FineTuningJob.gpu_class)).all()
-                workers = session.execute(
-                    select(Worker.gpu_class, func.count())
-                    .where(Worker.alive(func.now() - timedelta(seconds=self.worker_timeout)))
-                    .group_by(Worker.gpu_class)).all()
-        except Exception:
-            log.warning("metrics: could not read the queue", exc_info=True)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        seen = {(s, g) for s, g, _ in counts}
-        classes = {g for _, g, _ in counts} | {g for g, _ in workers} | {self.gpu_class}
-        for status, gpu_class, n in counts:
-            depth.add_metric([status, gpu_class], n)
-        for status in sorted(jobstate.ACTIVE):  # zeros too, so alerts see the series
-            for gpu_class in classes:
-                if (status, gpu_class) not in seen:
-                    depth.add_metric([status, gpu_class], 0)
-        queued_age = {g: float(a) for g, a in ages}
-        for gpu_class in classes:
-            oldest.add_metric([gpu_class], queued_age.get(gpu_class, 0.0))
-        live = dict(workers)
-        for gpu_class in classes:
-            alive.add_metric([gpu_class], live.get(gpu_class, 0))
-        yield from (up, depth, oldest, alive)
 
 
 def serve(host: str, port: int) -> None:

@@ -118,3 +118,25 @@ def recent_events(session: Session, job_id: str, limit: int) -> list[JobEvent]:
 def tenants_page(session: Session, *, after: str | None,
                  limit: int) -> tuple[list[Tenant], bool]:
     return newest_first(session, select(Tenant), Tenant.id, after=after, limit=limit)
+
+
+def active_jobs_by_class(session: Session) -> list[tuple[str, str, int]]:
+    """(status, GPU class, count) of unfinished jobs."""
+    return [(s, g, int(n)) for s, g, n in session.execute(
+        select(FineTuningJob.status, FineTuningJob.gpu_class, func.count())
+        .where(FineTuningJob.status.in_(jobstate.ACTIVE))
+        .group_by(FineTuningJob.status, FineTuningJob.gpu_class))]
+
+
+def oldest_queued_age_by_class(session: Session) -> dict[str, float]:
+    return {g: float(age) for g, age in session.execute(
+        select(FineTuningJob.gpu_class,
+               func.extract("epoch", func.now() - func.min(FineTuningJob.created_at)))
+        .where(FineTuningJob.status == JobStatus.QUEUED)
+        .group_by(FineTuningJob.gpu_class))}
+
+
+def workers_alive_by_class(session: Session, timeout: timedelta) -> dict[str, int]:
+    return {g: int(n) for g, n in session.execute(
+        select(Worker.gpu_class, func.count())
+        .where(Worker.alive(func.now() - timeout)).group_by(Worker.gpu_class))}

@@ -1,0 +1,71 @@
+"""The queue as Prometheus gauges, read from PostgreSQL at scrape time by the API's
+/metrics (so every API replica reports the same numbers): jobs by status and GPU class,
+the oldest queued job's age, live workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from core.jobs.state import ACTIVE
+from core.kit.db import admin_scope
+from core.ops import repository
+
+log = logging.getLogger("loramill.metrics")
+
+
+class QueueCollector(Collector):
+    """Queue depth, oldest queued job and live workers, read from PostgreSQL."""
+
+    def __init__(self, worker_timeout_seconds: float, gpu_class: str):
+        self.worker_timeout = worker_timeout_seconds
+        self.gpu_class = gpu_class  # reported with zeros when nothing is known yet
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The families, empty (a registry asks for them without querying anything)."""
+        return [
+            GaugeMetricFamily("loramill_database_up",
+                              "1 when the metrics query reached PostgreSQL."),
+            GaugeMetricFamily("loramill_jobs", "Unfinished jobs by status and GPU class.",
+                              labels=["status", "gpu_class"]),
+            GaugeMetricFamily("loramill_oldest_queued_job_age_seconds",
+                              "Age of the oldest job waiting in the queue.",
+                              labels=["gpu_class"]),
+            GaugeMetricFamily("loramill_workers_alive",
+                              "Training workers heard from within the worker timeout.",
+                              labels=["gpu_class"]),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        up, depth, oldest, alive = self.describe()
+        try:
+            with admin_scope() as session:  # counts across tenants
+                counts = repository.active_jobs_by_class(session)
+                ages = repository.oldest_queued_age_by_class(session)
+                workers = repository.workers_alive_by_class(
+                    session, timedelta(seconds=self.worker_timeout))
+        except Exception:
+            log.warning("metrics: could not read the queue", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        seen = {(s, g) for s, g, _ in counts}
+        classes = {g for _, g, _ in counts} | set(workers) | {self.gpu_class}
+        for status, gpu_class, n in counts:
+            depth.add_metric([status, gpu_class], n)
+        for status in sorted(ACTIVE):  # zeros too, so alerts see the series
+            for gpu_class in classes:
+                if (status, gpu_class) not in seen:
+                    depth.add_metric([status, gpu_class], 0)
+        queued_age = ages
+        for gpu_class in classes:
+            oldest.add_metric([gpu_class], queued_age.get(gpu_class, 0.0))
+        live = workers
+        for gpu_class in classes:
+            alive.add_metric([gpu_class], live.get(gpu_class, 0))
+        yield from (up, depth, oldest, alive)
