@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help install browser up down status demo test fuzz lint bench clean
+.PHONY: help install browser up down status demo test test-fast fuzz lint bench clean
 
 help:  ## list the commands
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -47,12 +47,18 @@ browser:  ## install Debian's chromium for the dashboard's browser test
 	  || echo "chromium could not be installed: the browser test will be skipped"; \
 	fi
 
-test: install browser  ## run the whole test suite against real services
-	@set +e; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+# pytest's exit code 5 means no test was collected (e.g. PYTEST_ARGS selected none)
+PYTEST = set +e; $(VENV)/bin/pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; rc=0; fi; exit $$rc
 
+test: install browser  ## run the whole test suite against real services
+	@$(call PYTEST,)
+
+test-fast: install  ## unit and integration tests, no training workers (tests/e2e skipped)
+	@$(call PYTEST,-m "not e2e")
+
 fuzz: install  ## a long schemathesis run (every check, 200 examples, stateful) on its own API
-	LORAMILL_FUZZ=long $(VENV)/bin/pytest tests/test_fuzz.py
+	LORAMILL_FUZZ=long $(VENV)/bin/pytest tests/integration/test_fuzz.py
 
 lint: install  ## ruff, mypy and the import rules (import-linter)
 	$(VENV)/bin/ruff check .

@@ -93,6 +93,17 @@ def _prepare_env() -> None:
         os.environ.setdefault(f"LORAMILL_{name}", value)
 
 
+KINDS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder, so ``-m "not e2e"`` (make test-fast) selects."""
+    for item in items:
+        parts = Path(str(item.path)).relative_to(ROOT).parts
+        if len(parts) > 1 and parts[1] in KINDS:
+            item.add_marker(getattr(pytest.mark, parts[1]))
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[StackInfo]:
     _prepare_env()

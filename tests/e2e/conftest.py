@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import StackInfo
 
@@ -49,6 +50,44 @@ def worker(local_stack: LocalStack) -> Iterator[None]:
     finally:
         local_stack._stop_pid("scheduler")
         local_stack._stop_pid("worker")
+
+
+@pytest.fixture(autouse=True)
+def cancel_what_the_test_started(stack: StackInfo) -> Iterator[None]:
+    """Every job a test created and left unfinished is cancelled when it ends, pass or
+    fail, so one test's job never holds the single worker slot the next one needs."""
+    from core.jobs import service as job_service
+    from core.jobs.models import FineTuningJob
+    from core.jobs.state import ACTIVE
+    from core.kit.db import admin_scope
+    from core.scheduling.repository import database_now
+    from core.tenants.scope import TenantId
+
+    with admin_scope() as session:
+        started = database_now(session)
+    yield
+    with admin_scope() as session:
+        for job in session.scalars(select(FineTuningJob).where(
+                FineTuningJob.created_at >= started,
+                FineTuningJob.status.in_(ACTIVE))):
+            job_service.cancel(session, TenantId(job.tenant_id), job.id)
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+    """Poll ``check`` until it returns something true, or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(0.2)
+
+
+def first_metrics(client: httpx.Client, job_id: str, timeout: float = 120) -> None:
+    """Until the job has reported a training step."""
+    wait_until(lambda: any(e["type"] == "metrics" for e in all_events(client, job_id)),
+               f"job {job_id}'s first training step", timeout)
 
 
 def wait_for_metrics(url: str, timeout: float = 60) -> None:

@@ -12,16 +12,15 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from devstack.stack import LocalStack, _pid_alive
-from tests.api.helpers import CHAT, jsonl, stored_state, upload_ok
 from tests.conftest import StackInfo, TenantHandle
-from tests.e2e.conftest import TERMINAL, all_events, wait_for, wait_for_worker
+from tests.e2e.conftest import TERMINAL, all_events, wait_for, wait_for_worker, wait_until
 from tests.e2e.test_reliability import kill_worker, long_job, messages, versions
+from tests.integration.api.helpers import CHAT, jsonl, stored_state, upload_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 
@@ -38,16 +37,6 @@ def metric_steps(tenant: TenantHandle, job_id: str) -> list[int]:
     if response.status_code != 200:
         return []
     return [e["data"]["step"] for e in response.json()["data"] if e["type"] == "metrics"]
-
-
-def wait_until(check: Any, what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -69,8 +58,11 @@ def test_postgres_blips_do_not_cost_the_attempt(tenant: TenantHandle,
         local_stack.up(pieces=("postgres",), log=lambda _: None)
         if status_of(tenant, job["id"]) in TERMINAL:
             break
-        wait_until(lambda b=before: max(metric_steps(tenant, job["id"]) or [0]) > b
-                   or status_of(tenant, job["id"]) in TERMINAL, "training to go on", 90)
+        def went_on(before: int = before) -> bool:
+            return (max(metric_steps(tenant, job["id"]) or [0]) > before
+                    or status_of(tenant, job["id"]) in TERMINAL)
+
+        wait_until(went_on, "training to go on", 90)
     done = wait_for(tenant.client, job["id"], timeout=300)
     assert done["status"] == "succeeded", done["error"]
     log = messages(tenant, job["id"])
@@ -106,7 +98,9 @@ def test_a_cancel_while_publishing_wins_or_says_the_job_already_succeeded(
     answers: list[httpx.Response] = []
     with httpx.Client(base_url=stack.api_url, timeout=60,
                       headers={"Authorization": f"Bearer {tenant.key}"}) as client:
+        deadline = time.monotonic() + 120
         while status_of(tenant, job["id"]) not in TERMINAL:  # cancel all through publishing
+            assert time.monotonic() < deadline, "the job never ended"
             answers.append(client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel"))
             time.sleep(0.02)
         answers.append(client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel"))

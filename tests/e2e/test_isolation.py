@@ -13,9 +13,9 @@ import pytest
 
 from core.adapters.service import download_urls
 from core.kit.storage import get_storage
-from tests.api.helpers import CHAT, assert_error, jsonl, upload_ok
 from tests.conftest import StackInfo, TenantHandle, make_tenant
 from tests.e2e.conftest import wait_for
+from tests.integration.api.helpers import CHAT, assert_error, jsonl, upload_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.api.helpers import Samples, jsonl, prometheus_samples, sample, upload_ok
 from tests.conftest import ROOT, TEST_HOME, AdminHandle, StackInfo, make_tenant
 from tests.e2e.conftest import all_events, wait_for
+from tests.integration.api.helpers import Samples, jsonl, prometheus_samples, sample, upload_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 

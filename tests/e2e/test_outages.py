@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from devstack.stack import LocalStack
-from tests.api.helpers import CHAT, assert_error, jsonl, stored_state, upload, upload_ok
 from tests.conftest import TenantHandle
 from tests.e2e.conftest import wait_for, wait_for_worker
+from tests.integration.api.helpers import CHAT, assert_error, jsonl, stored_state, upload, upload_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 

@@ -11,9 +11,15 @@ from typing import Any
 import pytest
 
 from devstack.stack import LocalStack, _pid_alive
-from tests.api.helpers import jsonl, prometheus_samples, sample, upload_ok
 from tests.conftest import TenantHandle
-from tests.e2e.conftest import all_events, wait_for, wait_for_worker
+from tests.e2e.conftest import (
+    all_events,
+    first_metrics,
+    wait_for,
+    wait_for_worker,
+    wait_until,
+)
+from tests.integration.api.helpers import jsonl, prometheus_samples, sample, upload_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 
@@ -46,8 +52,7 @@ def wait_for_checkpoint(tenant: TenantHandle, job_id: str, timeout: float = 120)
 def kill_worker(local_stack: LocalStack, pid: int) -> None:
     """SIGKILL and wait until it is really gone (delivery is asynchronous)."""
     os.killpg(pid, signal.SIGKILL)
-    while _pid_alive(pid):
-        time.sleep(0.05)
+    wait_until(lambda: not _pid_alive(pid), f"process {pid} to die", 30)
 
 
 def versions(tenant: TenantHandle, name: str) -> list[dict[str, Any]]:
@@ -85,8 +90,7 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tenant: TenantHandle,
                                                     local_stack: LocalStack) -> None:
     job = long_job(tenant, "graceful")
     wait_for(tenant.client, job["id"], {"running"}, timeout=60)
-    while not any(e["type"] == "metrics" for e in all_events(tenant.client, job["id"])):
-        time.sleep(0.2)
+    first_metrics(tenant.client, job["id"])
     pid = int((local_stack.run_dir / "worker.pid").read_text())
     asked = time.monotonic()
     os.kill(pid, signal.SIGTERM)
@@ -114,8 +118,7 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tenant: TenantHandle,
 def test_pause_frees_the_worker_and_resume_continues(tenant: TenantHandle) -> None:
     job = long_job(tenant, "pausable")
     wait_for(tenant.client, job["id"], {"running"}, timeout=60)
-    while not any(e["type"] == "metrics" for e in all_events(tenant.client, job["id"])):
-        time.sleep(0.2)
+    first_metrics(tenant.client, job["id"])
     assert tenant.client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause").status_code == 200
     paused = wait_for(tenant.client, job["id"], {"paused"}, timeout=30)
     assert paused["status"] == "paused"

@@ -14,8 +14,8 @@ from typing import Any
 import loramill
 import pytest
 
-from tests.api.helpers import CHAT, jsonl
 from tests.conftest import ROOT, StackInfo, TenantHandle
+from tests.integration.api.helpers import CHAT, jsonl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 MODEL = "loramill/tiny-llama"

@@ -16,9 +16,9 @@ import torch
 
 from core.base_models import service as base_models
 from core.kit.db import admin_scope
-from tests.api.helpers import jsonl, upload_ok
 from tests.conftest import ROOT, TenantHandle
-from tests.e2e.conftest import all_events, wait_for
+from tests.e2e.conftest import all_events, first_metrics, wait_for
+from tests.integration.api.helpers import jsonl, upload_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
 
@@ -149,8 +149,7 @@ def test_cancel_stops_a_running_job_within_ten_seconds(tenant: TenantHandle) -> 
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50,
                                                                  "batch_size": 1}}})
     wait_for(tenant.client, job["id"], {"running"}, timeout=120)
-    while not metrics(tenant.client, job["id"]):
-        time.sleep(0.2)
+    first_metrics(tenant.client, job["id"])
     asked = time.monotonic()
     cancelled = tenant.client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"

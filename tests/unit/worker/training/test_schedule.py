@@ -1,0 +1,96 @@
+"""The recipe's arithmetic: step counting and reporting intervals (one place each), the
+learning-rate schedule, micro-batch splitting, and evaluation that changes nothing."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from worker.training import packing, tinymodel
+from worker.training.model import LoraSpec
+from worker.training.recipe import Recipe, TrainSpec, cosine_with_warmup, every, total_steps
+
+MODEL_DIR = ROOT / ".loramill-test-models" / "tiny-llama"
+
+
+@pytest.mark.parametrize(("examples", "batch", "epochs", "steps"), [
+    (1, 1, 1, 1), (10, 3, 1, 4), (10, 3, 2, 8), (8, 8, 5, 5), (9, 8, 5, 10),
+])
+def test_total_steps(examples: int, batch: int, epochs: int, steps: int) -> None:
+    assert total_steps(examples, batch, epochs) == steps
+
+
+@pytest.mark.parametrize(("total", "times", "interval"), [
+    (1000, 100, 10), (50, 100, 1), (7, 4, 1), (8, 4, 2), (400, 4, 100), (10, 0, 10),
+])
+def test_every(total: int, times: int, interval: int) -> None:
+    assert every(total, times) == interval
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = cosine_with_warmup(optimizer, warmup=4, total=20)
+    rates = []
+    for _ in range(20):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert rates[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(rates[4:]))
+    assert schedule.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def batch(rows: int, length: int) -> packing.PackedBatch:
+    ids = torch.arange(rows * length).reshape(rows, length)
+    return packing.PackedBatch(ids, ids % length, ids, [[(0, 0, length)]] * rows)
+
+
+@pytest.mark.parametrize(("rows", "length", "max_tokens", "sizes"), [
+    (8, 100, 250, [2, 2, 2, 2]), (5, 100, 10_000, [5]), (3, 100, 50, [1, 1, 1]),
+])
+def test_split_rows_keeps_rows_whole_and_in_order(rows: int, length: int, max_tokens: int,
+                                                  sizes: list[int]) -> None:
+    whole = batch(rows, length)
+    parts = packing.split_rows(whole, max_tokens)
+    assert [p.input_ids.shape[0] for p in parts] == sizes
+    assert torch.equal(torch.cat([p.input_ids for p in parts]), whole.input_ids)
+
+
+class Quiet:
+    def message(self, text: str, **_: object) -> None: ...
+
+    def metrics(self, values: dict[str, object]) -> None: ...
+
+    def should_stop(self) -> None:
+        return None
+
+    def checkpoint(self, *_: object) -> None: ...
+
+
+def test_evaluate_changes_nothing_and_repeats_exactly(tmp_path: Path) -> None:
+    tinymodel.ensure(MODEL_DIR)
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}."},
+                          {"role": "assistant", "content": f"{i}."}]} for i in range(6)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = TrainSpec(n_epochs=1, batch_size=2, learning_rate=1e-3, seed=3,
+                     lora=LoraSpec(r=4, alpha=8, dropout=0.5, target_modules="all-linear",
+                                   quantization="nf4"), checkpoint_every=-1)
+    recipe = Recipe(spec, MODEL_DIR, data, Quiet(), valid_file=data, work_dir=tmp_path)
+    recipe.setup()
+    assert recipe.total_steps == 3 and recipe.log_every == 1
+    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()
+              if p.requires_grad}
+    assert recipe.valid is not None
+    first, second = recipe.evaluate(recipe.valid), recipe.evaluate(recipe.valid)
+    assert first == second and first > 0  # dropout is off while evaluating
+    assert all(torch.equal(p, before[n]) for n, p in recipe.model.named_parameters()
+               if p.requires_grad)
+    dropouts = [m for m in recipe.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.training for m in dropouts)  # and back on for training
