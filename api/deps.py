@@ -32,7 +32,6 @@ from core.kit.errors import AuthenticationFailed, PermissionDenied
 from core.kit.settings import Settings, get_settings
 from core.tenants import keys, ratelimit
 from core.tenants import repository as tenant_repo
-from core.tenants.models import Tenant
 from core.tenants.scope import TenantId
 
 log = logging.getLogger("loramill.api")
@@ -182,7 +181,7 @@ def principal_for(session: Session, token: str) -> Principal:
             f"API key {key.prefix}... was revoked", code="revoked_api_key"
         )
     if key.tenant_id is not None:
-        tenant = session.get(Tenant, key.tenant_id)
+        tenant = tenant_repo.get(session, key.tenant_id)
         if tenant is None or tenant.suspended_at is not None:
             raise AuthenticationFailed("this account is suspended", code="account_suspended")
     ratelimit.check(key.id)

@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 
 from core.adapters import service as adapter_service
 from core.adapters.models import AdapterVersion
-from core.base_models.models import BaseModel
+from core.base_models import repository as model_repo
 from core.checkpoints import service as checkpoint_service
-from core.files.models import File
+from core.files import repository as file_repo
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
@@ -116,9 +116,9 @@ def claim(job_id: str, tenant_id: str, worker_id: str) -> Claim | None:
         })
         if job is None:
             return None
-        base = session.get(BaseModel, job.model)
-        training = session.get(File, job.training_file)
-        validation = session.get(File, job.validation_file) if job.validation_file else None
+        base = model_repo.get(session, job.model)
+        training = file_repo.by_id(session, job.training_file)
+        validation = file_repo.by_id(session, job.validation_file) if job.validation_file else None
         assert base is not None and training is not None
         job_repo.add_event(session, job, f"Fine-tuning job started on {worker_id} "
                            f"(attempt {job.attempt})", data={"worker": worker_id})

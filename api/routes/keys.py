@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import KeysWriter, UoW
 from api.schemas.common import ListPage, ts
 from core.tenants import service as tenant_service
-from core.tenants.models import ApiKey, Tenant
+from core.tenants.models import ApiKey
 
 router = APIRouter(prefix="/v1/api_keys", tags=["api keys"])
 
@@ -43,7 +43,7 @@ class KeyObject(BaseModel):
 
 @router.post("", response_model=KeyObject)
 def create_key(body: CreateKey, tenant_id: KeysWriter, uow: UoW) -> KeyObject:
-    tenant = uow.session.get(Tenant, tenant_id)
+    tenant = tenant_service.get(uow.session, tenant_id)
     issued = tenant_service.issue_key(uow.session, tenant, name=body.name,
                                       scopes=tenant_service.tenant_scopes(body.scopes))
     return KeyObject.of(issued.row, secret=issued.secret)

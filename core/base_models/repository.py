@@ -6,6 +6,10 @@ from sqlalchemy.orm import Session
 from core.base_models.models import BaseModel
 
 
+def get(session: Session, model_id: str) -> BaseModel | None:
+    return session.get(BaseModel, model_id)
+
+
 def get_enabled(session: Session, model_id: str) -> BaseModel | None:
     return session.scalars(
         select(BaseModel).where(BaseModel.id == model_id, BaseModel.enabled.is_(True))

@@ -27,6 +27,11 @@ def get(session: Session, tenant_id: TenantId, file_id: str, *,
     return session.scalars(stmt).one_or_none()
 
 
+def by_id(session: Session, file_id: str) -> File | None:
+    """A file by id, deleted or not (a job's own files, read by its worker)."""
+    return session.get(File, file_id)
+
+
 def list_page(
     session: Session, tenant_id: TenantId, *, after: str | None, limit: int,
     purpose: str | None = None,

@@ -17,6 +17,7 @@ from core.kit.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from core.kit.orm import utcnow
 from core.kit.settings import Settings
 from core.kit.storage import MultipartWriter, Storage, file_key
+from core.tenants import repository as tenant_repo
 from core.tenants.models import Tenant
 from core.tenants.scope import TenantId
 
@@ -93,7 +94,7 @@ def upload_limit(session: Session, tenant_id: TenantId, settings: Settings) -> t
     """The most bytes this upload may have, and what to say when it has more: the file
     size limit, or what is left of the tenant's storage quota if that is less. Concurrent
     uploads all see the same room; :func:`record` checks the quota again, under a lock."""
-    tenant = session.get(Tenant, tenant_id)
+    tenant = tenant_repo.get(session, tenant_id)
     assert tenant is not None  # authentication checked it
     file_limit = min(tenant.max_file_bytes, settings.max_file_bytes)
     used = file_repo.stored_bytes(session, tenant_id)
@@ -150,7 +151,7 @@ def record(
 ) -> File:
     """The file's row, if the tenant's storage quota still has room for it: the tenant row
     is locked, so concurrent uploads are counted one after the other."""
-    tenant = session.get(Tenant, tenant_id, with_for_update=True)
+    tenant = tenant_repo.get(session, tenant_id, lock=True)
     assert tenant is not None
     used = file_repo.stored_bytes(session, tenant_id)
     if used + ingest.size > tenant.storage_bytes:

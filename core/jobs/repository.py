@@ -26,6 +26,11 @@ def get(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob | N
     ).one_or_none()
 
 
+def by_id(session: Session, job_id: str) -> FineTuningJob | None:
+    """Any tenant's job (operators, the admin role; row-level security limits others)."""
+    return session.get(FineTuningJob, job_id)
+
+
 def list_page(
     session: Session, tenant_id: TenantId, *, after: str | None, limit: int,
     metadata: dict[str, str] | None = None,

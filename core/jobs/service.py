@@ -25,6 +25,7 @@ from core.jobs.state import JobStatus
 from core.kit import ids
 from core.kit.errors import InvalidRequest, NotFound, RateLimited
 from core.kit.orm import utcnow
+from core.tenants import repository as tenant_repo
 from core.tenants.models import Tenant
 from core.tenants.scope import TenantId
 
@@ -68,7 +69,7 @@ def check_queued_quota(session: Session, tenant: Tenant) -> None:
 
 
 def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuningJob:
-    tenant = session.get(Tenant, tenant_id, with_for_update=True)  # serialise the quota
+    tenant = tenant_repo.get(session, tenant_id, lock=True)  # serialise the quota
     assert tenant is not None
     check_queued_quota(session, tenant)
     base = model_repo.get_enabled(session, req.model)
@@ -158,7 +159,7 @@ def resume(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:
     if job.status != JobStatus.PAUSED:
         raise InvalidRequest(f"only paused jobs can be resumed; job {job_id} is {job.status}",
                              param="fine_tuning_job_id", code="job_not_resumable")
-    tenant = session.get(Tenant, tenant_id, with_for_update=True)
+    tenant = tenant_repo.get(session, tenant_id, lock=True)
     assert tenant is not None
     check_queued_quota(session, tenant)
     resumed = jobstate.transition(session, job_id, JobStatus.QUEUED, tenant_id=tenant_id,

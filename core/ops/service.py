@@ -109,7 +109,7 @@ def jobs_page(session: Session, *, status: list[str] | None, tenant_id: str | No
 
 
 def get_job(session: Session, job_id: str) -> FineTuningJob:
-    job = session.get(FineTuningJob, job_id)
+    job = job_repo.by_id(session, job_id)
     if job is None:
         raise NotFound(f"no fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
     return job
@@ -181,7 +181,7 @@ def set_priority(session: Session, actor: str, job_id: str, priority: int) -> Fi
 
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant:
-    tenant = session.get(Tenant, tenant_id)
+    tenant = tenant_service.get(session, tenant_id)
     if tenant is None:
         raise NotFound(f"no tenant with id {tenant_id!r}", param="tenant_id")
     return tenant

@@ -27,8 +27,9 @@ def get_by_name(session: Session, name: str) -> Tenant | None:
     return session.scalars(select(Tenant).where(Tenant.name == name)).one_or_none()
 
 
-def get(session: Session, tenant_id: str) -> Tenant | None:
-    return session.get(Tenant, tenant_id)
+def get(session: Session, tenant_id: str, *, lock: bool = False) -> Tenant | None:
+    """``lock``: hold the tenant's row until the transaction ends (serialises its quotas)."""
+    return session.get(Tenant, tenant_id, with_for_update=lock)
 
 
 def add_key(

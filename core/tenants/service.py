@@ -30,6 +30,10 @@ def create_tenant(session: Session, name: str, settings: Settings) -> Tenant:
     return tenant
 
 
+def get(session: Session, tenant_id: str) -> Tenant | None:
+    return tenant_repo.get(session, tenant_id)
+
+
 def issue_key(
     session: Session, tenant: Tenant | None, *, admin: bool = False, name: str = "",
     scopes: list[str] | None = None,
