@@ -27,3 +27,14 @@ def test_make_help_lists_the_readme_commands() -> None:
     for target in ("demo", "test", "up", "down", "bench", "lint"):
         assert f"make {target}" in out
 
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]
+                ["include"]]
+    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
+    missing = [p for p in packages if f"COPY {p} ./{p}" not in dockerfile]
+    assert packages and missing == [], missing
