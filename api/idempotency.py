@@ -95,7 +95,6 @@ class Pending:
 
     key: str
     digest: BodyDigest
-    body_started: bool = False
     body_done: bool = False
     spent: bool = False  # its (streamed) body was read to compare it: it cannot run
     scope_id: str | None = None  # set once claimed: the reservation is this request's
@@ -241,7 +240,7 @@ async def _keep_lease(scope_id: str, tenant_id: str | None, key: str) -> None:
 def _storable(pending: Pending) -> dict[str, Any] | None:
     return service.response_to_keep(
         pending.status, bytes(pending.body), reached_endpoint=not pending.refused,
-        whole_request=pending.body_done or not pending.body_started)
+        whole_request=pending.body_done)
 
 
 class IdempotencyMiddleware:
@@ -264,7 +263,6 @@ class IdempotencyMiddleware:
         async def hashing_receive() -> Message:
             message = await receive()
             if message["type"] == "http.request" and not pending.body_done:
-                pending.body_started = True
                 pending.digest.update(message.get("body", b""))
                 pending.body_done = not message.get("more_body", False)
             return message

@@ -23,8 +23,9 @@ def scope_of(tenant_id: str | None) -> str:
 def response_to_keep(status: int, body: bytes, *, reached_endpoint: bool,
                      whole_request: bool) -> dict[str, Any] | None:
     """The response to replay for retries, or None to release the key (so a retry runs).
-    ``whole_request``: the body was read to its end (a refused upload's was not, and its
-    hash would not match a retry's)."""
+    ``whole_request``: the body was read to its end, so the request's hash covers it (an
+    upload refused before or while its body streamed was not: its answer is not kept, and
+    a retry is simply refused again)."""
     if (not reached_endpoint or not whole_request or status >= 500 or status in NEVER_KEPT
             or len(body) > MAX_KEPT_BODY):
         return None

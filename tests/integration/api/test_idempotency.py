@@ -238,3 +238,28 @@ def test_every_api_post_claims_its_key_after_its_checks() -> None:
     assert len(posts) >= 14
     for route in posts:
         assert calls(route.dependant) & {"require.<locals>.check", "admin_actor"}, route.path
+
+
+def test_an_upload_refused_before_its_body_was_read_is_not_kept(stack: StackInfo,
+                                                                 tenant: TenantHandle) -> None:
+    """Its body was never hashed, so a kept answer could not be matched to a retry: the
+    retry is refused the same way, at once (not a 422, nor a wait for 2 GB)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(stack.api_url)
+    for _ in range(2):
+        conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+        try:
+            conn.putrequest("POST", "/v1/files")
+            for name, value in (("Authorization", f"Bearer {tenant.key}"),
+                                ("Idempotency-Key", "huge-upload"),
+                                ("Content-Type", "multipart/form-data; boundary=b"),
+                                ("Content-Length", str(2 * 1024**3))):
+                conn.putheader(name, value)
+            conn.endheaders()
+            response = conn.getresponse()
+            assert response.status == 413, response.read()
+            assert json.loads(response.read())["error"]["code"] == "file_too_large"
+        finally:
+            conn.close()
