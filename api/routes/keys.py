@@ -33,6 +33,8 @@ class KeyObject(BaseModel):
     last_used_at: int | None
     revoked_at: int | None
     secret: str | None = None  # only in the response that created it
+    # in a replay of that response (Idempotency-Key): why the secret is not there
+    note: str | None = None
 
     @classmethod
     def of(cls, key: ApiKey, secret: str | None = None) -> KeyObject:
