@@ -382,7 +382,8 @@ def train_spec(c: Claim) -> TrainSpec:
         learning_rate=BASE_LEARNING_RATE * hp.learning_rate_multiplier,
         lora=LoraSpec(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                       target_modules=lora.target_modules, quantization=lora.quantization),
-        checkpoint_every=max(get_settings().checkpoint_every_steps, 0))
+        checkpoint_every=max(get_settings().checkpoint_every_steps, 0), method=spec.type,
+        beta=getattr(hp, "beta", 0.1))
 
 
 def _download_checkpoint(c: Claim, work: Path) -> Path | None:

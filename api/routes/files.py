@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 from urllib.parse import quote
 
@@ -10,10 +11,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentTenant, FilesWriter, SettingsDep, UoW
 from api.schemas.common import ListPage
-from api.schemas.files import FileDeleted, FileObject
+from api.schemas.files import DatasetLimits, FileDeleted, FileObject
 from api.uploads import FORM_OVERHEAD, Body, refuse, stream_form
 from core.files import repository as file_repo
 from core.files import service as file_service
+from core.files.validation import FORMATS
 from core.jobs import repository as job_repo
 from core.kit.errors import InvalidRequest, LoramillError
 from core.kit.storage import file_key, get_storage
@@ -90,6 +92,14 @@ def list_files(
         uow.session, tenant_id, after=after, limit=limit, purpose=purpose
     )
     return ListPage.of([FileObject.of(f) for f in items], more)
+
+
+@router.get("/limits", response_model=DatasetLimits)
+def dataset_limits(tenant_id: CurrentTenant, uow: UoW, settings: SettingsDep) -> DatasetLimits:
+    """What an upload is checked against, so a local check (the SDK's, the CLI's) applies
+    the server's limits instead of copies of them."""
+    found = file_service.limits(uow.session, tenant_id, settings)
+    return DatasetLimits(**asdict(found), formats=list(FORMATS))
 
 
 @router.get("/{file_id}", response_model=FileObject)

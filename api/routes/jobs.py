@@ -11,7 +11,7 @@ from api.schemas.jobs import CreateJob, EventObject, JobObject
 from core.checkpoints import repository as checkpoint_repo
 from core.jobs import repository as job_repo
 from core.jobs import service as job_service
-from core.jobs.spec import LoraSpec, RequestedHyperparameters
+from core.jobs.spec import LoraSpec, RequestedDpoHyperparameters, RequestedHyperparameters
 from core.kit import queue
 from core.kit.errors import InvalidRequest
 from core.kit.types import IntRange
@@ -21,17 +21,25 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 @router.post("", response_model=JobObject)
 def create_job(body: CreateJob, tenant_id: JobsWriter, uow: UoW) -> JobObject:
-    hyper = body.hyperparameters
-    if body.method and body.method.supervised and body.method.supervised.hyperparameters:
+    kind = body.method.type if body.method else "supervised"
+    settings = getattr(body.method, kind, None) if body.method else None
+    for other in ("supervised", "dpo"):
+        if other != kind and body.method and getattr(body.method, other) is not None:
+            raise InvalidRequest(f"method.{other} is given but method.type is {kind!r}",
+                                 param=f"method.{other}")
+    hyper: RequestedHyperparameters | None = body.hyperparameters
+    if settings is not None and settings.hyperparameters is not None:
         if hyper is not None:
             raise InvalidRequest(
                 "give hyperparameters either at the top level or in "
-                "method.supervised.hyperparameters, not both", param="hyperparameters",
+                f"method.{kind}.hyperparameters, not both", param="hyperparameters",
             )
-        hyper = body.method.supervised.hyperparameters
+        hyper = settings.hyperparameters
+    if kind == "dpo" and not isinstance(hyper, RequestedDpoHyperparameters):
+        hyper = RequestedDpoHyperparameters(**(hyper.model_dump() if hyper else {}))
     req = job_service.JobRequest(
         model=body.model, training_file=body.training_file,
-        validation_file=body.validation_file,
+        validation_file=body.validation_file, method=kind,
         hyperparameters=hyper or RequestedHyperparameters(), lora=body.lora or LoraSpec(),
         suffix=body.suffix or None, seed=body.seed, metadata=body.metadata,
     )

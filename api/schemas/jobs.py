@@ -6,7 +6,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.schemas.common import ts
 from core.jobs.models import FineTuningJob, JobEvent
-from core.jobs.spec import JobSpec, LoraSpec, RequestedHyperparameters
+from core.jobs.spec import (
+    JobSpec,
+    LoraSpec,
+    RequestedDpoHyperparameters,
+    RequestedHyperparameters,
+)
 from core.kit.storage import NAME_MAX, NAME_PATTERN
 from core.kit.types import MAX_INT32, IntRange
 
@@ -17,11 +22,18 @@ class Supervised(BaseModel):
     hyperparameters: RequestedHyperparameters | None = None
 
 
+class Dpo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: RequestedDpoHyperparameters | None = None
+
+
 class Method(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["supervised"]
+    type: Literal["supervised", "dpo"]
     supervised: Supervised | None = None
+    dpo: Dpo | None = None
 
 
 class CreateJob(BaseModel):
@@ -106,7 +118,7 @@ class JobObject(BaseModel):
             error=JobError(**job.error) if job.error else None,
             user_provided_suffix=job.suffix, seed=job.seed,
             estimated_finish=ts(job.estimated_finish), metadata=job.metadata_,
-            method={"type": spec.type, "supervised": spec.supervised.model_dump()},
+            method=spec.method(),
             lora=spec.lora.model_dump(),
         )
 

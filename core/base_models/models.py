@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlalchemy import BigInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -20,4 +21,6 @@ class BaseModel(Base):
     context_length: Mapped[int]
     gpu_class: Mapped[str] = mapped_column(String(32))
     enabled: Mapped[bool] = mapped_column(default=True)
+    # the chat template renders tool definitions and tool calls (read at registration)
+    renders_tools: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,27 @@ class ModelInfo:
     architecture: str
     params: int
     context_length: int
+    renders_tools: bool
+
+
+def chat_template(path: Path) -> str:
+    """The model's chat template as Hugging Face stores it (``chat_template.jinja``, or
+    ``chat_template`` in tokenizer_config.json: a string or a list of named templates)."""
+    jinja = path / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    config = path / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.exists() else None
+    if isinstance(template, list):
+        return "".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    return template if isinstance(template, str) else ""
+
+
+def renders_tools(template: str) -> bool:
+    """Whether a chat template renders tool definitions and tool calls: it reads both the
+    ``tools`` it is given and the messages' ``tool_calls`` (a template that reads neither
+    would silently drop them from the training text)."""
+    return bool(re.search(r"\btools\b", template)) and "tool_calls" in template
 
 
 def gpu_class_for(params: int) -> str:
@@ -73,6 +95,7 @@ def inspect_local(path: Path) -> ModelInfo:
         architecture=str(architectures[0]),
         params=sum(_safetensors_params(p) for p in weights),
         context_length=int(config.get("max_position_embeddings", 2048)),
+        renders_tools=renders_tools(chat_template(path)),
     )
 
 
@@ -87,4 +110,5 @@ def register(
         id=model_id, source_uri=str(path), architecture=info.architecture,
         params=info.params, context_length=info.context_length,
         gpu_class=gpu_class or gpu_class_for(info.params), enabled=True,
+        renders_tools=info.renders_tools,
     ))

@@ -23,6 +23,8 @@ class File(Base):
     format: Mapped[str | None] = mapped_column(String(32))
     line_count: Mapped[int] = mapped_column(default=0)
     example_count: Mapped[int] = mapped_column(default=0)
+    # examples that use tools or tool calls: they need a base model whose template renders them
+    tool_examples: Mapped[int] = mapped_column(default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16))
     status_details: Mapped[str | None] = mapped_column(Text)
     object_key: Mapped[str] = mapped_column(String(512))

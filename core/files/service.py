@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy.orm import Session
@@ -104,6 +105,26 @@ def upload_limit(session: Session, tenant_id: TenantId, settings: Settings) -> t
     return file_limit, f"file is larger than the limit of {file_limit} bytes"
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the upload checks, for the SDK's local check (``GET /v1/files/limits``)."""
+
+    max_file_bytes: int  # the file size limit, or the storage left if that is less
+    storage_bytes_left: int
+    max_line_bytes: int
+    max_json_depth: int
+
+
+def limits(session: Session, tenant_id: TenantId, settings: Settings) -> Limits:
+    limit, _ = upload_limit(session, tenant_id, settings)
+    tenant = tenant_repo.get(session, tenant_id)
+    assert tenant is not None
+    left = max(0, tenant.storage_bytes - file_repo.stored_bytes(session, tenant_id))
+    return Limits(max_file_bytes=limit, storage_bytes_left=left,
+                  max_line_bytes=settings.max_line_bytes,
+                  max_json_depth=settings.max_json_depth)
+
+
 def _quota_exceeded(tenant: Tenant, used: int) -> str:
     return (f"storage quota of {tenant.storage_bytes} bytes exceeded ({used} bytes already "
             "stored); delete files or ask for a larger quota")
@@ -160,7 +181,8 @@ def record(
         id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose,
         bytes=ingest.size, sha256=ingest.sha256, format=report.format,
         line_count=report.line_count, example_count=report.example_count,
-        status="processed", status_details=None, object_key=ingest.key,
+        tool_examples=report.tool_examples, status="processed", status_details=None,
+        object_key=ingest.key,
     ))
 
 

@@ -2,16 +2,8 @@
 local check and the server give the same verdict with the same messages: one
 implementation, never two copies of the rules."""
 
-from loramill.datasets.validation import (
-    CHAT,
-    PROMPT_COMPLETION,
-    TEXT,
-    DatasetValidator,
-    Report,
-    check_example,
-    detect_format,
-    validate_bytes,
-)
+from loramill.datasets.grammar import CHAT, FORMATS, PREFERENCE, PROMPT_COMPLETION, TEXT
+from loramill.datasets.validation import DatasetValidator, Report, validate_bytes
 
-__all__ = ["CHAT", "PROMPT_COMPLETION", "TEXT", "DatasetValidator", "Report",
-           "check_example", "detect_format", "validate_bytes"]
+__all__ = ["CHAT", "FORMATS", "PREFERENCE", "PROMPT_COMPLETION", "TEXT", "DatasetValidator",
+           "Report", "validate_bytes"]

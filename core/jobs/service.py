@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from core.base_models import repository as model_repo
+from core.base_models.models import BaseModel
 from core.files import repository as file_repo
 from core.files.models import File
+from core.files.validation import PREFERENCE
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
 from core.jobs.spec import (
     DatasetInfo,
+    Dpo,
     JobSpec,
     LoraSpec,
+    RequestedDpoHyperparameters,
     RequestedHyperparameters,
     Supervised,
     resolve,
+    resolve_dpo,
 )
 from core.jobs.state import JobStatus
 from core.kit import ids
@@ -37,11 +43,12 @@ class JobRequest:
     model: str
     training_file: str
     validation_file: str | None
-    hyperparameters: RequestedHyperparameters
+    hyperparameters: RequestedHyperparameters  # RequestedDpoHyperparameters for dpo
     lora: LoraSpec
     suffix: str | None
     seed: int | None
     metadata: dict[str, str] | None
+    method: str = "supervised"  # or "dpo"
 
 
 def _usable_file(session: Session, tenant_id: TenantId, file_id: str, param: str) -> File:
@@ -68,6 +75,33 @@ def check_queued_quota(session: Session, tenant: Tenant) -> None:
         )
 
 
+def _check_fits(file: File, param: str, method: str, base: BaseModel) -> None:
+    """A file trains the job's method, and the base model's template can render it."""
+    if method == "dpo" and file.format != PREFERENCE:
+        raise InvalidRequest(
+            f"a dpo job trains on preference data (input, preferred_output, "
+            f"non_preferred_output); {param} {file.id!r} is {file.format} data",
+            param=param, code="invalid_file")
+    if method != "dpo" and file.format == PREFERENCE:
+        raise InvalidRequest(
+            f"{param} {file.id!r} is preference data, which trains a dpo job: give "
+            "method: {\"type\": \"dpo\"}", param=param, code="invalid_file")
+    if file.tool_examples and not base.renders_tools:
+        raise InvalidRequest(
+            f"{param} {file.id!r} has {file.tool_examples} examples with tools or tool "
+            f"calls, but the chat template of {base.id!r} cannot render tools; choose a "
+            "base model whose template does, or remove the tools from the data",
+            param=param, code="unsupported_by_model")
+
+
+def _method(req: JobRequest, examples: int) -> dict[str, Any]:
+    if req.method == "dpo":
+        assert isinstance(req.hyperparameters, RequestedDpoHyperparameters)
+        return {"type": "dpo",
+                "dpo": Dpo(hyperparameters=resolve_dpo(req.hyperparameters, examples))}
+    return {"supervised": Supervised(hyperparameters=resolve(req.hyperparameters, examples))}
+
+
 def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuningJob:
     tenant = tenant_repo.get(session, tenant_id, lock=True)  # serialise the quota
     assert tenant is not None
@@ -79,6 +113,7 @@ def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuning
             param="model", code="model_not_found",
         )
     training = _usable_file(session, tenant_id, req.training_file, "training_file")
+    validation = None
     if req.validation_file is not None:
         validation = _usable_file(session, tenant_id, req.validation_file, "validation_file")
         if validation.format != training.format:
@@ -87,9 +122,11 @@ def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuning
                 f"{training.format}; use one format for both", param="validation_file",
                 code="invalid_file",
             )
+    for file, param in ((training, "training_file"), (validation, "validation_file")):
+        if file is not None:
+            _check_fits(file, param, req.method, base)
     spec = JobSpec(
-        supervised=Supervised(hyperparameters=resolve(req.hyperparameters,
-                                                      training.example_count)),
+        **_method(req, training.example_count),
         lora=req.lora,
         dataset=DatasetInfo(format=training.format, sha256=training.sha256,
                             examples=training.example_count),

@@ -52,6 +52,10 @@ class RequestedHyperparameters(BaseModel):
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
 
 
+class RequestedDpoHyperparameters(RequestedHyperparameters):
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+
+
 class Hyperparameters(BaseModel):
     """What a job runs with: no ``"auto"`` left."""
 
@@ -60,6 +64,12 @@ class Hyperparameters(BaseModel):
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+
+
+def resolve_dpo(requested: RequestedDpoHyperparameters, examples: int) -> DpoHyperparameters:
+    common = resolve(requested, examples)
+    beta = DEFAULT_BETA if requested.beta == "auto" else float(requested.beta)
+    return DpoHyperparameters(**common.model_dump(), beta=beta)
 
 
 def resolve(requested: RequestedHyperparameters, examples: int) -> Hyperparameters:
@@ -82,6 +92,22 @@ class Supervised(BaseModel):
     hyperparameters: Hyperparameters
 
 
+DEFAULT_BETA = 0.1
+
+
+class DpoHyperparameters(Hyperparameters):
+    beta: float  # how far the adapter may move from the base model's preferences
+
+
+class Dpo(BaseModel):
+    """Direct preference optimisation on a preference file; the base model (the adapter
+    switched off) is the reference."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hyperparameters: DpoHyperparameters
+
+
 class DatasetInfo(BaseModel):
     """The training file as it was when the job was created."""
 
@@ -96,14 +122,22 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     version: Literal[1] = SPEC_VERSION  # specs stored before versioning read as 1
-    type: Literal["supervised"] = "supervised"
-    supervised: Supervised
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
     lora: LoraSpec
     dataset: DatasetInfo
 
     @property
     def hyperparameters(self) -> Hyperparameters:
-        return self.supervised.hyperparameters
+        method = self.dpo if self.type == "dpo" else self.supervised
+        assert method is not None, f"a {self.type} spec without its settings"
+        return method.hyperparameters
+
+    def method(self) -> dict[str, Any]:
+        """The OpenAI-style ``method`` object: the type and its settings."""
+        return {"type": self.type, self.type: {"hyperparameters":
+                                               self.hyperparameters.model_dump()}}
 
     @classmethod
     def of(cls, method: dict[str, Any]) -> JobSpec:

@@ -1,8 +1,9 @@
 """``loramill``: the command line for CI pipelines.
 
 Exit codes: 0 succeeded, 1 the job failed (its error is printed), 2 usage or validation
-error (a bad dataset prints its first problems by line), 3 the job was cancelled, 4 timed
-out waiting, 5 cannot reach the server.
+error (a bad dataset prints its first problems by line; a file that cannot be read), 3 the
+job was cancelled, 4 timed out waiting, 5 cannot reach the server. Nothing prints a
+traceback: an error of the CLI itself prints one line and exits 6.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from loramill.errors import (
 )
 from loramill.types import FineTuningJob, JobEvent
 
-OK, FAILED, USAGE, CANCELLED, TIMED_OUT, UNREACHABLE = 0, 1, 2, 3, 4, 5
+OK, FAILED, USAGE, CANCELLED, TIMED_OUT, UNREACHABLE, INTERNAL = 0, 1, 2, 3, 4, 5, 6
 
 
 class UsageError(Exception):
@@ -57,14 +58,17 @@ def _out(args: argparse.Namespace, value: Any, text: str) -> None:
         print(text)
 
 
-def _check_local(path: Path) -> None:
-    report = datasets.validate(path)
+def _check_local(client: Client, path: Path) -> datasets.Report:
+    """The server's verdict, found here: its grammar (the same code) and its limits."""
+    report = datasets.validate(path, client.files.limits())
     if not report.ok:
         problems = "\n".join(f"  {p}" for p in report.problems)
         more = report.problem_count - len(report.problems)
         tail = f"\n  ... and {more} more" if more > 0 else ""
+        noun = "problem" if report.problem_count == 1 else "problems"
         raise UsageError(f"{path} is not a valid fine-tuning dataset "
-                         f"({report.problem_count} problems):\n{problems}{tail}")
+                         f"({report.problem_count} {noun}):\n{problems}{tail}")
+    return report
 
 
 def _file_id(client: Client, value: str, check: bool) -> str:
@@ -75,7 +79,7 @@ def _file_id(client: Client, value: str, check: bool) -> str:
     if not path.exists():
         raise UsageError(f"{value}: no such file (give a local .jsonl path or a file id)")
     if check:
-        _check_local(path)
+        _check_local(client, path)
     return client.files.create(path).id
 
 
@@ -87,10 +91,21 @@ def files_upload(client: Client, args: argparse.Namespace) -> int:
     if not path.exists():
         raise UsageError(f"{path}: no such file")
     if not args.no_check:
-        _check_local(path)
+        _check_local(client, path)
     f = client.files.create(path)
     _out(args, f, f"{f.id}  {f.filename}  {f.bytes} bytes  {f.example_count} {f.format} "
                   "examples")
+    return OK
+
+
+def files_check(client: Client, args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    report = _check_local(client, path)
+    _out(args, {"format": report.format, "examples": report.example_count,
+                "lines": report.line_count, "tool_examples": report.tool_examples},
+         f"{path}: {report.example_count} {report.format} examples, valid")
     return OK
 
 
@@ -394,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(files, "upload", files_upload, "check a JSONL file locally, then upload it")
     p.add_argument("path")
     p.add_argument("--no-check", action="store_true", help="skip the local check")
+    command(files, "check", files_check,
+            "check a JSONL file with the server's rules and limits, without uploading it"
+            ).add_argument("path")
     command(files, "list", files_list, "list files")
     command(files, "get", files_get, "show a file").add_argument("id")
     command(files, "delete", files_delete, "delete a file").add_argument("id")
@@ -502,6 +520,17 @@ def main(argv: list[str] | None = None) -> int:
                             if isinstance(exc, kind))
         print(f"{prefix}{exc}", file=sys.stderr)
         return code
+    except OSError as exc:  # a file that cannot be read or written
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours: one line, never a traceback
+        print(f"error: loramill failed unexpectedly ({type(exc).__name__}: {exc}); "
+              "please report it", file=sys.stderr)
+        return INTERNAL
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,7 @@ from loramill.types import (
     Adapter,
     AdapterVersion,
     Checkpoint,
+    DatasetLimits,
     File,
     FineTuningJob,
     JobEvent,
@@ -51,6 +52,10 @@ class Files:
     def list(self, *, purpose: str | None = None, page_size: int = 100) -> Iterator[File]:
         params: dict[str, Any] = {"limit": page_size, **({"purpose": purpose} if purpose else {})}
         return (File.of(d) for d in self._t.pages("/v1/files", params))
+
+    def limits(self) -> DatasetLimits:
+        """The server's limits on datasets: what :func:`loramill.datasets.validate` checks."""
+        return DatasetLimits.of(self._t.request("GET", "/v1/files/limits"))
 
     def retrieve(self, file_id: str) -> File:
         return File.of(self._t.request("GET", f"/v1/files/{file_id}"))

@@ -29,6 +29,20 @@ class File:
 
 
 @dataclass(frozen=True)
+class DatasetLimits:
+    """The server's dataset limits for this key's tenant (``GET /v1/files/limits``)."""
+
+    max_file_bytes: int
+    max_line_bytes: int
+    max_json_depth: int
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> DatasetLimits:
+        return cls(max_file_bytes=d["max_file_bytes"], max_line_bytes=d["max_line_bytes"],
+                   max_json_depth=d["max_json_depth"])
+
+
+@dataclass(frozen=True)
 class FineTuningJob:
     id: str
     status: str

@@ -1,18 +1,22 @@
 """Dataset → token ids and loss targets.
 
-Loss is taken only on what the model should learn to produce: assistant turns of chat
-examples (not those with ``weight: 0``), completions, and the whole of plain text. Targets
+Lines are read through the dataset grammar (``loramill.datasets.grammar``), the same code
+the upload validated them with. Loss is taken only on what the model should learn to
+produce: assistant turns of chat examples (not those with ``weight: 0``), completions,
+the whole of plain text, and both answers of a preference pair. Targets
 are shifted here, inside each example, so packing never trains one example to predict the
 start of the next.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from loramill.datasets import grammar
+from loramill.datasets.grammar import Completion, Conversation, Plain, Preference
 
 IGNORE = -100
 
@@ -44,8 +48,23 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Pair:
+    """A DPO example: the prompt with the preferred and with the other answer."""
+
+    chosen: Example
+    rejected: Example
+
+    @property
+    def trainable(self) -> int:
+        return min(self.chosen.trainable, self.rejected.trainable)
+
+    def __len__(self) -> int:
+        return len(self.chosen) + len(self.rejected)
+
+
+@dataclass(frozen=True)
 class Dataset:
-    examples: list[Example]
+    examples: list[Any]  # Example, or Pair for a preference file
     truncated: int
     dropped: int
 
@@ -54,12 +73,20 @@ class Dataset:
         return sum(e.trainable for e in self.examples)
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def read(path: Path) -> Iterator[grammar.Example]:
+    """The examples of an uploaded (so validated) file, in the grammar's normalised form:
+    read exactly as the upload read them, never re-interpreted here."""
     with path.open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                row: dict[str, Any] = json.loads(line)
-                yield row
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            try:
+                yield grammar.parse(raw)[1]
+            except grammar.LineError as exc:  # only a file that bypassed the upload
+                raise ValueError(f"line {number}: {exc}") from None
 
 
 def _ids(value: Any) -> list[int]:
@@ -68,27 +95,41 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in value]
 
 
-def _chat(tok: Tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+def _render(tok: Tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+            **kwargs: Any) -> list[int]:
+    extra = {"tools": tools} if tools else {}
+    return _ids(tok.apply_chat_template(messages, tokenize=True, **extra, **kwargs))
+
+
+def _chat(tok: Tokenizer, convo: Conversation) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation and which of them are trained on.
 
-    Each assistant turn's tokens are found by rendering the conversation up to it twice
-    (with a generation prompt, then with the turn) — this works for any chat template
-    whose rendering of a prefix is a prefix of the rendering of the whole."""
-    convo = [{"role": m["role"], "content": m["content"]} for m in messages]
-    full = _ids(tok.apply_chat_template(convo, tokenize=True))
+    Each trained assistant turn's tokens are found by rendering the conversation up to it
+    twice (with a generation prompt, then with the turn) — this works for any chat
+    template whose rendering of a prefix is a prefix of the rendering of the whole. The
+    grammar guarantees a user message before the first assistant one, so no prefix is
+    empty."""
+    messages, tools = convo.messages, convo.tools
+    full = _render(tok, messages, tools)
     mask = [False] * len(full)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+    for i, trained in enumerate(convo.train):
+        if not trained:
             continue
-        before = _ids(tok.apply_chat_template(convo[:i], tokenize=True,
-                                              add_generation_prompt=True))
-        upto = _ids(tok.apply_chat_template(convo[: i + 1], tokenize=True))
+        before = _render(tok, messages[:i], tools, add_generation_prompt=True)
+        upto = _render(tok, messages[: i + 1], tools)
         if full[: len(upto)] != upto or upto[: len(before)] != before:
             raise ValueError("the chat template does not render prefixes stably; "
                              "loss masking needs it to")
         for t in range(len(before), len(upto)):
             mask[t] = True
     return full, mask
+
+
+def _answer(tok: Tokenizer, prompt: Conversation,
+            answer: dict[str, Any]) -> tuple[list[int], list[bool]]:
+    """A prompt and one assistant answer, trained on the answer only (a DPO sequence)."""
+    return _chat(tok, Conversation([*prompt.messages, answer], [*prompt.train, True],
+                                   prompt.tools))
 
 
 def _plain(tok: Tokenizer, prompt: str, completion: str) -> tuple[list[int], list[bool]]:
@@ -99,24 +140,44 @@ def _plain(tok: Tokenizer, prompt: str, completion: str) -> tuple[list[int], lis
     return head + tail, [False] * len(head) + [True] * len(tail)
 
 
-def encode(tok: Tokenizer, row: dict[str, Any], max_len: int) -> tuple[Example, bool]:
-    """One example with shifted targets, truncated to ``max_len``; also whether it was."""
-    if "messages" in row:
-        ids, mask = _chat(tok, row["messages"])
-    elif "text" in row:
-        ids, mask = _plain(tok, "", row["text"])
-    else:
-        ids, mask = _plain(tok, row["prompt"], row["completion"])
+def _example(ids: list[int], mask: list[bool], max_len: int) -> tuple[Example, bool]:
     truncated = len(ids) > max_len
     ids, mask = ids[:max_len], mask[:max_len]
     targets = [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
     return Example(input_ids=ids, targets=targets), truncated
 
 
+def encode(tok: Tokenizer, example: grammar.Example, max_len: int) -> tuple[Example, bool]:
+    """One supervised example with shifted targets, truncated to ``max_len``; also whether
+    it was."""
+    if isinstance(example, Conversation):
+        ids, mask = _chat(tok, example)
+    elif isinstance(example, Completion):
+        ids, mask = _plain(tok, example.prompt, example.completion)
+    elif isinstance(example, Plain):
+        ids, mask = _plain(tok, "", example.text)
+    else:
+        raise ValueError("a preference example trains a dpo job, not a supervised one")
+    return _example(ids, mask, max_len)
+
+
+def encode_pair(tok: Tokenizer, example: Preference, max_len: int) -> tuple[Pair, bool]:
+    """A preference example: the prompt with each answer, trained on the answers only."""
+    chosen, chosen_cut = _example(*_answer(tok, example.prompt, example.preferred), max_len)
+    rejected, rejected_cut = _example(*_answer(tok, example.prompt, example.non_preferred),
+                                      max_len)
+    return Pair(chosen, rejected), chosen_cut or rejected_cut
+
+
 def load(path: Path, tok: Tokenizer, max_len: int) -> Dataset:
-    examples, truncated, dropped = [], 0, 0
-    for row in read_jsonl(path):
-        example, was_truncated = encode(tok, row, max_len)
+    examples: list[Any] = []
+    truncated = dropped = 0
+    for row in read(path):
+        example: Example | Pair
+        if isinstance(row, Preference):
+            example, was_truncated = encode_pair(tok, row, max_len)
+        else:
+            example, was_truncated = encode(tok, row, max_len)
         truncated += was_truncated
         if example.trainable == 0:
             dropped += 1

@@ -40,6 +40,8 @@ class TrainSpec:
     checkpoint_every: int = 0  # ... unless this many steps is given; -1: none
     micro_batch_tokens: int = 16384
     pack: bool = True
+    method: str = "supervised"  # or "dpo": preference pairs, the base model as reference
+    beta: float = 0.1  # dpo only
 
 
 def total_steps(examples: int, batch_size: int, epochs: int) -> int:
@@ -112,9 +114,8 @@ class Recipe:
                                         self.device), self.spec.lora)
         context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_len = min(self.spec.max_seq_len or context, context)
-        self.train = data.load(self.train_file, self.tokenizer, self.max_len)
-        self.valid = (data.load(self.valid_file, self.tokenizer, self.max_len)
-                      if self.valid_file else None)
+        self.train = self._load(self.train_file)
+        self.valid = self._load(self.valid_file) if self.valid_file else None
         if self.train.truncated:
             self.reporter.message(
                 f"{self.train.truncated} training examples were longer than the model's "
@@ -141,6 +142,14 @@ class Recipe:
                                             self.scheduler, self.history)
         self.last_checkpoint_step = self.position.step
 
+    def _load(self, path: Path) -> data.Dataset:
+        dataset = data.load(path, self.tokenizer, self.max_len)
+        pairs = isinstance(dataset.examples[0], data.Pair)
+        if pairs != (self.spec.method == "dpo"):  # job creation checks this too
+            raise ValueError(f"a {self.spec.method} job cannot train on "
+                             f"{'preference' if pairs else 'supervised'} data")
+        return dataset
+
     # ----- train ---------------------------------------------------------------------
 
     def batches(self, epoch: int) -> list[list[int]]:
@@ -156,6 +165,8 @@ class Recipe:
 
     def step(self, indices: list[int]) -> tuple[float, int, int]:
         """One optimizer step over ``indices``: (mean loss, trained tokens, input tokens)."""
+        if self.spec.method == "dpo":
+            return self._dpo_step(indices)
         if self.spec.pack:
             # Rows no longer than the batch's longest example: never more padded slots than
             # plain padding, fewer rows when short examples share one, and attention cost
@@ -180,6 +191,49 @@ class Recipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.mean(total, count), count, batch.tokens
+
+    def _pair_chunks(self, pairs: list[data.Pair]) -> list[list[data.Pair]]:
+        """Pairs in micro-batches of about ``micro_batch_tokens`` (padded) tokens; a pair's
+        two sequences stay together, since its loss needs both."""
+        chunks: list[list[data.Pair]] = [[]]
+        longest = 0
+        for pair in pairs:
+            longest = max(longest, len(pair.chosen), len(pair.rejected))
+            if chunks[-1] and 2 * (len(chunks[-1]) + 1) * longest > self.spec.micro_batch_tokens:
+                chunks.append([])
+                longest = max(len(pair.chosen), len(pair.rejected))
+            chunks[-1].append(pair)
+        return chunks
+
+    def _logps(self, pairs: list[data.Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        batch = packing.pad(rows, list(range(len(rows))))
+        out = self.model(input_ids=batch.input_ids.to(self.device),
+                         position_ids=batch.position_ids.to(self.device), use_cache=False)
+        logps = loss.sequence_logps(out.logits, batch.targets.to(self.device))
+        return logps[: len(pairs)], logps[len(pairs) :]
+
+    def _dpo_losses(self, pairs: list[data.Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad(), self.model.disable_adapter():  # the base model: the reference
+            ref_chosen, ref_rejected = self._logps(pairs)
+        chosen, rejected = self._logps(pairs)
+        return loss.dpo(chosen, rejected, ref_chosen, ref_rejected, self.spec.beta)
+
+    def _dpo_step(self, indices: list[int]) -> tuple[float, int, int]:
+        pairs = [self.train.examples[i] for i in indices]
+        total = 0.0
+        self.model.train()
+        for chunk in self._pair_chunks(pairs):
+            losses, _ = self._dpo_losses(chunk)
+            (losses.sum() / len(pairs)).backward()  # type: ignore[no-untyped-call]
+            total += float(losses.detach().sum())
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return (total / len(pairs), sum(p.trainable for p in pairs),
+                sum(len(p) for p in pairs))
 
     def train_loop(self) -> TrainResult:
         spec, pos = self.spec, self.position
@@ -248,6 +302,10 @@ class Recipe:
                 module.train()
 
     def _evaluate(self, dataset: data.Dataset) -> float:
+        if self.spec.method == "dpo":  # the mean DPO loss over the pairs
+            losses = [self._dpo_losses(chunk)[0] for chunk in self._pair_chunks(
+                dataset.examples)]
+            return float(torch.cat(losses).mean())
         total, count = 0.0, 0
         indices = list(range(len(dataset.examples)))
         for start in range(0, len(indices), max(self.spec.batch_size, 8)):

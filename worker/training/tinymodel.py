@@ -14,15 +14,23 @@ from pathlib import Path
 MODEL_ID = "loramill/tiny-llama"
 # Bump when the architecture or tokenizer changes, so existing copies are rebuilt.
 # Widths are multiples of 64: bitsandbytes' CPU 4-bit kernels work in blocks of 64.
-VERSION = 2
+VERSION = 3
 
+# Renders tools (their definitions first), assistant tool calls and tool results, so the
+# tiny model trains on OpenAI's tool-calling format like the real models we serve.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}{{ '<|system|>\nTools:\n' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}"
+    "{{ '<|end|>\n' }}{% endif %}"
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\n' }}"
     "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
-    "{% else %}{{ message['content'] + '<|end|>' }}{% endif %}"
+    "{% generation %}{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{{ '<tool_call>' + (call['function'] | tojson) + '</tool_call>' }}"
+    "{% endfor %}{{ '<|end|>' }}{% endgeneration %}"
+    "{% else %}{{ (message['content'] or '') + '<|end|>' }}{% endif %}"
     "{{ '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"

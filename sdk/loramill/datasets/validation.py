@@ -1,33 +1,26 @@
 """Streaming validation of JSONL fine-tuning datasets (design.md §6).
 
-Pure Python with no service imports: the same rules serve the upload path and local
-checks. Feed bytes in any chunking; the verdict and its line-numbered messages do not
-depend on how the bytes were split.
+Splits a byte stream into lines and checks each with the grammar
+(:mod:`loramill.datasets.grammar`). Pure Python plus msgspec, no service imports: the
+server's upload and the SDK's local check run this same code. Feed bytes in any chunking;
+the verdict and its line-numbered messages do not depend on how the bytes were split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-_loads: Callable[[bytes], Any]
-try:  # orjson parses several times faster; json is the fallback.
-    import orjson
+from msgspec import UNSET
 
-    _loads = orjson.loads
-    _DecodeError: type[ValueError] = orjson.JSONDecodeError
-except ImportError:  # pragma: no cover - exercised where orjson is absent
-    import json
+from loramill.datasets import grammar
+from loramill.datasets.grammar import CHAT, PREFERENCE, PROMPT_COMPLETION, TEXT, Line
 
-    _loads = json.loads
-    _DecodeError = json.JSONDecodeError
+__all__ = ["CHAT", "PREFERENCE", "PROMPT_COMPLETION", "TEXT", "DatasetValidator", "Report",
+           "validate_bytes"]
 
-CHAT = "chat"
-PROMPT_COMPLETION = "prompt_completion"
-TEXT = "text"
-ROLES = ("system", "user", "assistant")
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 @dataclass
@@ -35,6 +28,7 @@ class Report:
     format: str | None = None
     line_count: int = 0
     example_count: int = 0
+    tool_examples: int = 0  # examples whose rendering needs a template that knows tools
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
 
@@ -52,15 +46,6 @@ class Report:
         return f"{self.problem_count} {noun}: {shown}{tail}"
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "boolean", int: "number", float: "number", str: "string",
-        list: "array", dict: "object",
-    }.get(type(value), type(value).__name__)
-
-
 def _depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
@@ -74,99 +59,27 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def detect_format(example: dict[str, Any]) -> str | None:
-    if "messages" in example:
-        return CHAT
-    if "prompt" in example or "completion" in example:
-        return PROMPT_COMPLETION
-    if "text" in example:
-        return TEXT
-    return None
+def _uses_tools(line: Line) -> bool:
+    if line.tools is not UNSET or line.functions is not UNSET:
+        return True
+    messages = line.messages
+    if line.input is not UNSET:
+        if line.input.tools is not UNSET:
+            return True
+        messages = [*line.input.messages, *line.preferred_output, *line.non_preferred_output]  # type: ignore[misc]
+    if messages is UNSET:
+        return False
+    return any(m.role in ("tool", "function") or m.tool_calls is not UNSET
+               or m.function_call is not UNSET for m in messages)
 
 
-def check_example(example: dict[str, Any], fmt: str) -> list[str]:
-    """Problems with one parsed example of a known format, as ``path: message``."""
-    if fmt == CHAT:
-        return _check_chat(example)
-    if fmt == PROMPT_COMPLETION:
-        return _check_prompt_completion(example)
-    return _check_text(example)
-
-
-def _chat_is_valid(messages: list[Any]) -> bool:
-    """The common case, checked without building messages (hot path of every upload)."""
-    assistant = False
-    for message in messages:
-        if type(message) is not dict or type(message.get("content")) is not str:
-            return False
-        role = message.get("role")
-        if role == "assistant":
-            assistant = True
-            if "weight" in message and (message["weight"] not in (0, 1)
-                                        or type(message["weight"]) is bool):
-                return False
-        elif role not in ("system", "user") or "weight" in message:
-            return False
-    return assistant
-
-
-def _check_chat(example: dict[str, Any]) -> list[str]:
-    messages = example["messages"]
-    if type(messages) is list and _chat_is_valid(messages):
-        return []
-    if not isinstance(messages, list):
-        return [f"messages must be an array, got {_type_name(messages)}"]
-    if not messages:
-        return ["messages must not be empty"]
-    problems: list[str] = []
-    assistant_turns = 0
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            problems.append(f"{where} must be an object, got {_type_name(message)}")
-            continue
-        role = message.get("role")
-        if role not in ROLES:
-            if role is None:
-                problems.append(f"{where}.role is missing")
-            else:
-                problems.append(f"{where}.role must be one of {', '.join(ROLES)}")
-        elif role == "assistant":
-            assistant_turns += 1
-        content = message.get("content")
-        if not isinstance(content, str):
-            kind = "missing" if content is None else f"a {_type_name(content)}"
-            problems.append(f"{where}.content must be a string, got {kind}")
-        weight = message.get("weight")
-        if "weight" in message:
-            if role != "assistant":
-                problems.append(f"{where}.weight is only allowed on assistant messages")
-            elif weight not in (0, 1) or isinstance(weight, bool):
-                problems.append(f"{where}.weight must be 0 or 1")
-    if assistant_turns == 0 and not problems:
-        problems.append("messages has no assistant turn to learn from")
-    return problems
-
-
-def _check_prompt_completion(example: dict[str, Any]) -> list[str]:
-    problems = []
-    for key in ("prompt", "completion"):
-        value = example.get(key)
-        if key not in example:
-            problems.append(f"{key} is missing")
-        elif not isinstance(value, str):
-            problems.append(f"{key} must be a string, got {_type_name(value)}")
-    if not problems and not example["completion"]:
-        problems.append("completion must not be empty")
-    return problems
-
-
-def _check_text(example: dict[str, Any]) -> list[str]:
-    value = example["text"]
-    if not isinstance(value, str):
-        return [f"text must be a string, got {_type_name(value)}"]
-    if not value:
-        return ["text must not be empty"]
+def _parameters(line: Line) -> list[Any]:
+    tools = line.tools if line.tools is not UNSET else (
+        line.input.tools if line.input is not UNSET else UNSET)
+    if tools is not UNSET:
+        return [t.function.parameters for t in tools if t.function.parameters is not UNSET]
+    if line.functions is not UNSET:
+        return [f.parameters for f in line.functions if f.parameters is not UNSET]
     return []
 
 
@@ -181,7 +94,8 @@ class DatasetValidator:
         self._pending = bytearray()
         self._skipping_long_line = False
         self._format_line = 0
-        self._started = False
+        self._head: bytearray | None = bytearray()
+        self._refused = False  # the whole file is refused (UTF-16): lines are not read
         self._seen_bytes = 0
 
     def problem(self, message: str, line: int | None = None) -> None:
@@ -192,11 +106,14 @@ class DatasetValidator:
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
-        if not self._started:
-            self._started = True
-            if chunk.startswith(_BOM):
-                chunk = chunk[len(_BOM) :]
         self._seen_bytes += len(chunk)
+        if self._head is not None:  # the first bytes, held until a BOM can be told
+            self._head += chunk
+            if len(self._head) < 3:
+                return
+            chunk = self._start()
+        if self._refused:
+            return
         if self._pending:
             chunk = bytes(self._pending) + chunk
             self._pending.clear()
@@ -205,6 +122,15 @@ class DatasetValidator:
         for line in lines:
             self._end_line(line)
         self._hold(tail)
+
+    def _start(self) -> bytes:
+        assert self._head is not None
+        chunk, self._head = bytes(self._head), None
+        if chunk.startswith(_UTF16_BOMS):
+            self._refused = True
+            self.problem("the file is UTF-16 encoded; a dataset must be UTF-8 "
+                         "(save it again as UTF-8)")
+        return chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
 
     def _hold(self, tail: bytes) -> None:
         if self._skipping_long_line:
@@ -234,31 +160,34 @@ class DatasetValidator:
             return
         self._check_line(line, number)
 
-    def _check_line(self, line: bytes, number: int) -> None:
+    def _check_line(self, raw: bytes, number: int) -> None:
         try:
-            value = _loads(line)
-        except (_DecodeError, RecursionError) as exc:
-            self.problem(self._json_problem(line, exc), number)
+            line = grammar.decode(raw)
+        except grammar.LineError as exc:
+            for message in exc.problems:
+                self.problem(message, number)
             return
-        if not isinstance(value, dict):
-            self.problem(f"expected a JSON object, got {_type_name(value)}", number)
+        except RecursionError:
+            self.problem(f"JSON is nested more than {self.max_json_depth} levels deep",
+                         number)
             return
-        if line.count(b"{") + line.count(b"[") > self.max_json_depth:
-            depth = _depth(value)
-            if depth > self.max_json_depth:
-                self.problem(
-                    f"JSON is nested {depth} levels deep; the limit is {self.max_json_depth}",
-                    number,
-                )
-                return
-        fmt = detect_format(value)
+        fmt = grammar.quick(line)
         if fmt is None:
-            self.problem(
-                "unknown example format: expected a 'messages', 'prompt'/'completion' "
-                "or 'text' key",
-                number,
-            )
-            return
+            for parameters in _parameters(line):
+                depth = _depth(parameters) + 4  # line, tools[], tool, function
+                if depth > self.max_json_depth:
+                    self.problem(f"JSON is nested {depth} levels deep; the limit is "
+                                 f"{self.max_json_depth}", number)
+                    return
+            fmt, problems = grammar.check(line)
+            if problems:
+                for message in problems:
+                    self.problem(message, number)
+                return
+            tools = _uses_tools(line)
+        else:
+            tools = False
+        assert fmt is not None
         if self.report.format is None:
             self.report.format, self._format_line = fmt, number
         elif fmt != self.report.format:
@@ -268,29 +197,15 @@ class DatasetValidator:
                 number,
             )
             return
-        problems = check_example(value, fmt)
-        for message in problems:
-            self.problem(message, number)
-        if not problems:
-            self.report.example_count += 1
-
-    @staticmethod
-    def _json_problem(line: bytes, exc: Exception) -> str:
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            return f"not valid UTF-8 (byte {err.start + 1} of the line)"
-        if isinstance(exc, RecursionError):
-            return "JSON is nested too deeply"
-        column = getattr(exc, "colno", None)
-        reason = getattr(exc, "msg", str(exc))
-        where = f" at column {column}" if column else ""
-        return f"not valid JSON: {reason}{where}"
+        self.report.example_count += 1
+        self.report.tool_examples += tools
 
     def finish(self) -> Report:
-        if self._pending:
+        if self._head:  # a file of fewer than 3 bytes
+            self._pending += self._start()
+        if self._pending and not self._refused:
             self._end_line(bytes(self._pending))
-            self._pending.clear()
+        self._pending.clear()
         self._skipping_long_line = False
         if self._seen_bytes == 0:
             self.problem("file is empty")

@@ -60,9 +60,10 @@ def test_list_paginates_newest_first(tenant: TenantHandle) -> None:
 
 @pytest.mark.parametrize(("data", "message"), [
     (b"", "file is empty"),
-    (b"\xff\xfe\x00{bad}\n", "line 1: not valid UTF-8"),
+    (b"\xff\xfe\x00{bad}\n", "the file is UTF-16 encoded; a dataset must be UTF-8"),
+    (jsonl(CHAT) + b'{"text": "caf\xe9"}\n', "line 2: not valid UTF-8 (byte 14 of the line)"),
     (jsonl(CHAT) + b"this is not json\n", "line 2: not valid JSON"),
-    (jsonl(CHAT) + b"[1, 2, 3]\n", "line 2: expected a JSON object, got array"),
+    (jsonl(CHAT) + b"[1, 2, 3]\n", "line 2: expected a JSON object, got an array"),
     (jsonl(CHAT, {"prompt": "a", "completion": "b"}), "line 2: prompt_completion example"),
     (jsonl({"messages": [{"role": "user", "content": "hi"}]}), "line 1: messages has no "
                                                                "assistant turn"),
@@ -70,7 +71,18 @@ def test_list_paginates_newest_first(tenant: TenantHandle) -> None:
                                      {"role": "wizard", "content": "y"},
                                      {"role": "assistant", "content": "z"}]}),
      "line 3: messages[1].role must be one of system, user, assistant"),
-    (jsonl({"prompt": 1, "completion": "b"}), "line 1: prompt must be a string, got number"),
+    (jsonl({"prompt": 1, "completion": "b"}), "line 1: prompt must be a string, got an integer"),
+    # the findings: accepted once, then the job failed or trained on the wrong text
+    (jsonl({"messages": [{"role": "assistant", "content": "hi"}]}),
+     "line 1: messages[0] is an assistant message with no user message before it"),
+    (jsonl({"prompt": "a", "completion": "b", "text": "ZZZZ"}),
+     "line 1: the line mixes formats ('prompt'/'completion' and 'text')"),
+    (jsonl({"prompt": "a", "completion": "b", "text": None}),
+     "line 1: text must be a string, got null"),
+    (jsonl(CHAT, {"messages": [{"role": "user", "content": "q"},
+                               {"role": "assistant", "content": "a", "weight": 0}]}),
+     "line 2: messages has no assistant turn to learn from: every assistant message has "
+     "weight 0"),
     (jsonl(CHAT) + b'{"text": "' + b"x" * 70_000 + b'"}\n',
      "line 2: line is longer than the limit of 65536 bytes"),
 ])

@@ -95,7 +95,7 @@ def test_pause_and_resume_need_the_right_state(tenant: TenantHandle) -> None:
     ({"hyperparameters": {"learning_rate_multiplier": -1}}, 400,
      "hyperparameters.learning_rate_multiplier", ""),
     ({"hyperparameters": {"warmup": 3}}, 400, "hyperparameters.warmup", "unrecognized"),
-    ({"method": {"type": "dpo"}}, 400, "method.type", ""),
+    ({"method": {"type": "reinforcement"}}, 400, "method.type", ""),
     ({"suffix": "x" * 65}, 400, "suffix", ""),
     ({"suffix": "bad suffix!"}, 400, "suffix", ""),
     ({"seed": -1}, 400, "seed", ""),

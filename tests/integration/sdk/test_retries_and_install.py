@@ -1,10 +1,9 @@
-"""The SDK's retries against a flaky front of the real API, and a clean install."""
+"""The SDK's retries against a flaky front of the real API (its clean install and dataset
+checks: test_dataset_parity.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ import httpx
 import loramill
 import pytest
 
-from tests.conftest import ROOT, StackInfo, TenantHandle
+from tests.conftest import StackInfo, TenantHandle
 from tests.integration.api.helpers import CHAT, jsonl
 
 
@@ -124,34 +123,3 @@ def test_typed_errors(stack: StackInfo, tenant: TenantHandle, dataset: Path) -> 
     with pytest.raises(loramill.APIConnectionError):
         loramill.Client(api_key=tenant.key, base_url="http://127.0.0.1:1",
                         max_retries=1).models.list()
-
-
-def test_local_check_matches_the_server(stack: StackInfo, tenant: TenantHandle,
-                                        tmp_path: Path) -> None:
-    path = tmp_path / "bad.jsonl"
-    path.write_bytes(jsonl(CHAT) + b"[1]\n" + jsonl({"messages": [
-        {"role": "user", "content": "x"}]}))
-    local = loramill.datasets.validate(path, max_line_bytes=64 * 1024)
-    server = tenant.client.post("/v1/files", data={"purpose": "fine-tune"},
-                                files={"file": ("bad.jsonl", path.read_bytes())}).json()
-    assert local.problems == ["line 2: expected a JSON object, got array",
-                              "line 3: messages has no assistant turn to learn from"]
-    assert all(p in server["error"]["message"] for p in local.problems)
-
-
-def test_the_sdk_installs_without_ml_or_server_packages(tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    result = subprocess.run([*pip, str(ROOT / "sdk")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    probe = ("import importlib.util, json, loramill; "
-             "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in "
-             "['torch', 'fastapi', 'sqlalchemy', 'transformers']}))")
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True,
-                         text=True, check=True).stdout
-    assert json.loads(out) == {"torch": False, "fastapi": False, "sqlalchemy": False,
-                               "transformers": False}
-    cli = subprocess.run([str(venv / "bin" / "loramill"), "--help"], capture_output=True,
-                         text=True)
-    assert cli.returncode == 0 and "Exit codes" in cli.stdout

@@ -27,8 +27,8 @@ def check(data: bytes) -> list[str]:
     (b"\n \n", "file contains no examples"),
     (jsonl(CHAT_OK) + b"\xff\xfe{}\n", "line 2: not valid UTF-8"),
     (jsonl(CHAT_OK) + b'{"text": "x"\n', "line 2: not valid JSON"),
-    (jsonl(CHAT_OK, [1, 2]), "line 2: expected a JSON object, got array"),
-    (jsonl(CHAT_OK, "just a string"), "line 2: expected a JSON object, got string"),
+    (jsonl(CHAT_OK, [1, 2]), "line 2: expected a JSON object, got an array"),
+    (jsonl(CHAT_OK, "just a string"), "line 2: expected a JSON object, got a string"),
     (jsonl(CHAT_OK, {"prompt": "a", "completion": "b"}),
      "line 2: prompt_completion example in a chat file"),
     (jsonl({"messages": [{"role": "user", "content": "hi"}]}),
@@ -38,18 +38,21 @@ def check(data: bytes) -> list[str]:
      "line 1: messages[0].role must be one of system, user, assistant"),
     (jsonl({"messages": [{"role": "user", "content": 5},
                          {"role": "assistant", "content": "y"}]}),
-     "line 1: messages[0].content must be a string, got a number"),
-    (jsonl({"messages": "hello"}), "line 1: messages must be an array, got string"),
+     "line 1: messages[0].content must be a string or an array of text parts, got an "
+     "integer"),
+    (jsonl({"messages": "hello"}), "line 1: messages must be an array, got a string"),
     (jsonl({"messages": [{"role": "user", "content": "x"},
                          {"role": "assistant", "content": "y", "weight": 2}]}),
      "line 1: messages[1].weight must be 0 or 1"),
-    (jsonl({"prompt": "a", "completion": 3}), "line 1: completion must be a string, got number"),
+    (jsonl({"prompt": "a", "completion": 3}),
+     "line 1: completion must be a string, got an integer"),
     (jsonl({"prompt": "a"}), "line 1: completion is missing"),
     (jsonl({"text": None}), "line 1: text must be a string, got null"),
-    (jsonl({"foo": "bar"}), "line 1: unknown example format"),
+    (jsonl({"foo": "bar"}), "line 1: unknown key 'foo': a line holds messages"),
     (jsonl(CHAT_OK) + b'{"text": "' + b"a" * 500 + b'"}\n',
      "line 2: line is longer than the limit of 400 bytes"),
-    (jsonl({"text": "x", "extra": [[[[[[[[[1]]]]]]]]]}),
+    (jsonl({**CHAT_OK, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"a": [[[[{"b": 1}]]]]}}}]}),
      "line 1: JSON is nested 10 levels deep; the limit is 8"),
 ])
 def test_bad_input_is_named_by_line(data: bytes, expected: str) -> None:
@@ -101,3 +104,12 @@ def test_reports_at_most_the_first_n_problems_and_counts_the_rest() -> None:
     assert len(report.problems) == 20 and report.problem_count == 30
     assert report.problems[19].startswith("line 20:")
     assert "(and 10 more)" in report.summary()
+
+
+def test_nesting_too_deep_for_the_decoder_is_a_problem_not_a_crash() -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    line = (b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
+            b'"content": "a"}], "tools": [{"type": "function", "function": {"name": "f", '
+            b'"parameters": {"a": ' + deep + b"}}}]}\n")
+    report = validate_bytes(line, max_line_bytes=1 << 20, max_json_depth=32)
+    assert report.problems == ["line 1: JSON is nested more than 32 levels deep"]

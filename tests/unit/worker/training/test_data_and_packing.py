@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from loramill.datasets import grammar
 
 from tests.conftest import ROOT
 from worker.training import data, loss, packing, tinymodel
@@ -21,6 +22,11 @@ def tok():  # type: ignore[no-untyped-def]
     return load_tokenizer(MODEL_DIR)
 
 
+def ex(row: dict) -> grammar.Example:  # type: ignore[type-arg]
+    """A line as the trainer reads it: through the dataset grammar."""
+    return grammar.parse(json.dumps(row).encode())[1]
+
+
 def decoded_targets(tok, example: data.Example) -> str:  # type: ignore[no-untyped-def]
     return tok.decode([t for t in example.targets if t != data.IGNORE])
 
@@ -33,15 +39,15 @@ def test_chat_loss_covers_assistant_turns_only_and_skips_weight_zero(tok) -> Non
         {"role": "user", "content": "Two?"},
         {"role": "assistant", "content": "Dos."},
     ]}
-    example, truncated = data.encode(tok, row, 512)
+    example, truncated = data.encode(tok, ex(row), 512)
     assert not truncated
     assert decoded_targets(tok, example) == "Dos.<|end|>\n"
 
 
 def test_prompt_completion_and_text_targets(tok) -> None:  # type: ignore[no-untyped-def]
-    pc, _ = data.encode(tok, {"prompt": "2+2=", "completion": "4"}, 512)
+    pc, _ = data.encode(tok, ex({"prompt": "2+2=", "completion": "4"}), 512)
     assert decoded_targets(tok, pc) == "4<|end|>"
-    text, _ = data.encode(tok, {"text": "hello world"}, 512)
+    text, _ = data.encode(tok, ex({"text": "hello world"}), 512)
     assert decoded_targets(tok, text) == "hello world<|end|>"
 
 
@@ -52,15 +58,13 @@ def test_truncation_and_no_trainable_tokens(tok, tmp_path: Path) -> None:  # typ
     path.write_text("\n".join(json.dumps(r) for r in rows))
     ds = data.load(path, tok, 64)
     assert ds.truncated == 1 and ds.dropped == 1 and len(ds.examples) == 1
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "x"},
-                                             {"role": "assistant", "content": "y",
-                                              "weight": 0}]}))
+    path.write_text(json.dumps({"prompt": "word " * 200, "completion": "end"}))
     with pytest.raises(data.NoTrainableTokens):
         data.load(path, tok, 64)
 
 
 def test_packing_keeps_examples_whole_and_rows_short(tok) -> None:  # type: ignore[no-untyped-def]
-    examples = [data.encode(tok, {"text": "x " * n}, 512)[0] for n in (3, 40, 7, 25, 60, 1)]
+    examples = [data.encode(tok, ex({"text": "x " * n}), 512)[0] for n in (3, 40, 7, 25, 60, 1)]
     longest = max(len(e) for e in examples)
     batch = packing.pack(examples, list(range(len(examples))), row_len=longest)
     assert batch.input_ids.shape[1] <= longest
@@ -89,7 +93,7 @@ def test_packed_batch_gives_the_same_per_example_losses_as_alone(tok) -> None:  
     rows = [{"messages": [{"role": "user", "content": f"Question {i}: " + "why " * (i * 3)},
                           {"role": "assistant", "content": f"Answer {i} " * (i + 1)}]}
             for i in range(6)]
-    examples = [data.encode(tok, r, 512)[0] for r in rows]
+    examples = [data.encode(tok, ex(r), 512)[0] for r in rows]
 
     def per_example(batch: packing.PackedBatch) -> dict[int, float]:
         with torch.no_grad():
@@ -109,3 +113,33 @@ def test_packed_batch_gives_the_same_per_example_losses_as_alone(tok) -> None:  
     for i in range(6):
         alone = per_example(packing.pack(examples, [i], row_len=512))[i]
         assert abs(together[i] - alone) < 1e-4, (i, together[i], alone)
+
+
+def test_tool_calls_are_rendered_and_trained_on(tok) -> None:  # type: ignore[no-untyped-def]
+    row = {"tools": [{"type": "function", "function": {"name": "weather"}}], "messages": [
+        {"role": "user", "content": "Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "c1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "21C"},
+        {"role": "assistant", "content": "It is 21C."}]}
+    example, _ = data.encode(tok, ex(row), 512)
+    text = tok.decode(example.input_ids)
+    assert '{"name": "weather"}' in text and "21C<|end|>" in text  # tools and the result
+    assert decoded_targets(tok, example) == (
+        '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><|end|>\n'
+        "It is 21C.<|end|>\n")
+
+
+def test_a_preference_pair_trains_on_each_answer_only(tok) -> None:  # type: ignore[no-untyped-def]
+    row = {"input": {"messages": [{"role": "user", "content": "Capital of France?"}]},
+           "preferred_output": [{"role": "assistant", "content": "Paris."}],
+           "non_preferred_output": [{"role": "assistant", "content": "Rome."}]}
+    example = ex(row)
+    assert isinstance(example, grammar.Preference)
+    pair, truncated = data.encode_pair(tok, example, 512)
+    assert not truncated
+    assert decoded_targets(tok, pair.chosen) == "Paris.<|end|>\n"
+    assert decoded_targets(tok, pair.rejected) == "Rome.<|end|>\n"
+    prompt_len = next(t for t, v in enumerate(pair.chosen.targets) if v != data.IGNORE) + 1
+    assert pair.chosen.input_ids[:prompt_len] == pair.rejected.input_ids[:prompt_len]
