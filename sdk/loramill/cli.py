@@ -184,7 +184,8 @@ def jobs_create(client: Client, args: argparse.Namespace) -> int:
         batch_size=args.batch_size if args.batch_size else "auto",
         learning_rate_multiplier=(args.learning_rate_multiplier
                                   if args.learning_rate_multiplier else "auto"),
-        suffix=args.suffix, seed=args.seed, lora=lora,
+        suffix=args.suffix, seed=args.seed, lora=lora, method=args.method,
+        beta=args.beta if args.beta else "auto",
     )
     if args.wait:
         print(f"created {job.id}", file=sys.stderr)
@@ -425,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate-multiplier", type=float)
+    p.add_argument("--method", choices=("supervised", "dpo"), default="supervised",
+                   help="dpo: train on a preference file")
+    p.add_argument("--beta", type=float, help="dpo only: how far from the base model")
     p.add_argument("--suffix")
     p.add_argument("--seed", type=int)
     p.add_argument("--lora-r", type=int)

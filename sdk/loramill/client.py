@@ -75,12 +75,17 @@ class Jobs:
                n_epochs: int | str = "auto", batch_size: int | str = "auto",
                learning_rate_multiplier: float | str = "auto", suffix: str | None = None,
                seed: int | None = None, metadata: dict[str, str] | None = None,
-               lora: dict[str, Any] | None = None) -> FineTuningJob:
+               lora: dict[str, Any] | None = None, method: str = "supervised",
+               beta: float | str = "auto") -> FineTuningJob:
+        """``method="dpo"`` trains on a preference file; ``beta`` is DPO's only."""
+        hyperparameters: dict[str, Any] = {
+            "n_epochs": n_epochs, "batch_size": batch_size,
+            "learning_rate_multiplier": learning_rate_multiplier}
+        if method == "dpo":
+            hyperparameters["beta"] = beta
         body: dict[str, Any] = {
             "model": model, "training_file": training_file,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": {
-                "n_epochs": n_epochs, "batch_size": batch_size,
-                "learning_rate_multiplier": learning_rate_multiplier}}},
+            "method": {"type": method, method: {"hyperparameters": hyperparameters}},
         }
         optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed,
                     "metadata": metadata, "lora": lora}

@@ -73,10 +73,9 @@ def test_cli_exit_codes(stack: StackInfo, tenant: TenantHandle, tmp_path: Path) 
                   good)
     assert unknown.returncode == 2 and "model_not_found" in unknown.stderr
 
-    # 1: a job that fails prints its error
+    # 1: a job that fails prints its error (the answer lies beyond the model's context)
     silent = write(tmp_path, "silent.jsonl", jsonl({"messages": [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "x",
-                                            "weight": 0}]}))
+        {"role": "user", "content": "word " * 2000}, {"role": "assistant", "content": "x"}]}))
     failed = cli(tenant, stack, "jobs", "create", "--model", MODEL, "--training-file", silent,
                  "--wait")
     assert failed.returncode == 1 and "no_trainable_tokens" in failed.stderr

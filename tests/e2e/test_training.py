@@ -143,6 +143,37 @@ def test_same_seed_gives_the_same_loss_curve(tenant: TenantHandle) -> None:
     assert len(curves[0]) == 8 and curves[0] == curves[1]
 
 
+def test_tool_calling_and_dpo_jobs_train_through_the_worker(tenant: TenantHandle) -> None:
+    """OpenAI's tool-calling format on the tiny model's template, and a dpo job on a
+    preference file: both reach succeeded, each with a published adapter; the DPO loss
+    starts at log 2 and falls."""
+    tool_line = {
+        "tools": [{"type": "function", "function": {"name": "capital", "parameters": {
+            "type": "object", "properties": {"country": {"type": "string"}}}}}],
+        "messages": [
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "c1", "type": "function",
+                "function": {"name": "capital", "arguments": "{\"country\": \"France\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "Paris"},
+            {"role": "assistant", "content": "Paris."}]}
+    tools_job = start(tenant, jsonl(tool_line, *(chat(c, a) for c, a in CAPITALS)),
+                      method={"type": "supervised", "supervised": {"hyperparameters": {
+                          "n_epochs": 2, "batch_size": 2}}})
+    pairs = [{"input": {"messages": chat(c)["messages"]},
+              "preferred_output": [{"role": "assistant", "content": a}],
+              "non_preferred_output": [{"role": "assistant", "content": "I do not know."}]}
+             for c, a in CAPITALS]
+    dpo_job = start(tenant, jsonl(*pairs), method={"type": "dpo", "dpo": {"hyperparameters": {
+        "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 10, "beta": 0.5}}})
+    for job in (tools_job, dpo_job):
+        done = wait_for(tenant.client, job["id"])
+        assert done["status"] == "succeeded", done["error"]
+        assert done["fine_tuned_model"]
+    losses = [p["train_loss"] for p in metrics(tenant.client, dpo_job["id"])]
+    assert abs(losses[0] - 0.6931) < 0.05 and losses[-1] < losses[0] - 0.1, losses
+
+
 def test_cancel_stops_a_running_job_within_ten_seconds(tenant: TenantHandle) -> None:
     data = jsonl(*(chat(c, a) for c, a in CAPITALS * 8))
     job = start(tenant, data, suffix="cancelme", method={
@@ -164,8 +195,9 @@ def test_cancel_stops_a_running_job_within_ten_seconds(tenant: TenantHandle) -> 
 
 def test_failures_are_explained_and_the_worker_goes_on(tenant: TenantHandle,
                                                        tmp_path: Path) -> None:
-    silent = {"messages": [{"role": "user", "content": "hi"},
-                           {"role": "assistant", "content": "hello", "weight": 0}]}
+    # valid, but its answer lies beyond the model's context: nothing left to train on
+    silent = {"messages": [{"role": "user", "content": "word " * 2000},
+                           {"role": "assistant", "content": "hello"}]}
     job = wait_for(tenant.client, start(tenant, jsonl(silent))["id"])
     assert job["status"] == "failed"
     assert job["error"]["code"] == "no_trainable_tokens"

@@ -107,6 +107,7 @@ _KEYS_HELP = ("messages (with tools, functions, parallel_tool_calls); prompt and
               "text; or input, preferred_output and non_preferred_output")
 
 _decoder = msgspec.json.Decoder(Line)
+decode_fast = _decoder.decode  # raises msgspec's errors; decode() words them
 
 
 class LineError(ValueError):

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loramill.datasets import grammar
-from loramill.datasets.validation import validate_bytes
+from loramill.datasets.validation import DatasetValidator, validate_bytes
 
 from tests.conftest import ROOT
 from worker.training import data, tinymodel
@@ -202,3 +202,25 @@ def test_a_file_is_the_verdict_of_its_lines(lines: list[bytes]) -> None:
     assert shown == problems
     assert whole.example_count == sum(1 for _, fmt in formats if fmt == first)
     assert whole.ok == (not problems and bool(formats))
+
+
+@given(lines=st.lists(line_bytes, min_size=1, max_size=8), size=st.integers(1, 400),
+       limit=st.sampled_from([64, 300, 1 << 20]))
+def test_the_verdict_does_not_depend_on_how_the_bytes_arrive(lines: list[bytes], size: int,
+                                                              limit: int) -> None:
+    """Chunks of any size (the hot path takes whole chunks of short lines, the long way
+    takes the rest) give the verdict of the whole file read at once, line by line."""
+    data = b"\n".join(lines) + b"\n"
+    limits = {**LIMITS, "max_line_bytes": limit}
+    whole = DatasetValidator(**limits)
+    for line in data.split(b"\n")[:-1]:  # the long way only: one line a feed
+        whole.feed(line + b"\n")
+    expected = whole.finish()
+    chunked = DatasetValidator(**limits)
+    for i in range(0, len(data), size):
+        chunked.feed(data[i : i + size])
+    got = chunked.finish()
+    assert (got.problems, got.problem_count, got.format, got.line_count, got.example_count,
+            got.tool_examples) == (expected.problems, expected.problem_count,
+                                   expected.format, expected.line_count,
+                                   expected.example_count, expected.tool_examples)
