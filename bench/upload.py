@@ -3,6 +3,8 @@
 Uploads a generated ~200 MB chat JSONL through the running local stack's API and
 compares the rate with `sha256sum` of the same file in the same run (the ceiling: the
 API must at least hash every byte), three times (``--runs``); the medians are the result.
+A second baseline in each run writes the same bytes to the object store alone, the way
+the API does (no upload, hashing or validation): the ceiling the store sets.
 Samples the API process's RSS during each upload, and times the dataset grammar alone
 (``loramill.datasets``, in this process) on the same bytes.
 
@@ -70,7 +72,28 @@ def validator_mb_s(path: Path) -> float:
     return path.stat().st_size / 1e6 / (time.perf_counter() - t0)
 
 
-def one_run(client: httpx.Client, path: Path, api_pid: int) -> dict[str, float]:
+def store_only_mb_s(path: Path, env: dict[str, str]) -> float:
+    """The object store alone: the same bytes written to it the way the API writes them
+    (core/kit/storage.py's MultipartWriter, 1 MiB writes), with no HTTP upload, hashing or
+    validation: the ceiling the store sets on this machine."""
+    os.environ.update(env)
+    from core.kit.storage import MIN_PART_BYTES, get_storage
+
+    storage = get_storage()
+    key = f"bench/store-only-{os.getpid()}.jsonl"
+    t0 = time.perf_counter()
+    writer = storage.writer(key, max(8 << 20, MIN_PART_BYTES))
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            writer.write(chunk)
+    writer.complete()
+    seconds = time.perf_counter() - t0
+    storage.client.delete_object(Bucket=storage.bucket, Key=key)
+    return path.stat().st_size / 1e6 / seconds
+
+
+def one_run(client: httpx.Client, path: Path, api_pid: int,
+            env: dict[str, str]) -> dict[str, float]:
     size = path.stat().st_size
     t0 = time.perf_counter()
     subprocess.run(["sha256sum", str(path)], check=True, capture_output=True)
@@ -98,8 +121,11 @@ def one_run(client: httpx.Client, path: Path, api_pid: int) -> dict[str, float]:
     body = response.json()
     client.delete(f"/v1/files/{body['id']}")
     mb = size / 1e6
+    store = store_only_mb_s(path, env)
     return {"sha256sum_mb_s": round(mb / sha_s, 1), "upload_mb_s": round(mb / upload_s, 1),
             "ratio_to_sha256sum": round(sha_s / upload_s, 3),
+            "store_only_mb_s": round(store, 1),
+            "store_only_ratio_to_sha256sum": round(store * sha_s / mb, 3),
             "api_rss_growth_mb": round((peak[0] - baseline) / 1024, 1),
             "examples": body["example_count"]}
 
@@ -117,7 +143,7 @@ def main() -> int:
                           headers={"Authorization": f"Bearer {env['LORAMILL_API_KEY']}"})
     runs = []
     for i in range(args.runs):
-        runs.append(one_run(client, path, api_pid))
+        runs.append(one_run(client, path, api_pid, env))
         print(f"run {i + 1}: {json.dumps(runs[-1])}", flush=True)
     grammar_alone = [round(validator_mb_s(path), 1) for _ in range(args.runs)]
 
@@ -127,8 +153,9 @@ def main() -> int:
     result = {
         "file_mb": round(path.stat().st_size / 1e6, 1), "examples": runs[0]["examples"],
         "runs": runs,
-        "median": {key: median(key) for key in ("sha256sum_mb_s", "upload_mb_s",
-                                                 "ratio_to_sha256sum", "api_rss_growth_mb")},
+        "median": {key: median(key) for key in (
+            "sha256sum_mb_s", "upload_mb_s", "ratio_to_sha256sum", "store_only_mb_s",
+            "store_only_ratio_to_sha256sum", "api_rss_growth_mb")},
         "validator_alone_mb_s": grammar_alone,
         "cpu_count": os.cpu_count(),
     }

@@ -186,7 +186,7 @@ class MultipartWriter:
     at most ``MAX_IN_FLIGHT`` parts are buffered, so memory stays bounded.
     """
 
-    MAX_IN_FLIGHT = 2
+    MAX_IN_FLIGHT = 4
 
     def __init__(self, storage: Storage, key: str, part_bytes: int):
         self.storage = storage
@@ -209,7 +209,8 @@ class MultipartWriter:
                 "upload", client.create_multipart_upload, Bucket=bucket, Key=self.key
             )
             self._upload_id = created["UploadId"]
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
+            self._pool = ThreadPoolExecutor(max_workers=self.MAX_IN_FLIGHT,
+                                            thread_name_prefix="s3-part")
         assert self._pool is not None
         in_flight = [f for f in self._futures if not f.done()]
         if len(in_flight) >= self.MAX_IN_FLIGHT:
