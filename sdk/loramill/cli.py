@@ -58,9 +58,10 @@ def _out(args: argparse.Namespace, value: Any, text: str) -> None:
         print(text)
 
 
-def _check_local(client: Client, path: Path) -> datasets.Report:
-    """The server's verdict, found here: its grammar (the same code) and its limits."""
-    report = datasets.validate(path, client.files.limits())
+def _check_local(client: Client | None, path: Path) -> datasets.Report:
+    """The server's verdict, found here: its grammar (the same code) and its limits (none
+    without a client: every rule but the size limits)."""
+    report = datasets.validate(path, client.files.limits() if client else None)
     if not report.ok:
         problems = "\n".join(f"  {p}" for p in report.problems)
         more = report.problem_count - len(report.problems)
@@ -98,7 +99,7 @@ def files_upload(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
-def files_check(client: Client, args: argparse.Namespace) -> int:
+def files_check(client: Client | None, args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
@@ -410,9 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(files, "upload", files_upload, "check a JSONL file locally, then upload it")
     p.add_argument("path")
     p.add_argument("--no-check", action="store_true", help="skip the local check")
-    command(files, "check", files_check,
-            "check a JSONL file with the server's rules and limits, without uploading it"
-            ).add_argument("path")
+    p = command(files, "check", files_check,
+                "check a JSONL file with the server's rules and limits, without uploading it")
+    p.add_argument("path")
+    p.add_argument("--offline", action="store_true",
+                   help="do not ask the server for its limits: every rule but the size limits")
     command(files, "list", files_list, "list files")
     command(files, "get", files_get, "show a file").add_argument("id")
     command(files, "delete", files_delete, "delete a file").add_argument("id")
@@ -517,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "admin" and not args.api_key:
         args.api_key = os.environ.get("LORAMILL_ADMIN_KEY")  # else $LORAMILL_API_KEY
     try:
-        client = Client(api_key=args.api_key, base_url=args.base_url)
+        offline = getattr(args, "offline", False)  # needs no key and no server
+        client = None if offline else Client(api_key=args.api_key, base_url=args.base_url)
         return int(args.fn(client, args))
     except (UsageError, LoramillError) as exc:
         code, prefix = next((code, prefix) for kind, code, prefix in EXIT_CODES

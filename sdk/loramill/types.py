@@ -19,13 +19,15 @@ class File:
     sha256: str | None = None
     format: str | None = None
     example_count: int | None = None
+    tool_examples: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> File:
         return cls(id=d["id"], filename=d["filename"], bytes=d["bytes"], purpose=d["purpose"],
                    status=d["status"], created_at=d["created_at"], sha256=d.get("sha256"),
-                   format=d.get("format"), example_count=d.get("example_count"), raw=d)
+                   format=d.get("format"), example_count=d.get("example_count"),
+                   tool_examples=d.get("tool_examples"), raw=d)
 
 
 @dataclass(frozen=True)

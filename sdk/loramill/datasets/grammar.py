@@ -27,7 +27,7 @@ PROMPT_COMPLETION = "prompt_completion"
 TEXT = "text"
 PREFERENCE = "preference"
 FORMATS = (CHAT, PROMPT_COMPLETION, TEXT, PREFERENCE)
-ROLES = ("system", "user", "assistant", "tool", "function")
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 # ----- the shapes ----------------------------------------------------------------------
 
@@ -53,7 +53,7 @@ class ToolCall(_Strict):
 
 
 class Message(_Strict):
-    role: Literal["system", "user", "assistant", "tool", "function"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | UnsetType | None = UNSET
     name: str | UnsetType = UNSET
     weight: Literal[0, 1] | UnsetType = UNSET
@@ -260,7 +260,7 @@ def _plain_chat(messages: list[Message]) -> bool:
             return False
         elif role == "user":
             user = True
-        elif role != "system":
+        elif role != "system" and role != "developer":
             return False
     return learn
 
@@ -546,10 +546,14 @@ def _tool(fn: FunctionDef) -> dict[str, Any]:
     return {"type": "function", "function": spec}
 
 
+_TEMPLATE_ROLE = {"function": "tool", "developer": "system"}
+
+
 def _message(m: Message) -> dict[str, Any]:
     """A message in the form Hugging Face chat templates render: the legacy ``function``
-    role and ``function_call`` become ``tool`` and ``tool_calls``."""
-    role = "tool" if m.role == "function" else m.role
+    role and ``function_call`` become ``tool`` and ``tool_calls``, and ``developer``
+    (OpenAI's newer name for the system role) becomes ``system``."""
+    role = _TEMPLATE_ROLE.get(m.role, m.role)
     out: dict[str, Any] = {"role": role, "content": _content(m)}
     calls = [] if m.tool_calls is UNSET else [
         {"id": c.id, "type": "function",

@@ -70,7 +70,7 @@ def test_list_paginates_newest_first(tenant: TenantHandle) -> None:
     (jsonl(CHAT, CHAT, {"messages": [{"role": "user", "content": "x"},
                                      {"role": "wizard", "content": "y"},
                                      {"role": "assistant", "content": "z"}]}),
-     "line 3: messages[1].role must be one of system, user, assistant"),
+     "line 3: messages[1].role must be one of system, developer, user, assistant"),
     (jsonl({"prompt": 1, "completion": "b"}), "line 1: prompt must be a string, got an integer"),
     # the findings: accepted once, then the job failed or trained on the wrong text
     (jsonl({"messages": [{"role": "assistant", "content": "hi"}]}),

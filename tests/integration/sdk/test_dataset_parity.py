@@ -105,3 +105,20 @@ def test_the_cli_reads_no_file_it_cannot_and_prints_no_traceback(
                              env=env, cwd="/", capture_output=True, text=True, timeout=60)
         assert "Traceback" not in cli.stderr, cli.stderr
         assert cli.returncode == 2 and cli.stderr.startswith("error: "), cli.stderr
+
+
+def test_an_offline_check_needs_no_key_and_differs_only_in_the_size_limits(
+        sdk_venv: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LORAMILL_", "PYTHON"))}
+    env["LORAMILL_BASE_URL"] = "http://127.0.0.1:1"  # nothing there: it must not be asked
+    for path in CORPUS:
+        cli = subprocess.run([str(sdk_venv / "bin" / "loramill"), "files", "check",
+                              "--offline", str(path)], env=env, cwd="/", capture_output=True,
+                             text=True, timeout=60)
+        assert "Traceback" not in cli.stderr
+        # over the server's limits on line length and nesting
+        limited = path.name in ("bad-long-line.jsonl", "bad-deep.jsonl")
+        if limited:  # other problems may remain, never the limit's
+            assert cli.returncode in (0, 2) and "limit" not in cli.stderr, cli.stderr
+        else:
+            assert cli.returncode == (0 if path.name.startswith("ok-") else 2), cli.stderr

@@ -100,6 +100,12 @@ def test_legacy_functions_become_tools() -> None:
     assert example.messages[2]["role"] == "tool"
 
 
+def test_the_developer_role_is_the_system_role() -> None:
+    example = ok({"messages": [{"role": "developer", "content": "Be brief."}, USER, FINAL]})
+    assert isinstance(example, Conversation)
+    assert example.messages[0] == {"role": "system", "content": "Be brief."}
+
+
 def test_content_as_text_parts_is_joined() -> None:
     example = ok({"messages": [
         {"role": "user", "content": [{"type": "text", "text": "Hello, "},
@@ -131,7 +137,8 @@ def test_content_as_text_parts_is_joined() -> None:
      "messages"),
     ([USER, {**FINAL, "weight": True}], {}, "messages[1].weight must be 0 or 1, got a boolean"),
     ([{"role": "robot", "content": "x"}, FINAL], {},
-     "messages[0].role must be one of system, user, assistant, tool, function, got 'robot'"),
+     "messages[0].role must be one of system, developer, user, assistant, tool, function, "
+     "got 'robot'"),
     ([USER, FINAL], {"tools": TOOLS, "functions": [TOOLS[0]["function"]]},
      "tools and functions are both given: use tools (functions is its older form)"),
 ])

@@ -35,7 +35,7 @@ def check(data: bytes) -> list[str]:
      "line 1: messages has no assistant turn"),
     (jsonl({"messages": [{"role": "robot", "content": "x"},
                          {"role": "assistant", "content": "y"}]}),
-     "line 1: messages[0].role must be one of system, user, assistant"),
+     "line 1: messages[0].role must be one of system, developer, user, assistant"),
     (jsonl({"messages": [{"role": "user", "content": 5},
                          {"role": "assistant", "content": "y"}]}),
      "line 1: messages[0].content must be a string or an array of text parts, got an "

@@ -71,8 +71,8 @@ def drop_missing(d: dict[str, Any]) -> dict[str, Any]:
 
 
 message = st.builds(drop_missing, st.fixed_dictionaries({
-    "role": st.sampled_from(["user", "user", "assistant", "assistant", "system", "tool",
-                             "function", "robot"]),
+    "role": st.sampled_from(["user", "user", "assistant", "assistant", "system", "developer",
+                             "tool", "function", "robot"]),
     "content": maybe(content),
     "weight": maybe(st.sampled_from([0, 1, 1, 2, True])),
     "tool_calls": maybe(st.lists(call, max_size=2)),
