@@ -82,7 +82,7 @@ def store_only_mb_s(path: Path, env: dict[str, str]) -> float:
     storage = get_storage()
     key = f"bench/store-only-{os.getpid()}.jsonl"
     t0 = time.perf_counter()
-    writer = storage.writer(key, max(8 << 20, MIN_PART_BYTES))
+    writer = storage.writer(key, max(8 << 20, MIN_PART_BYTES), content_type="application/jsonl")
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             writer.write(chunk)

@@ -30,6 +30,9 @@ def new_file_id() -> str:
     return ids.new_id(ids.FILE)
 
 
+JSONL_MEDIA_TYPE = "application/jsonl"
+
+
 class FileIngest:
     """One upload in flight: every byte is hashed, validated and streamed to S3 once.
 
@@ -50,7 +53,8 @@ class FileIngest:
             max_json_depth=settings.max_json_depth,
             max_problems=settings.max_problems_reported,
         )
-        self._writer: MultipartWriter | None = storage.writer(key, settings.upload_part_bytes)
+        self._writer: MultipartWriter | None = storage.writer(
+            key, settings.upload_part_bytes, content_type=JSONL_MEDIA_TYPE)
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -62,8 +63,20 @@ def staging_prefix(tenant_id: str, job_id: str, lease_token: str) -> str:
     return f"{staging_root(tenant_id, job_id)}{lease_token}/"
 
 
+# The media type of the part being uploaded by this thread (S3's UploadPart takes no
+# ContentType parameter, so it is set as a header before signing). Object stores that
+# compress what they sniff as text (SeaweedFS gzips each part) are told what it is.
+_part_type = threading.local()
+
+
+def _part_content_type(request: Any, **_: Any) -> None:
+    content_type = getattr(_part_type, "value", None)
+    if content_type:
+        request.headers["Content-Type"] = content_type
+
+
 def make_client(settings: Settings) -> S3Client:
-    return boto3.client(
+    client = boto3.client(
         "s3",
         endpoint_url=settings.require_s3_endpoint(),
         aws_access_key_id=settings.s3_access_key,
@@ -80,6 +93,8 @@ def make_client(settings: Settings) -> S3Client:
             signature_version="s3v4",
         ),
     )
+    client.meta.events.register("before-sign.s3.UploadPart", _part_content_type)
+    return client
 
 
 class StorageUnavailable(ServiceUnavailable):
@@ -106,8 +121,10 @@ class Storage:
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._call("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self._call("upload", self.client.put_object, Bucket=self.bucket, Key=key, Body=data,
+                   **extra)
 
     def iter_object(self, key: str, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
         response = self._call("download", self.client.get_object, Bucket=self.bucket, Key=key)
@@ -169,8 +186,9 @@ class Storage:
                                                       ExpiresIn=expires_in)
         return url
 
-    def writer(self, key: str, part_bytes: int) -> MultipartWriter:
-        return MultipartWriter(self, key, max(part_bytes, MIN_PART_BYTES))
+    def writer(self, key: str, part_bytes: int,
+               content_type: str | None = None) -> MultipartWriter:
+        return MultipartWriter(self, key, max(part_bytes, MIN_PART_BYTES), content_type)
 
     def _call(self, action: str, fn: Any, **kwargs: Any) -> Any:
         try:
@@ -188,25 +206,30 @@ class MultipartWriter:
 
     MAX_IN_FLIGHT = 4
 
-    def __init__(self, storage: Storage, key: str, part_bytes: int):
+    def __init__(self, storage: Storage, key: str, part_bytes: int,
+                 content_type: str | None = None):
         self.storage = storage
         self.key = key
         self.part_bytes = part_bytes
-        self._buffer = bytearray()
+        self.content_type = content_type
+        self._buffer: list[bytes] = []  # joined once per part: one copy of each byte
+        self._buffered = 0
         self._futures: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._upload_id: str | None = None
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= self.part_bytes:
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= self.part_bytes:
             self._flush_part()
 
     def _flush_part(self) -> None:
         client, bucket = self.storage.client, self.storage.bucket
         if self._upload_id is None:
+            extra = {"ContentType": self.content_type} if self.content_type else {}
             created = self.storage._call(
-                "upload", client.create_multipart_upload, Bucket=bucket, Key=self.key
+                "upload", client.create_multipart_upload, Bucket=bucket, Key=self.key, **extra
             )
             self._upload_id = created["UploadId"]
             self._pool = ThreadPoolExecutor(max_workers=self.MAX_IN_FLIGHT,
@@ -216,21 +239,29 @@ class MultipartWriter:
         if len(in_flight) >= self.MAX_IN_FLIGHT:
             in_flight[0].result()  # back-pressure; raises if that part failed
         number = len(self._futures) + 1
-        body = bytes(self._buffer)
-        self._buffer.clear()
+        body = self._take()
         self._futures.append(self._pool.submit(self._upload_part, number, body))
 
+    def _take(self) -> bytes:
+        body = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        return body
+
     def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
-        part = self.storage._call(
-            "upload", self.storage.client.upload_part, Bucket=self.storage.bucket,
-            Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body,
-        )
+        _part_type.value = self.content_type
+        try:
+            part = self.storage._call(
+                "upload", self.storage.client.upload_part, Bucket=self.storage.bucket,
+                Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body,
+            )
+        finally:
+            _part_type.value = None
         return {"ETag": part["ETag"], "PartNumber": number}
 
     def complete(self) -> None:
         if self._upload_id is None:  # small object: one plain PUT
-            self.storage.put_bytes(self.key, bytes(self._buffer))
-            self._buffer.clear()
+            self.storage.put_bytes(self.key, self._take(), self.content_type)
             return
         if self._buffer:
             self._flush_part()
@@ -253,6 +284,7 @@ class MultipartWriter:
 
     def abort(self) -> None:
         self._buffer.clear()
+        self._buffered = 0
         self._shutdown()
         if self._upload_id is None:
             return

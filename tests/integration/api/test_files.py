@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from core.kit.db import admin_scope
+from core.kit.storage import file_key, get_storage
 from core.tenants.models import Tenant
 from tests.conftest import TenantHandle
 from tests.integration.api.helpers import CHAT, assert_error, jsonl, stored_state, upload, upload_ok
@@ -41,6 +42,18 @@ def test_large_upload_is_streamed_in_parts(tenant: TenantHandle) -> None:
     assert body["bytes"] == len(data) and body["sha256"] == hashlib.sha256(data).hexdigest()
     content = tenant.client.get(f"/v1/files/{body['id']}/content").content
     assert hashlib.sha256(content).hexdigest() == body["sha256"]
+
+
+@pytest.mark.parametrize("copies", [2, 12 * 1024 * 1024 // len(jsonl(CHAT))])
+def test_datasets_are_stored_as_jsonl(tenant: TenantHandle, copies: int) -> None:
+    """The object says what it is (and its parts do: object stores that compress what they
+    sniff as text, as SeaweedFS does, leave JSONL alone): one PUT and a multipart upload."""
+    body = upload_ok(tenant.client, jsonl(CHAT) * copies)
+    storage = get_storage()
+    key = file_key(tenant.id, body["id"])
+    head = storage.client.head_object(Bucket=storage.bucket, Key=key)
+    assert head["ContentType"] == "application/jsonl"
+    assert head["ContentLength"] == body["bytes"]
 
 
 def test_list_paginates_newest_first(tenant: TenantHandle) -> None:
