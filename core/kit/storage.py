@@ -65,7 +65,7 @@ def staging_prefix(tenant_id: str, job_id: str, lease_token: str) -> str:
 
 # The media type of the part being uploaded by this thread (S3's UploadPart takes no
 # ContentType parameter, so it is set as a header before signing). Object stores that
-# compress what they sniff as text (SeaweedFS gzips each part) are told what it is.
+# compress what they sniff as text (SeaweedFS does, per part) are told what it is.
 _part_type = threading.local()
 
 
