@@ -157,6 +157,8 @@ def _validation_message(text: str) -> str:
         field = re.split(r"[.\]]", where)[-1]
         if where.endswith(".content") and "array" in m[1]:
             wanted = "a string or an array of text parts"
+        elif field == "type" and ".content[" in where:
+            wanted = "'text'"
         elif field in _CHOICES:
             wanted = _CHOICES[field]
         return f"{where} must be {wanted}, got {got}"

@@ -136,6 +136,8 @@ def test_content_as_text_parts_is_joined() -> None:
     ([{**USER, "weight": 1}, FINAL], {}, "messages[0].weight is only allowed on assistant "
      "messages"),
     ([USER, {**FINAL, "weight": True}], {}, "messages[1].weight must be 0 or 1, got a boolean"),
+    ([{"role": "user", "content": [{"type": 1, "text": "x"}]}, FINAL], {},
+     "messages[0].content[0].type must be 'text', got an integer"),
     ([{"role": "robot", "content": "x"}, FINAL], {},
      "messages[0].role must be one of system, developer, user, assistant, tool, function, "
      "got 'robot'"),
