@@ -62,6 +62,33 @@ def test_jobs_create_list_retrieve_events_cancel(client: openai.OpenAI) -> None:
     assert cancelled.status == "cancelled"
 
 
+def test_dpo_and_tool_data_through_the_official_client(client: openai.OpenAI) -> None:
+    """OpenAI's preference and tool-calling files, and a dpo job, as the official client
+    sends them and reads them back."""
+    preference = {"input": {"messages": [{"role": "user", "content": "Capital of France?"}]},
+                  "preferred_output": [{"role": "assistant", "content": "Paris."}],
+                  "non_preferred_output": [{"role": "assistant", "content": "Lyon."}]}
+    prefs = client.files.create(file=("p.jsonl", io.BytesIO(jsonl(preference))),
+                                purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=MODEL, training_file=prefs.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}})
+    assert job.method is not None and job.method.type == "dpo"
+    assert job.method.dpo is not None and job.method.dpo.hyperparameters is not None
+    assert job.method.dpo.hyperparameters.beta == 0.2
+    client.fine_tuning.jobs.cancel(job.id)
+
+    tools = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+             "messages": [{"role": "user", "content": "call f"},
+                          {"role": "assistant", "tool_calls": [{
+                              "id": "c", "type": "function",
+                              "function": {"name": "f", "arguments": "{}"}}]},
+                          {"role": "tool", "tool_call_id": "c", "content": "done"},
+                          {"role": "assistant", "content": "Done."}]}
+    file = client.files.create(file=("t.jsonl", io.BytesIO(jsonl(tools))), purpose="fine-tune")
+    assert file.status == "processed"
+
+
 def test_errors_surface_as_openai_exceptions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.fine_tuning.jobs.create(model="no/such-model", training_file="file-x")
