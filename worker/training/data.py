@@ -66,16 +66,20 @@ class Pair:
 class Dataset:
     examples: list[Any]  # Example, or Pair for a preference file
     truncated: int
-    dropped: int
+    dropped_lines: list[int]  # examples truncated to nothing to train on, by line
+
+    @property
+    def dropped(self) -> int:
+        return len(self.dropped_lines)
 
     @property
     def trainable_tokens(self) -> int:
         return sum(e.trainable for e in self.examples)
 
 
-def read(path: Path) -> Iterator[grammar.Example]:
+def read(path: Path) -> Iterator[tuple[int, grammar.Example]]:
     """The examples of an uploaded (so validated) file, in the grammar's normalised form:
-    read exactly as the upload read them, never re-interpreted here."""
+    read exactly as the upload read them, never re-interpreted here; with line numbers."""
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -84,7 +88,7 @@ def read(path: Path) -> Iterator[grammar.Example]:
             if not raw.strip():
                 continue
             try:
-                yield grammar.parse(raw)[1]
+                yield number, grammar.parse(raw)[1]
             except grammar.LineError as exc:  # only a file that bypassed the upload
                 raise ValueError(f"line {number}: {exc}") from None
 
@@ -171,22 +175,29 @@ def encode_pair(tok: Tokenizer, example: Preference, max_len: int) -> tuple[Pair
 
 def load(path: Path, tok: Tokenizer, max_len: int) -> Dataset:
     examples: list[Any] = []
-    truncated = dropped = 0
-    for row in read(path):
+    truncated, dropped = 0, []
+    for number, row in read(path):
         example: Example | Pair
         if isinstance(row, Preference):
             example, was_truncated = encode_pair(tok, row, max_len)
         else:
             example, was_truncated = encode(tok, row, max_len)
         truncated += was_truncated
-        if example.trainable == 0:
-            dropped += 1
+        if example.trainable == 0:  # what it trains on lies beyond max_len
+            dropped.append(number)
             continue
         examples.append(example)
     if not examples:
         raise NoTrainableTokens(
-            f"no example has a token to train on (examples without trainable tokens: "
-            f"{dropped}); check that assistant turns are not all weight 0 and fit in "
-            f"{max_len} tokens"
+            f"no example has a token to train on within the model's context of {max_len} "
+            f"tokens: what every example trains on lies beyond it ({lines(dropped)}); "
+            "shorten the examples"
         )
-    return Dataset(examples=examples, truncated=truncated, dropped=dropped)
+    return Dataset(examples=examples, truncated=truncated, dropped_lines=dropped)
+
+
+def lines(numbers: list[int], shown: int = 10) -> str:
+    """``lines 3, 17, 20 and 4 more``: line numbers for a message."""
+    head = ", ".join(str(n) for n in numbers[:shown])
+    more = f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+    return f"line{'s' if len(numbers) > 1 else ''} {head}{more}"

@@ -116,6 +116,14 @@ class Recipe:
         self.max_len = min(self.spec.max_seq_len or context, context)
         self.train = self._load(self.train_file)
         self.valid = self._load(self.valid_file) if self.valid_file else None
+        if self.train.dropped:
+            self.reporter.message(
+                f"{self.train.dropped} training examples have nothing to train on within "
+                f"{self.max_len} tokens (what they train on lies beyond it) and were "
+                f"skipped: {data.lines(self.train.dropped_lines)}", level="warn",
+                data={"skipped_lines": self.train.dropped_lines[:100],
+                      "max_len": self.max_len},
+            )
         if self.train.truncated:
             self.reporter.message(
                 f"{self.train.truncated} training examples were longer than the model's "

@@ -57,10 +57,12 @@ def test_truncation_and_no_trainable_tokens(tok, tmp_path: Path) -> None:  # typ
             {"prompt": "short", "completion": "fine"}]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     ds = data.load(path, tok, 64)
-    assert ds.truncated == 1 and ds.dropped == 1 and len(ds.examples) == 1
-    path.write_text(json.dumps({"prompt": "word " * 200, "completion": "end"}))
-    with pytest.raises(data.NoTrainableTokens):
+    assert ds.truncated == 1 and ds.dropped_lines == [1] and len(ds.examples) == 1
+    long = json.dumps({"prompt": "word " * 200, "completion": "end"})
+    path.write_text(f"{long}\n\n{long}\n")  # a blank line keeps its number
+    with pytest.raises(data.NoTrainableTokens, match=r"lies beyond it \(lines 1, 3\)"):
         data.load(path, tok, 64)
+    assert data.lines(list(range(1, 15))) == "lines 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 4 more"
 
 
 def test_packing_keeps_examples_whole_and_rows_short(tok) -> None:  # type: ignore[no-untyped-def]

@@ -78,3 +78,20 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-5, worst
     assert [h["train_loss"] for h in whole.history] == [h["train_loss"] for h in second.history]
+
+
+def test_examples_with_nothing_left_to_train_on_are_named_by_line(tmp_path: Path) -> None:
+    tinymodel.ensure(MODEL_DIR)
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in (
+        {"prompt": "short", "completion": "fine"},
+        {"prompt": "word " * 200, "completion": "end"})))
+    spec = TrainSpec(n_epochs=1, batch_size=1, learning_rate=1e-3, seed=1, max_seq_len=64,
+                     lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
+                                   quantization="nf4"), checkpoint_every=-1)
+    reporter = Reporter()
+    recipe = Recipe(spec, MODEL_DIR, data, reporter, work_dir=tmp_path)
+    recipe.setup()
+    assert len(recipe.train.examples) == 1
+    assert ("1 training examples have nothing to train on within 64 tokens (what they train "
+            "on lies beyond it) and were skipped: line 2") in reporter.messages
