@@ -461,6 +461,20 @@ def _check_preference(line: Line) -> list[str]:
     return problems
 
 
+def uses_tools(line: Line) -> bool:
+    """Whether rendering the line needs a chat template that knows tools."""
+    if line.tools is not UNSET or line.functions is not UNSET:
+        return True
+    messages: list[Message] = [] if line.messages is UNSET else line.messages
+    if line.input is not UNSET:
+        if line.input.tools is not UNSET:
+            return True
+        for part in (line.input.messages, line.preferred_output, line.non_preferred_output):
+            messages += [] if part is UNSET else part
+    return any(m.role in ("tool", "function") or m.tool_calls is not UNSET
+               or m.function_call is not UNSET for m in messages)
+
+
 # ----- the normalised form the trainer reads -------------------------------------------
 
 
@@ -571,14 +585,3 @@ def _message(m: Message) -> dict[str, Any]:
     if m.name is not UNSET:
         out["name"] = m.name
     return out
-
-
-def uses_tools(example: Example) -> bool:
-    """Whether rendering the example needs a chat template that knows tools."""
-    if isinstance(example, Preference):
-        return uses_tools(example.prompt) or any(
-            "tool_calls" in m for m in (example.preferred, example.non_preferred))
-    if isinstance(example, Conversation):
-        return bool(example.tools) or any(
-            "tool_calls" in m or m["role"] == "tool" for m in example.messages)
-    return False

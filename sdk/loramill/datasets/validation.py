@@ -60,20 +60,6 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _uses_tools(line: Line) -> bool:
-    if line.tools is not UNSET or line.functions is not UNSET:
-        return True
-    messages = line.messages
-    if line.input is not UNSET:
-        if line.input.tools is not UNSET:
-            return True
-        messages = [*line.input.messages, *line.preferred_output, *line.non_preferred_output]  # type: ignore[misc]
-    if messages is UNSET:
-        return False
-    return any(m.role in ("tool", "function") or m.tool_calls is not UNSET
-               or m.function_call is not UNSET for m in messages)
-
-
 def _parameters(line: Line) -> list[Any]:
     tools = line.tools if line.tools is not UNSET else (
         line.input.tools if line.input is not UNSET else UNSET)
@@ -207,7 +193,7 @@ class DatasetValidator:
                 for message in problems:
                     self.problem(message, number)
                 return
-            tools = _uses_tools(line)
+            tools = grammar.uses_tools(line)
         else:
             tools = False
         assert fmt is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,10 +35,13 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def sdk_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    venv = tmp_path_factory.mktemp("sdk") / "venv"
+    home = tmp_path_factory.mktemp("sdk")
+    venv, source = home / "venv", home / "sdk"  # a copy: the build leaves the checkout alone
+    shutil.copytree(ROOT / "sdk", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                             str(ROOT / "sdk")], capture_output=True, text=True, timeout=600)
+                             str(source)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     yield venv
 
