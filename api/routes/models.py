@@ -25,6 +25,7 @@ class ModelObject(BaseModel):
     architecture: str | None = None
     context_length: int | None = None
     gpu_class: str | None = None
+    renders_tools: bool | None = None  # its chat template renders tools and tool calls
     parent: str | None = None
     adapter: str | None = None
     adapter_version: int | None = None
@@ -40,7 +41,7 @@ class ModelObject(BaseModel):
         return cls(
             id=m.id, created=ts(m.created_at) or 0, owned_by="loramill",
             architecture=m.architecture, context_length=m.context_length,
-            gpu_class=m.gpu_class,
+            gpu_class=m.gpu_class, renders_tools=m.renders_tools,
         )
 
 

@@ -65,10 +65,14 @@ def no_tools_model(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -
             model.enabled = False
 
 
-def test_the_tiny_models_template_renders_tools(stack: StackInfo) -> None:
+def test_the_tiny_models_template_renders_tools(tenant: TenantHandle,
+                                                no_tools_model: str) -> None:
     with admin_scope() as session:
         model = session.get(BaseModel, MODEL)
         assert model is not None and model.renders_tools
+    listed = {m["id"]: m for m in tenant.client.get("/v1/models").json()["data"]}
+    assert listed[MODEL]["renders_tools"] is True
+    assert listed[no_tools_model]["renders_tools"] is False
 
 
 def test_tool_calling_data_uploads_and_trains_on_a_model_that_renders_tools(
