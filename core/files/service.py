@@ -99,14 +99,20 @@ def upload_limit(session: Session, tenant_id: TenantId, settings: Settings) -> t
     """The most bytes this upload may have, and what to say when it has more: the file
     size limit, or what is left of the tenant's storage quota if that is less. Concurrent
     uploads all see the same room; :func:`record` checks the quota again, under a lock."""
-    tenant = tenant_repo.get(session, tenant_id)
-    assert tenant is not None  # authentication checked it
-    file_limit = min(tenant.max_file_bytes, settings.max_file_bytes)
-    used = file_repo.stored_bytes(session, tenant_id)
+    tenant, file_limit, used = _room(session, tenant_id, settings)
     left = max(0, tenant.storage_bytes - used)
     if left < file_limit:
         return left, _quota_exceeded(tenant, used)
     return file_limit, f"file is larger than the limit of {file_limit} bytes"
+
+
+def _room(session: Session, tenant_id: TenantId,
+          settings: Settings) -> tuple[Tenant, int, int]:
+    """The tenant, its file size limit, and the bytes it already stores."""
+    tenant = tenant_repo.get(session, tenant_id)
+    assert tenant is not None  # authentication checked it
+    file_limit = min(tenant.max_file_bytes, settings.max_file_bytes)
+    return tenant, file_limit, file_repo.stored_bytes(session, tenant_id)
 
 
 @dataclass(frozen=True)
@@ -120,11 +126,9 @@ class Limits:
 
 
 def limits(session: Session, tenant_id: TenantId, settings: Settings) -> Limits:
-    limit, _ = upload_limit(session, tenant_id, settings)
-    tenant = tenant_repo.get(session, tenant_id)
-    assert tenant is not None
-    left = max(0, tenant.storage_bytes - file_repo.stored_bytes(session, tenant_id))
-    return Limits(max_file_bytes=limit, storage_bytes_left=left,
+    tenant, file_limit, used = _room(session, tenant_id, settings)
+    left = max(0, tenant.storage_bytes - used)
+    return Limits(max_file_bytes=min(file_limit, left), storage_bytes_left=left,
                   max_line_bytes=settings.max_line_bytes,
                   max_json_depth=settings.max_json_depth)
 

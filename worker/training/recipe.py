@@ -193,12 +193,16 @@ class Recipe:
             summed, _ = loss.summed(out.logits, micro.targets.to(self.device))
             (summed / count).backward()  # type: ignore[no-untyped-call]
             total += float(summed.detach())
+        self._apply_gradients()
+        return loss.mean(total, count), count, batch.tokens
+
+    def _apply_gradients(self) -> None:
+        """Clip, step the optimizer and the schedule, clear: the end of every step."""
         torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.mean(total, count), count, batch.tokens
 
     def _pair_chunks(self, pairs: list[data.Pair]) -> list[list[data.Pair]]:
         """Pairs in micro-batches of about ``micro_batch_tokens`` (padded) tokens; a pair's
@@ -235,11 +239,7 @@ class Recipe:
             losses, _ = self._dpo_losses(chunk)
             (losses.sum() / len(pairs)).backward()  # type: ignore[no-untyped-call]
             total += float(losses.detach().sum())
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._apply_gradients()
         return (total / len(pairs), sum(p.trainable for p in pairs),
                 sum(len(p) for p in pairs))
 
