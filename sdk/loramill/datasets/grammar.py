@@ -358,6 +358,8 @@ def _check_messages(messages: list[Message], path: str,
                     problems.append(f"{where}.{key} is only allowed on assistant messages")
         if m.role != "tool" and m.tool_call_id is not UNSET:
             problems.append(f"{where}.tool_call_id is only allowed on tool messages")
+        if isinstance(m.content, list) and not m.content:
+            problems.append(f"{where}.content must not be an empty array")
         if m.role == "assistant":
             problems += _check_assistant(m, where, calls, parallel_tool_calls)
             call_ids.update(c.id for c in calls)
@@ -366,8 +368,6 @@ def _check_messages(messages: list[Message], path: str,
         elif m.content is None:
             problems.append(f"{where}.content must be a string or an array of text "
                             "parts, got null")
-        elif isinstance(m.content, list) and not m.content:
-            problems.append(f"{where}.content must not be an empty array")
         if m.role == "tool":
             if m.tool_call_id is UNSET:
                 problems.append(f"{where}.tool_call_id is missing: a tool message answers "
@@ -384,8 +384,6 @@ def _check_messages(messages: list[Message], path: str,
 def _check_assistant(m: Message, where: str, calls: list[ToolCall],
                      parallel_tool_calls: Any) -> list[str]:
     problems = []
-    if isinstance(m.content, list) and not m.content:
-        problems.append(f"{where}.content must not be an empty array")
     if m.tool_calls is not UNSET and m.function_call is not UNSET:
         problems.append(f"{where} has both tool_calls and function_call: use tool_calls")
     if m.tool_calls is not UNSET and not calls:
