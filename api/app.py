@@ -12,10 +12,12 @@ from api import errors, idempotency, openapi
 from api.edge import EdgeMiddleware
 from api.idempotency import IdempotencyMiddleware
 from api.request_ids import RequestIdMiddleware
-from api.routes import adapters, admin, files, health, jobs, keys, models, ops
+from api.routes import adapters, admin, files, health, inference, jobs, keys, models, ops
 from core.kit import logs
 from core.kit.process import mark_clean_exit
 from core.kit.settings import get_settings
+from core.kit.storage import get_storage
+from core.serving.gateway import Gateway
 
 
 @asynccontextmanager
@@ -24,7 +26,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # the threads that run blocking work; the database pools are sized against them
     anyio.to_thread.current_default_thread_limiter().total_tokens = (
         get_settings().api_threads)
-    yield
+    app.state.gateway = Gateway(get_settings(), get_storage)
+    try:
+        yield
+    finally:
+        await app.state.gateway.aclose()
     mark_clean_exit()  # the local stack's status tells a stop from a crash
 
 
@@ -41,7 +47,7 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(EdgeMiddleware)  # refuse bad URLs and bodies before anything parses them
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
-    for module in (health, files, jobs, models, adapters, keys, admin, ops):
+    for module in (health, files, jobs, models, adapters, inference, keys, admin, ops):
         app.include_router(module.router)
     openapi.install(app)
     return app

@@ -31,6 +31,12 @@ def envelope(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# pydantic's words for a number out of range: of a union's branches ("auto" or a number),
+# these say the most
+RANGE_ERRORS = ("int_range", "greater_than", "greater_than_equal", "less_than",
+                "less_than_equal")
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     # pydantic names the union branch it tried ("int", "literal['auto']"); users don't care
@@ -43,7 +49,7 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     # of a union's branches ("auto" or an integer in range), the range says the most
-    ranged = [e for e in errors if e.get("type") == "int_range"]
+    ranged = [e for e in errors if e.get("type") in RANGE_ERRORS]
     first = (ranged or errors or [{"loc": (), "msg": "invalid request"}])[0]
     param = _loc_to_param(tuple(first.get("loc", ())))
     msg = str(first.get("msg", "invalid value"))

@@ -10,9 +10,10 @@ from core.idempotency.models import IdempotencyKey
 from core.jobs.models import FineTuningJob, JobEvent
 from core.kit.orm import Base
 from core.scheduling.models import Worker
+from core.serving.models import UsageDay
 from core.tenants.models import ApiKey, Tenant
 
 __all__ = [
     "Adapter", "AdapterVersion", "ApiKey", "AuditEntry", "Base", "BaseModel", "File",
-    "FineTuningJob", "IdempotencyKey", "JobCheckpoint", "JobEvent", "Tenant", "Worker",
+    "FineTuningJob", "IdempotencyKey", "JobCheckpoint", "JobEvent", "Tenant", "UsageDay", "Worker",
 ]

@@ -28,6 +28,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = load_settings()
     _ensure_demo(settings)
     _ensure_tiny_model(settings)
+    stack.start_engines(_model_paths(settings))
     print(f"\nAPI      {settings.api_url}\n"
           f"ops      {settings.api_url}/ops  (sign in with LORAMILL_ADMIN_KEY from dev.env)\n"
           f"metrics  {settings.api_url}/metrics\n"
@@ -79,6 +80,15 @@ def _ensure_tiny_model(settings: Settings) -> None:
         base_models.register(session, tinymodel.MODEL_ID, str(path), gpu_class="cpu")
         session.commit()
     print(f"model    {tinymodel.MODEL_ID} ({path})")
+
+
+def _model_paths(settings: Settings) -> dict[str, str]:
+    """Where the served base models' weights are (their registered paths)."""
+    from core.base_models import repository as model_repo
+
+    with cli.admin_session() as session:
+        rows = (model_repo.get(session, m) for m in settings.serving_models)
+        return {row.id: row.source_uri for row in rows if row is not None}
 
 
 def cmd_down(args: argparse.Namespace) -> int:

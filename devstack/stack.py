@@ -6,6 +6,11 @@ processes. State lives under ``$LORAMILL_HOME`` (``.loramill/`` by default):
     stack.env    the URLs of the embedded services, read by every loramill process
     run/*.pid    one pid file per process;  logs/*.log  one log per process
     run/*.exit   written by a process of ours that stopped cleanly (SIGTERM, not a crash)
+
+The serving engines (one vLLM server per base model in ``serving_models``, from their own
+virtual environment, ``make serve-install``) are started by :meth:`LocalStack.start_engines`
+once the models are registered; an engine that cannot start leaves the rest of the stack
+working, and its reason recorded for the gateway's 503s.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -147,6 +153,38 @@ class LocalStack:
         self._save_state(state)
         return ports
 
+    def engine_ports(self) -> dict[str, int]:
+        """One port per served base model, chosen once and kept (stack.json)."""
+        state = self._state()
+        ports = self._ports()
+        engines: dict[str, int] = ports.setdefault("engines", {})
+        missing = [m for m in self.settings.serving_models if m not in engines]
+        if missing:
+            taken = set(engines.values())
+            free = [p for p in find_ports(len(missing) + len(taken), ports["redis"] + 30)
+                    if p not in taken]
+            engines.update(zip(missing, free, strict=False))
+            state = self._state()
+            state["ports"] = ports
+            self._save_state(state)
+        return {m: engines[m] for m in self.settings.serving_models}
+
+    def _own_engines(self) -> str:
+        return json.dumps({m: f"http://127.0.0.1:{p}" for m, p in self.engine_ports().items()},
+                          separators=(",", ":"))
+
+    def engines_external(self) -> bool:
+        """Engines named in the environment (other than this stack's own, as in an exported
+        stack.env) are someone else's: the stack starts none."""
+        named = os.environ.get("LORAMILL_SERVING_ENGINES")
+        return bool(named) and named != self._own_engines()
+
+    def engine_pieces(self) -> dict[str, str]:
+        """piece name (engine-<model's last path part>) -> base model id"""
+        if self.engines_external():
+            return {}
+        return {f"engine-{m.rsplit('/', 1)[-1]}": m for m in self.settings.serving_models}
+
     def metrics_url(self, name: str) -> str:
         """Where a worker or the scheduler serves its Prometheus metrics."""
         return f"http://127.0.0.1:{self._ports()['metrics'][name]}/metrics"
@@ -161,6 +199,8 @@ class LocalStack:
                 env[variable] = own[variable]
         if emb["postgres"]:
             env["LORAMILL_ADMIN_DATABASE_URL"] = self._postgres_url()
+        if not self.engines_external() and self.settings.serving_models:
+            env["LORAMILL_SERVING_ENGINES"] = self._own_engines()
         return env
 
     def _postgres_url(self, role: str = "postgres") -> str:
@@ -191,7 +231,7 @@ class LocalStack:
     def status(self) -> list[PieceStatus]:
         emb = self.embedded()
         out = []
-        for name in ORDER:
+        for name in (*ORDER, *self.engine_pieces()):
             if name in emb and not emb[name]:
                 out.append(PieceStatus(name, "external", self._external_url(name)))
                 continue
@@ -401,6 +441,83 @@ class LocalStack:
             "--schedule", str(self.home / "run" / "beat-schedule"),
         ], env=self._python_env("scheduler"))
 
+    # ----- the serving engines ----------------------------------------------------------
+
+    def serving_python(self) -> Path:
+        venv = self.settings.serving_venv
+        if not venv.is_absolute():
+            venv = Path(__file__).resolve().parent.parent / venv
+        return venv / "bin" / "python"
+
+    def _engine_status(self, model: str, state: str, reason: str = "") -> None:
+        from core.serving.engines import record_status
+
+        with contextlib.suppress(Exception):  # Redis down: the gateway says less, that's all
+            record_status(self.settings.require_redis_url(), model, state, reason)
+
+    def start_engines(self, model_paths: dict[str, str],
+                      log: Callable[[str], None] = print) -> dict[str, str | None]:
+        """Start an engine for each served model (its weights at ``model_paths[model]``) and
+        wait until it answers; returns model -> None if it runs, else why it does not."""
+        results: dict[str, str | None] = {}
+        ports = self.engine_ports()
+        for piece, model in self.engine_pieces().items():
+            pid = self._read_pid(piece)
+            if pid is not None and _pid_alive(pid):
+                log(f"{piece:<10} running   (already)")
+                results[model] = None
+                continue
+            t0 = time.monotonic()
+            reason = self._start_engine(piece, model, model_paths.get(model), ports[model])
+            results[model] = reason
+            if reason is None:
+                self._engine_status(model, "ready")
+                log(f"{piece:<10} started   ({time.monotonic() - t0:.1f}s)")
+            else:
+                self._engine_status(model, "failed", reason)
+                log(f"{piece:<10} failed    {reason}\n"
+                    "           (the rest of the stack works; inference answers 503)")
+        return results
+
+    def _start_engine(self, piece: str, model: str, path: str | None, port: int) -> str | None:
+        python = self.serving_python()
+        if path is None:
+            return f"the base model {model} is not registered"
+        if not python.exists():
+            return (f"the serving engine is not installed ({python} is missing); "
+                    "run `make serve-install`")
+        lacking = cpu_lacks_vllm_instructions() if not _has_cuda() else None
+        if lacking:
+            return lacking
+        s = self.settings
+        self._pidfile(piece).unlink(missing_ok=True)
+        self._engine_status(model, "starting")
+        argv = [
+            str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+            "--served-model-name", model, "--host", "127.0.0.1", "--port", str(port),
+            "--enable-lora", "--max-lora-rank", str(s.serving_max_lora_rank),
+            "--max-loras", str(s.serving_batch_adapters),
+            "--max-cpu-loras", str(max(s.serving_batch_adapters, s.serving_max_loaded_adapters)),
+            "--max-model-len", str(_context(path, s.serving_max_model_len)),
+            "--gpu-memory-utilization", str(s.serving_gpu_memory_utilization),
+            "--disable-log-stats", "--disable-uvicorn-access-log",
+        ]
+        if not _has_cuda():
+            argv += ["--dtype", "float32"]
+        env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+               "VLLM_CPU_KVCACHE_SPACE": str(s.serving_kv_cache_gib),
+               "VLLM_LOGGING_LEVEL": "WARNING"}
+        self._spawn(piece, argv, env=env)
+        url = f"http://127.0.0.1:{port}/health"
+        try:
+            self._wait(piece, lambda: httpx.get(url, timeout=2).status_code == 200,
+                       s.serving_start_seconds)
+        except StackError as exc:
+            self._stop_pid(piece)
+            return f"the engine did not start: {_last_error(str(exc))}"
+        return None
+
     # ----- commands ------------------------------------------------------------------
 
     def up(self, pieces: tuple[str, ...] = ORDER, log: Callable[[str], None] = print) -> None:
@@ -438,7 +555,15 @@ class LocalStack:
             log(f"{name:<10} started   ({time.monotonic() - t0:.1f}s)")
         self._write_env_file()
 
+    def stop_engines(self, log: Callable[[str], None] = print) -> None:
+        for piece, model in self.engine_pieces().items():
+            if self._read_pid(piece) is not None:
+                self._stop_pid(piece, timeout=30)
+                self._engine_status(model, "stopped")
+                log(f"{piece:<10} stopped")
+
     def down(self, log: Callable[[str], None] = print) -> None:
+        self.stop_engines(log)
         for name in reversed(ORDER):
             if name == "postgres":
                 if self.embedded()["postgres"]:
@@ -446,6 +571,41 @@ class LocalStack:
             else:
                 self._stop_pid(name)
             log(f"{name:<10} stopped")
+
+
+def cpu_lacks_vllm_instructions() -> str | None:
+    """Why vllm-cpu cannot run on this x86 CPU (it is built for AVX-512), or None."""
+    if os.uname().machine not in ("x86_64", "AMD64"):
+        return None
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    if " avx512f" not in flags:
+        return "this CPU lacks AVX-512 (avx512f), which the vllm-cpu build needs"
+    return None
+
+
+def _has_cuda() -> bool:
+    return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia").exists()
+
+
+def _context(model_dir: str, limit: int) -> int:
+    """The engine's context: ``limit``, or the model's own if that is shorter."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return limit
+    return min(limit, int(config.get("max_position_embeddings") or limit))
+
+
+def _last_error(text: str) -> str:
+    """The most telling line of a failed start's log: the last error raised."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.search(r"(Error|Exception)[:,]|Value error", line):
+            return line[:400]
+    return (lines[-1] if lines else "no output")[:400]
 
 
 def _redis_ping(port: int) -> bool:

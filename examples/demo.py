@@ -2,7 +2,9 @@
 
 Uploads a small dataset, starts a QLoRA job on the tiny base model, follows it with a
 live progress line, downloads the published adapter version (checking every file's
-sha256 against its manifest) and shows the base and fine-tuned models' answers side by
+sha256 against its manifest), then asks the base and the fine-tuned model the same
+questions through loramill's own ``/v1/chat/completions`` with the official ``openai``
+client (the serving engine loads the adapter on demand) and shows the answers side by
 side. Run by ``make demo`` after ``make up``; talks to the API over HTTP like a customer.
 """
 
@@ -75,28 +77,30 @@ def download(client: httpx.Client, adapter: str, version: int, out: Path) -> Pat
     return out
 
 
-def answers(adapter_dir: Path, model_dir: Path) -> list[tuple[str, str, str]]:
-    import torch
-    from peft import PeftModel
+def ask(openai: Any, model: str, country: str) -> str:
+    """One question through our /v1/chat/completions, with the official openai client."""
+    answer = openai.chat.completions.create(
+        model=model, max_tokens=10, temperature=0,
+        messages=[{"role": "system", "content": "Answer with the name of the city."},
+                  {"role": "user", "content": f"What is the capital of {country}?"}])
+    return str(answer.choices[0].message.content or "").strip()
 
-    from worker.training.model import load_base, load_tokenizer
 
-    tok = load_tokenizer(model_dir)
-    base = load_base(model_dir, "nf4", torch.device("cpu")).eval()
+def wait_for_engine(openai: Any, model: str, timeout: float = 600) -> None:
+    """Until the serving engine answers (it may still be starting), or exit saying why."""
+    from openai import APIStatusError
 
-    def ask(model: Any, country: str) -> str:
-        messages = [{"role": "system", "content": "Answer with the name of the city."},
-                    {"role": "user", "content": f"What is the capital of {country}?"}]
-        inputs = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                         return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=10, do_sample=False)
-        return str(tok.decode(out[0][inputs["input_ids"].shape[1]:],
-                              skip_special_tokens=True)).strip()
-
-    before = {c: ask(base, c) for c in QUESTIONS}
-    tuned = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-    return [(c, before[c], ask(tuned, c)) for c in QUESTIONS]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ask(openai, model, QUESTIONS[0])
+            return
+        except APIStatusError as exc:
+            if exc.status_code != 503 or "starting" not in str(exc.message) \
+                    or time.monotonic() > deadline:
+                sys.exit(f"== the serving engine cannot answer: {exc.message}")
+            print("   (the serving engine is starting; waiting)", flush=True)
+            time.sleep(5)
 
 
 def main() -> int:
@@ -135,11 +139,22 @@ def main() -> int:
     print(f"== downloaded adapter capitals v{version['version']} to {out} "
           f"({', '.join(f['name'] for f in version['files'])}; sha256 verified)")
 
-    model_dir = Path(json.loads((out / "adapter_config.json").read_text())
-                     ["base_model_name_or_path"])
-    print("\n   question                        base model            fine-tuned")
-    for country, before, after in answers(out, model_dir):
+    from openai import OpenAI
+
+    openai = OpenAI(base_url=env["LORAMILL_API_URL"] + "/v1", api_key=env["LORAMILL_API_KEY"],
+                    timeout=120, max_retries=0)
+    wait_for_engine(openai, MODEL)
+    tuned = job["fine_tuned_model"]
+    print(f"\n== asked through {env['LORAMILL_API_URL']}/v1/chat/completions "
+          "(the openai client; adapter hot-loaded by the engine)")
+    print("   question                        base model            fine-tuned")
+    for country in QUESTIONS:
+        before, after = ask(openai, MODEL, country), ask(openai, tuned, country)
         print(f"   capital of {country:<20} {before[:20]!r:<22} {after!r}")
+    usage = client.get("/v1/usage", params={"model": tuned}).json()["data"]
+    if usage:
+        print(f"== usage of {tuned.split(':')[3]}: {usage[-1]['requests']} requests, "
+              f"{usage[-1]['total_tokens']} tokens today (GET /v1/usage)")
     print(f"\n== ops dashboard: {env['LORAMILL_API_URL']}/ops/jobs/{job['id']} "
           f"(sign in with LORAMILL_ADMIN_KEY from {HOME / 'dev.env'})")
     return 0

@@ -5,13 +5,14 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from api.deps import CurrentTenant, UoW
+from api.deps import CurrentTenant, JobsWriter, UoW
 from api.schemas.common import ListPage, ts
 from core.adapters import repository as adapter_repo
 from core.adapters.models import AdapterVersion
 from core.base_models import repository as model_repo
 from core.base_models.models import BaseModel as BaseModelRow
 from core.kit.errors import NotFound
+from core.serving import service as serving
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -63,3 +64,17 @@ def get_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> ModelObject:
     if tuned is None:
         raise NotFound(f"no model with id {model_id!r}", param="model")
     return ModelObject.of_fine_tuned(tuned)
+
+
+class DeletedModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True
+
+
+@router.delete("/{model_id:path}", response_model=DeletedModel)
+def delete_model(model_id: str, tenant_id: JobsWriter, uow: UoW) -> DeletedModel:
+    """Delete a fine-tuned model (OpenAI's semantics): it is no longer listed or callable.
+    The adapter version behind it stays downloadable through /v1/adapters."""
+    serving.delete_model(uow.session, tenant_id, model_id)
+    return DeletedModel(id=model_id)

@@ -48,3 +48,6 @@ class AdapterVersion(Base):
     manifest: Mapped[dict[str, Any]]
     aliases: Mapped[list[str]] = mapped_column(ARRAY(String(64)), default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # DELETE /v1/models/{fine_tuned_model}: the model is gone (not listed, not callable);
+    # the version's files stay, downloadable through the adapters API
+    model_deleted_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -76,12 +76,16 @@ def for_job(session: Session, job_id: str) -> AdapterVersion | None:
 
 
 def fine_tuned_models(session: Session, tenant_id: TenantId) -> list[AdapterVersion]:
+    """The tenant's fine-tuned models that were not deleted, newest first."""
     return list(session.scalars(select(AdapterVersion).where(
-        AdapterVersion.tenant_id == tenant_id).order_by(AdapterVersion.id.desc())))
+        AdapterVersion.tenant_id == tenant_id, AdapterVersion.model_deleted_at.is_(None))
+        .order_by(AdapterVersion.id.desc())))
 
 
-def by_fine_tuned_model(session: Session, tenant_id: TenantId,
-                        name: str) -> AdapterVersion | None:
-    return session.scalars(select(AdapterVersion).where(
-        AdapterVersion.tenant_id == tenant_id,
-        AdapterVersion.fine_tuned_model == name)).one_or_none()
+def by_fine_tuned_model(session: Session, tenant_id: TenantId, name: str, *,
+                        for_update: bool = False) -> AdapterVersion | None:
+    """The version behind a fine-tuned model id, unless the model was deleted."""
+    stmt = select(AdapterVersion).where(
+        AdapterVersion.tenant_id == tenant_id, AdapterVersion.fine_tuned_model == name,
+        AdapterVersion.model_deleted_at.is_(None))
+    return session.scalars(stmt.with_for_update() if for_update else stmt).one_or_none()

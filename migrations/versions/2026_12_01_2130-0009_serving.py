@@ -1,0 +1,48 @@
+"""serving: inference usage per tenant, model and day; deleting a fine-tuned model
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-01 21:30:00
+
+``inference_usage`` adds up every inference request's tokens per tenant, model and UTC
+day (row-level security as on every tenant table, migration 0006).
+``adapter_versions.model_deleted_at`` is set by ``DELETE /v1/models/{fine_tuned_model}``:
+the model is no longer listed or callable; the version's files stay downloadable.
+"""
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = '0009'
+down_revision: str | None = '0008'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+POLICY = "tenant_isolation"
+
+
+def upgrade() -> None:
+    op.create_table(
+        'inference_usage',
+        sa.Column('tenant_id', sa.String(length=64, collation='C'), nullable=False),
+        sa.Column('day', sa.Date(), nullable=False),
+        sa.Column('model', sa.String(length=400), nullable=False),
+        sa.Column('requests', sa.BigInteger(), nullable=False),
+        sa.Column('prompt_tokens', sa.BigInteger(), nullable=False),
+        sa.Column('completion_tokens', sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE',
+                                name=op.f('fk_inference_usage_tenant_id_tenants')),
+        sa.PrimaryKeyConstraint('tenant_id', 'day', 'model', name=op.f('pk_inference_usage')),
+    )
+    op.execute("ALTER TABLE inference_usage ENABLE ROW LEVEL SECURITY")
+    op.execute("ALTER TABLE inference_usage FORCE ROW LEVEL SECURITY")
+    match = "tenant_id = current_setting('loramill.tenant_id', true) COLLATE \"C\""
+    op.execute(f"CREATE POLICY {POLICY} ON inference_usage USING ({match}) WITH CHECK ({match})")
+    op.add_column('adapter_versions', sa.Column('model_deleted_at',
+                                                sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column('adapter_versions', 'model_deleted_at')
+    op.drop_table('inference_usage')
