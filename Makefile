@@ -93,6 +93,7 @@ bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their re
 	$(PY) bench/train_throughput.py
 	$(PY) bench/dispatch.py
 	$(PY) bench/api_load.py
+	$(PY) bench/serve.py
 
 clean: down  ## stop the stack and remove local state (.loramill, .loramill-test)
 	rm -rf .loramill .loramill-test .loramill-test-models

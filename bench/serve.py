@@ -11,11 +11,13 @@ with streamed requests (each generates exactly ``--tokens`` tokens), ``--concurr
   zipf     each request's adapter drawn Zipf(1.1) over all of them (a few hot, a long tail)
 
 and measures, per run: throughput (generated tokens/s) of each and their ratio
-(goal >= 0.8), time to first token p50/p99, the swap cost of an adapter the engine holds
-(sequential requests alternating over 8 registered adapters, p50 latency minus the
-single-adapter p50; goal < 10 ms), and cold loads: the first request on an adapter never
-served (fetched from the bucket, verified, registered: goal < 500 ms over a warm request)
-and on one evicted from the engine but still on the gateway's disk (goal < 150 ms).
+(goal >= 0.8); time to first token p50/p99 under the Zipf load; the swap cost of an
+adapter the engine holds (sequential requests, one on the baseline adapter, then one on one
+of 8 other registered adapters, and so on: p50 of the second kind minus p50 of the first;
+goal < 10 ms); and cold loads, as an adapter's first request minus its second: one never
+served (fetched from the bucket, verified, registered: goal < 500 ms) and one pushed out
+of the engine's registrations but still on the gateway's disk (goal < 150 ms), beside the
+gateway's own measure of the same loads (loramill_adapter_load_seconds).
 ``--runs`` (3) runs; the medians are the result. Runs on a GPU machine the same way
 (``make serve-install VLLM=vllm...``): it only talks to the API, the database and the bucket.
 
@@ -51,10 +53,12 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 def make_adapter_files(model_dir: Path, out: Path, seed: int) -> None:
     import torch
+    import transformers
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     with torch.no_grad():
@@ -64,10 +68,12 @@ def make_adapter_files(model_dir: Path, out: Path, seed: int) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
 
 
-def seed_adapters(count: int, model_dir: Path) -> tuple[str, list[str]]:
-    """A bench tenant (key) with ``count`` fine-tuned models; their ids."""
+def seed_adapters(count: int, model_dir: Path, prefix: str) -> tuple[str, list[str]]:
+    """The bench tenant (a new key) with ``count`` fine-tuned models named
+    ``<prefix>-NNN`` (made if missing); their ids."""
     from sqlalchemy import select
 
+    import core.tables  # noqa: F401  (every table, for the foreign keys)
     from core.adapters import repository as adapter_repo
     from core.adapters.models import AdapterVersion
     from core.adapters.service import sha256_of
@@ -88,7 +94,9 @@ def seed_adapters(count: int, model_dir: Path) -> tuple[str, list[str]]:
         key = tenant_service.issue_key(session, tenant, name="bench").secret
         tenant_id = TenantId(tenant.id)
         existing = list(session.scalars(select(AdapterVersion.fine_tuned_model).where(
-            AdapterVersion.tenant_id == tenant_id).order_by(AdapterVersion.fine_tuned_model)))
+            AdapterVersion.tenant_id == tenant_id,
+            AdapterVersion.fine_tuned_model.like(f"%:{prefix}-%")).order_by(
+                AdapterVersion.fine_tuned_model)))
         if len(existing) >= count:
             return key, existing[:count]
         file_id = ids.new_id(ids.FILE)
@@ -100,7 +108,7 @@ def seed_adapters(count: int, model_dir: Path) -> tuple[str, list[str]]:
         models = list(existing)
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(len(existing), count):
-                name = f"bench-{i:03d}"
+                name = f"{prefix}-{i:03d}"
                 files_dir = Path(tmp) / name
                 make_adapter_files(model_dir, files_dir, seed=i)
                 job_id = ids.new_id("ftjob")
@@ -111,17 +119,17 @@ def seed_adapters(count: int, model_dir: Path) -> tuple[str, list[str]]:
                     status="succeeded", fine_tuned_model=ft, result_files=[],
                     gpu_class="cpu"))
                 session.flush()
-                prefix = adapter_prefix(tenant_id, name, 1)
+                where = adapter_prefix(tenant_id, name, 1)
                 files = []
                 for path in sorted(files_dir.iterdir()):
-                    storage.upload_file(path, prefix + path.name)
+                    storage.upload_file(path, where + path.name)
                     files.append({"name": path.name, "bytes": path.stat().st_size,
                                   "sha256": sha256_of(path)})
                 adapter = adapter_repo.lock_or_create(session, tenant_id, name)
                 session.add(AdapterVersion(
                     id=ids.new_id("adpv"), tenant_id=tenant_id, adapter_id=adapter.id,
                     version=1, job_id=job_id, base_model=MODEL, fine_tuned_model=ft,
-                    object_prefix=prefix, files=files, aliases=[],
+                    object_prefix=where, files=files, aliases=[],
                     manifest={"adapter": name, "files": files}))
                 models.append(ft)
         return key, sorted(models)
@@ -175,9 +183,37 @@ async def load(client: httpx.AsyncClient, models: list[str], concurrency: int,
             "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))]}
 
 
-async def sequential_p50(client: httpx.AsyncClient, models: list[str], tokens: int) -> float:
-    times = [(await one(client, m, tokens))[1] for m in models]
-    return 1000 * statistics.median(times)
+async def seconds(client: httpx.AsyncClient, model: str, tokens: int) -> float:
+    return (await one(client, model, tokens))[1]
+
+
+async def first_minus_second(client: httpx.AsyncClient, models: list[str],
+                             tokens: int) -> float:
+    """The median extra time of an adapter's first request over its second (ms)."""
+    extra = []
+    for model in models:
+        first = await seconds(client, model, tokens)
+        extra.append(first - await seconds(client, model, tokens))
+    return 1000 * statistics.median(extra)
+
+
+def load_seconds(api: str) -> dict[str, tuple[float, float]]:
+    """The gateway's own adapter-load histogram: source -> (sum of seconds, count)."""
+    text = httpx.get(api + "/metrics", timeout=30).text
+    found: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for part, index in (("_sum", 0), ("_count", 1)):
+            if line.startswith(f"loramill_adapter_load_seconds{part}{{"):
+                source = line.split('source="')[1].split('"')[0]
+                found.setdefault(source, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+    return {k: (v[0], v[1]) for k, v in found.items()}
+
+
+def mean_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+            source: str) -> float | None:
+    total = after.get(source, (0.0, 0.0))[0] - before.get(source, (0.0, 0.0))[0]
+    count = after.get(source, (0.0, 0.0))[1] - before.get(source, (0.0, 0.0))[1]
+    return 1000 * total / count if count else None
 
 
 def zipf_draws(n_models: int, n: int, rng: random.Random) -> list[int]:
@@ -185,40 +221,47 @@ def zipf_draws(n_models: int, n: int, rng: random.Random) -> list[int]:
     return rng.choices(range(n_models), weights=weights, k=n)
 
 
-async def one_run(api: str, key: str, models: list[str], args: argparse.Namespace,
-                  run: int) -> dict[str, Any]:
-    rng = random.Random(run)
+async def one_run(api: str, key: str, models: list[str], fresh: list[str],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(len(fresh))
     async with httpx.AsyncClient(base_url=api, timeout=300, headers={
             "Authorization": f"Bearer {key}"}, limits=httpx.Limits(max_connections=64)) as c:
         hot = models[0]
         await one(c, hot, args.tokens)  # the baseline adapter loaded
-        warm = await sequential_p50(c, [hot] * 20, args.tokens)
 
-        # cold from the bucket: adapters this gateway never served (a fresh set per run)
-        fresh = models[len(models) - (run + 1) * 5: len(models) - run * 5]
-        cold_storage = [1000 * (await one(c, m, args.tokens))[1] - warm for m in fresh]
+        # cold from the bucket: adapters this gateway never served (fresh ones every run)
+        before = load_seconds(api)
+        cold_storage = await first_minus_second(c, fresh, args.tokens)
+        gateway_storage = mean_ms(before, load_seconds(api), "storage")
 
         single = await load(c, [hot] * args.requests, args.concurrency, args.tokens)
         draws = zipf_draws(len(models), args.requests, rng)
         zipf = await load(c, [models[i] for i in draws], args.concurrency, args.tokens)
 
-        # swap between adapters the engine holds
-        held = models[:8]
+        # swapping between adapters the engine holds, against staying on one: interleaved
+        held = models[1:9]
         for m in held:
             await one(c, m, args.tokens)
-        swap = await sequential_p50(c, held * 3, args.tokens) - warm
+        same, swapped = [], []
+        for i in range(args.swaps):
+            same.append(await seconds(c, hot, args.tokens))
+            swapped.append(await seconds(c, held[i % len(held)], args.tokens))
+        swap = 1000 * (statistics.median(swapped) - statistics.median(same))
 
-        # cold from the gateway's disk: registered once, evicted by more than the engine
-        # holds, asked again
+        # cold from the gateway's disk: registered once, then pushed out of the engine by
+        # more adapters than it keeps registered, asked again
         limit = load_settings().serving_max_loaded_adapters
         evicted = models[10:15]
         for m in evicted + models[20:20 + limit]:
             await one(c, m, args.tokens)
-        cold_disk = [1000 * (await one(c, m, args.tokens))[1] - warm for m in evicted]
-    return {"single": single, "zipf": zipf, "ratio": zipf["tokens_per_s"]
-            / single["tokens_per_s"], "warm_request_ms": warm, "swap_ms": swap,
-            "cold_storage_ms": statistics.median(cold_storage),
-            "cold_disk_ms": statistics.median(cold_disk)}
+        before = load_seconds(api)
+        cold_disk = await first_minus_second(c, evicted, args.tokens)
+        gateway_disk = mean_ms(before, load_seconds(api), "disk")
+    return {"single": single, "zipf": zipf,
+            "ratio": zipf["tokens_per_s"] / single["tokens_per_s"],
+            "request_ms": 1000 * statistics.median(same), "swap_ms": swap,
+            "cold_storage_ms": cold_storage, "cold_disk_ms": cold_disk,
+            "gateway_load_storage_ms": gateway_storage, "gateway_load_disk_ms": gateway_disk}
 
 
 def main() -> int:
@@ -228,26 +271,31 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--swaps", type=int, default=24)
     args = parser.parse_args()
     env = read_env_file(HOME / "dev.env")
     settings = load_settings()
     model_dir = settings.models_dir / "tiny-llama"
     started = time.perf_counter()
-    key, models = seed_adapters(args.adapters + 5 * args.runs, model_dir)
-    print(f"seeded {len(models)} adapters in {time.perf_counter() - started:.0f}s")
-    zipf_set, fresh = models[:args.adapters], models[args.adapters:]
+    key, zipf_set = seed_adapters(args.adapters, model_dir, "bench")
+    # adapters no gateway has served yet: new ones at every invocation
+    key, fresh = seed_adapters(5 * args.runs, model_dir, f"cold{int(time.time())}")
+    print(f"{len(zipf_set)} adapters, {len(fresh)} never served "
+          f"(seeded in {time.perf_counter() - started:.0f}s)")
     runs = []
     for run in range(args.runs):
         # each run's cold adapters come after the Zipf set, never served before
-        result = asyncio.run(one_run(env["LORAMILL_API_URL"], key, zipf_set + fresh,
-                                     args, run))
+        result = asyncio.run(one_run(env["LORAMILL_API_URL"], key, zipf_set,
+                                     fresh[5 * run:5 * run + 5], args))
         runs.append(result)
         print(f"run {run + 1}: single {result['single']['tokens_per_s']:.0f} tok/s, zipf "
               f"{result['zipf']['tokens_per_s']:.0f} tok/s ({result['ratio']:.2f}x), "
               f"TTFT p50 {result['zipf']['ttft_p50_ms']:.0f} / p99 "
               f"{result['zipf']['ttft_p99_ms']:.0f} ms, swap {result['swap_ms']:+.1f} ms, "
-              f"cold disk {result['cold_disk_ms']:.0f} ms, cold bucket "
-              f"{result['cold_storage_ms']:.0f} ms", flush=True)
+              f"cold disk +{result['cold_disk_ms']:.0f} ms (gateway "
+              f"{result['gateway_load_disk_ms'] or 0:.0f}), cold bucket "
+              f"+{result['cold_storage_ms']:.0f} ms (gateway "
+              f"{result['gateway_load_storage_ms'] or 0:.0f})", flush=True)
 
     def median(*path: str) -> float:
         values = []
@@ -255,8 +303,9 @@ def main() -> int:
             value: Any = r
             for part in path:
                 value = value[part]
-            values.append(float(value))
-        return statistics.median(values)
+            if value is not None:
+                values.append(float(value))
+        return statistics.median(values) if values else float("nan")
 
     summary = {
         "adapters": args.adapters, "requests": args.requests, "concurrency": args.concurrency,
@@ -266,9 +315,11 @@ def main() -> int:
             "zipf_tokens_per_s": median("zipf", "tokens_per_s"),
             "ratio": median("ratio"), "ttft_p50_ms": median("zipf", "ttft_p50_ms"),
             "ttft_p99_ms": median("zipf", "ttft_p99_ms"), "swap_ms": median("swap_ms"),
-            "warm_request_ms": median("warm_request_ms"),
+            "request_ms": median("request_ms"),
             "cold_disk_ms": median("cold_disk_ms"),
-            "cold_storage_ms": median("cold_storage_ms")},
+            "cold_storage_ms": median("cold_storage_ms"),
+            "gateway_load_disk_ms": median("gateway_load_disk_ms"),
+            "gateway_load_storage_ms": median("gateway_load_storage_ms")},
         "goals": {"ratio": ">= 0.8", "swap_ms": "< 10", "cold_disk_ms": "< 150",
                   "cold_storage_ms": "< 500"},
         "engine": settings.serving_engines,
