@@ -76,12 +76,11 @@ def seed_adapters(count: int, model_dir: Path, prefix: str) -> tuple[str, list[s
     import core.tables  # noqa: F401  (every table, for the foreign keys)
     from core.adapters import repository as adapter_repo
     from core.adapters.models import AdapterVersion
-    from core.adapters.service import sha256_of
     from core.files.models import File
     from core.jobs.models import FineTuningJob
     from core.kit import ids
     from core.kit.db import admin_scope
-    from core.kit.storage import adapter_prefix, get_storage
+    from core.kit.storage import adapter_prefix, get_storage, sha256_of
     from core.tenants import repository as tenant_repo
     from core.tenants import service as tenant_service
     from core.tenants.scope import TenantId

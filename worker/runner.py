@@ -233,15 +233,16 @@ class JobReporter:
         return "pause" if pause else None
 
     def checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
-        prefix = checkpoint_service.upload(get_storage(), self.claim.tenant_id,
-                                           self.claim.job_id, step, directory)
-        self._record_checkpoint(step, metrics, prefix)
+        uploaded = checkpoint_service.upload(get_storage(), self.claim.tenant_id,
+                                             self.claim.job_id, step, directory)
+        self._record_checkpoint(step, metrics, uploaded)
 
     @outage_tolerant
-    def _record_checkpoint(self, step: int, metrics: dict[str, Any], prefix: str) -> None:
+    def _record_checkpoint(self, step: int, metrics: dict[str, Any],
+                           uploaded: checkpoint_service.Uploaded) -> None:
         with tenant_scope(self.claim.tenant_id) as session:
             checkpoint_service.record(session, fenced(session, self.claim), step, metrics,
-                                      prefix)
+                                      uploaded)
 
 
 def explain(exc: BaseException) -> dict[str, Any]:

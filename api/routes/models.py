@@ -30,6 +30,8 @@ class ModelObject(BaseModel):
     parent: str | None = None
     adapter: str | None = None
     adapter_version: int | None = None
+    checkpoint_step: int | None = None  # a checkpoint model (ft:…:ckpt-step-N)
+    fine_tuning_job_id: str | None = None
 
     @classmethod
     def of_fine_tuned(cls, v: AdapterVersion) -> ModelObject:
@@ -61,9 +63,15 @@ def get_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> ModelObject:
     if model is not None:
         return ModelObject.of_base(model)
     tuned = adapter_repo.by_fine_tuned_model(uow.session, tenant_id, model_id)
-    if tuned is None:
+    if tuned is not None:
+        return ModelObject.of_fine_tuned(tuned)
+    checkpoint = serving.checkpoint_row(uow.session, tenant_id, model_id)
+    if checkpoint is None:
         raise NotFound(f"no model with id {model_id!r}", param="model")
-    return ModelObject.of_fine_tuned(tuned)
+    base = model_id.removeprefix("ft:").rsplit(":", 3)[0]
+    return ModelObject(id=model_id, created=ts(checkpoint.created_at) or 0, owned_by=tenant_id,
+                       parent=base, checkpoint_step=checkpoint.step,
+                       fine_tuning_job_id=checkpoint.job_id)
 
 
 class DeletedModel(BaseModel):

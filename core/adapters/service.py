@@ -29,7 +29,14 @@ from core.jobs.models import FineTuningJob
 from core.kit import ids
 from core.kit.errors import NotFound
 from core.kit.orm import utcnow
-from core.kit.storage import Storage, adapter_prefix, result_file_key, staging_prefix
+from core.kit.storage import (
+    Storage,
+    adapter_prefix,
+    file_entries,
+    result_file_key,
+    sha256_of,
+    staging_prefix,
+)
 from core.tenants.scope import TenantId
 
 DOWNLOAD_SECONDS = 15 * 60
@@ -86,14 +93,6 @@ class Staged:
     result: File
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stage(storage: Storage, *, tenant_id: str, job_id: str, lease_token: str,
           adapter_dir: Path, metrics_csv: Path, metric_rows: int) -> Staged:
     """Upload a job's adapter and metrics without holding any lock (however long it takes).
@@ -101,8 +100,7 @@ def stage(storage: Storage, *, tenant_id: str, job_id: str, lease_token: str,
     down, by the scheduler's storage clean-up once the job has ended)."""
     prefix = staging_prefix(tenant_id, job_id, lease_token)
     paths = sorted(p for p in adapter_dir.iterdir() if p.is_file())
-    files = [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_of(p)}
-             for p in paths]
+    files = file_entries(paths)
     result_id = ids.new_id(ids.FILE)
     result = file_service.result_file(
         tenant_id=tenant_id, file_id=result_id, key=result_file_key(tenant_id, result_id),

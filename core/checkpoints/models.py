@@ -23,4 +23,6 @@ class JobCheckpoint(Base):
     step: Mapped[int]
     metrics: Mapped[dict[str, Any]]
     object_prefix: Mapped[str] = mapped_column(String(512))
+    # name, bytes, sha256 of each file: what serving checks a checkpoint model against
+    files: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

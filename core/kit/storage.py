@@ -6,6 +6,7 @@ Keys are always built here from ids (design.md §8), never from user-supplied na
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -73,6 +74,19 @@ def _part_content_type(request: Any, **_: Any) -> None:
     content_type = getattr(_part_type, "value", None)
     if content_type:
         request.headers["Content-Type"] = content_type
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(paths: list[Path]) -> list[dict[str, Any]]:
+    """What a manifest records of each file: name, bytes, sha256."""
+    return [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in paths]
 
 
 def make_client(settings: Settings) -> S3Client:

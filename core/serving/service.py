@@ -4,6 +4,7 @@ fine-tuned model, and the usage each call adds to its tenant's account."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -12,7 +13,10 @@ from sqlalchemy.orm import Session
 
 from core.adapters import repository as adapter_repo
 from core.base_models import repository as model_repo
-from core.kit.errors import NotFound, PermissionDenied
+from core.checkpoints import repository as checkpoint_repo
+from core.checkpoints.models import JobCheckpoint
+from core.jobs import repository as job_repo
+from core.kit.errors import InvalidRequest, NotFound, PermissionDenied
 from core.kit.orm import utcnow
 from core.serving import repository
 from core.serving.models import UsageDay
@@ -47,17 +51,50 @@ def _not_found(model: str) -> NotFound:
                     param="model", code="model_not_found")
 
 
+# the checkpoints API's fine_tuned_model_checkpoint: ft:<base>:<tenant>:<job>:ckpt-step-<n>
+CHECKPOINT_MODEL = re.compile(r"^ft:(?P<base>.+):(?P<tenant>[^:]+):(?P<job>[^:]+)"
+                              r":ckpt-step-(?P<step>\d{1,9})$")
+
+
 def resolve(session: Session, tenant_id: TenantId, model: str) -> Target:
-    """An enabled base model, or one of this tenant's fine-tuned models (another tenant's
-    is not found: row-level security and the filter both say so)."""
+    """An enabled base model, or one of this tenant's fine-tuned or checkpoint models
+    (another tenant's is not found: row-level security and the filter both say so)."""
     base = model_repo.get_enabled(session, model)
     if base is not None:
         return Target(model=model, base_model=base.id)
+    found = CHECKPOINT_MODEL.match(model)
+    if found:
+        return _checkpoint(session, tenant_id, model, found)
     version = adapter_repo.by_fine_tuned_model(session, tenant_id, model)
     if version is None or model_repo.get_enabled(session, version.base_model) is None:
         raise _not_found(model)
     return Target(model=model, base_model=version.base_model, version_id=version.id,
                   object_prefix=version.object_prefix, files=list(version.files))
+
+
+def checkpoint_row(session: Session, tenant_id: TenantId, model: str) -> JobCheckpoint | None:
+    """The checkpoint a checkpoint model id names, if it is this tenant's."""
+    found = CHECKPOINT_MODEL.match(model)
+    if found is None or found["tenant"] != tenant_id:
+        return None
+    job = job_repo.get(session, tenant_id, found["job"])
+    if job is None or job.model != found["base"]:
+        return None
+    return checkpoint_repo.at_step(session, tenant_id, job.id, int(found["step"]))
+
+
+def _checkpoint(session: Session, tenant_id: TenantId, model: str,
+                found: re.Match[str]) -> Target:
+    row = checkpoint_row(session, tenant_id, model)
+    if row is None or model_repo.get_enabled(session, found["base"]) is None:
+        raise _not_found(model)
+    if not row.files:
+        raise InvalidRequest(
+            f"checkpoint model {model} was saved before checkpoints recorded their files' "
+            "sha256s, so it cannot be checked and is not served; use the job's fine-tuned "
+            "model", param="model", code="checkpoint_not_servable")
+    return Target(model=model, base_model=found["base"], version_id=row.id,
+                  object_prefix=row.object_prefix, files=list(row.files))
 
 
 def delete_model(session: Session, tenant_id: TenantId, model: str) -> None:

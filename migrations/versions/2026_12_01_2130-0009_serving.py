@@ -8,11 +8,15 @@ Create Date: 2026-12-01 21:30:00
 day (row-level security as on every tenant table, migration 0006).
 ``adapter_versions.model_deleted_at`` is set by ``DELETE /v1/models/{fine_tuned_model}``:
 the model is no longer listed or callable; the version's files stay downloadable.
+``job_checkpoints.files`` records each checkpoint file's sha256, which serving checks a
+checkpoint model (``ft:…:ckpt-step-N``) against; older checkpoints have none and are
+not served.
 """
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = '0009'
 down_revision: str | None = '0008'
@@ -41,8 +45,11 @@ def upgrade() -> None:
     op.execute(f"CREATE POLICY {POLICY} ON inference_usage USING ({match}) WITH CHECK ({match})")
     op.add_column('adapter_versions', sa.Column('model_deleted_at',
                                                 sa.DateTime(timezone=True), nullable=True))
+    op.add_column('job_checkpoints', sa.Column('files', postgresql.JSONB(), nullable=False,
+                                               server_default='[]'))
 
 
 def downgrade() -> None:
+    op.drop_column('job_checkpoints', 'files')
     op.drop_column('adapter_versions', 'model_deleted_at')
     op.drop_table('inference_usage')

@@ -150,6 +150,29 @@ def test_another_tenants_model_is_not_found(stack: StackInfo, tuned: dict[str, A
     assert tuned["b"].client.delete(f"/v1/models/{tuned['a_model']}").status_code == 404
 
 
+def test_checkpoint_models_are_callable_by_their_owner(stack: StackInfo,
+                                                       tuned: dict[str, Any]) -> None:
+    a, b = tuned["a"], tuned["b"]
+    job_id = tuned["a_model"].rsplit(":", 1)[1]
+    checkpoints = a.client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    assert checkpoints, "the job saved no checkpoint"
+    model = checkpoints[-1]["fine_tuned_model_checkpoint"]
+    step = checkpoints[-1]["step_number"]
+    answer = client_of(stack, a).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": QUESTION}], max_tokens=4,
+        temperature=0)
+    assert answer.model == model and answer.usage and answer.usage.completion_tokens > 0
+    retrieved = a.client.get(f"/v1/models/{model}").json()
+    assert retrieved["checkpoint_step"] == step and retrieved["parent"] == MODEL
+    for client, name in ((client_of(stack, b), model),
+                         (client_of(stack, a), model.replace(f"ckpt-step-{step}",
+                                                             "ckpt-step-99999"))):
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": QUESTION}])
+    assert b.client.get(f"/v1/models/{model}").status_code == 404
+
+
 def test_a_tampered_adapter_file_is_refused_not_served(stack: StackInfo,
                                                        tuned: dict[str, Any]) -> None:
     """The gateway's local copy is gone (evicted); the stored weights were changed since
