@@ -19,21 +19,60 @@ from core.tenants.scope import TenantId
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 
-class ChatCompletionRequest(BaseModel):
-    """OpenAI's chat completion body; fields beyond these go to the engine as they are
-    (it refuses what it does not know)."""
+MAX_N = 16  # choices per request: one request may not take a shared engine's whole batch
 
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(description="a base model, or one of your fine-tuned models")
+
+class Sampling(BaseModel):
+    """What a request may ask of the engine: OpenAI's parameters and a few of vLLM's
+    sampling extensions. Anything else is refused: vLLM's server also takes fields that
+    are the operator's business (a chat template of the caller's, scheduling priority,
+    KV-transfer parameters, request ids), which no tenant may set. Values are checked by
+    the engine (its 400s come back with its message)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="a base model, one of your fine-tuned models, or one of "
+                       "their checkpoint models")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_N)
+    temperature: Any = None
+    top_p: Any = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logit_bias: Any = None
+    seed: Any = None
+    stop: Any = None
+    user: Any = None
+    # vLLM's sampling extensions
+    top_k: Any = None
+    min_p: Any = None
+    repetition_penalty: Any = None
+    min_tokens: Any = None
+    ignore_eos: Any = None
+
+
+class ChatCompletionRequest(Sampling):
+    """OpenAI's chat completion body."""
+
     messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: Any = None
+    top_logprobs: Any = None
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
+class CompletionRequest(Sampling):
+    """OpenAI's (legacy) completion body."""
+
     prompt: str | list[str] | list[int] | list[list[int]]
-    stream: bool = False
+    logprobs: Any = None
+    echo: Any = None
+    suffix: Any = None
+    best_of: Any = None
 
 
 class UsageObject(BaseModel):

@@ -75,3 +75,23 @@ def test_usage_starts_empty_and_base_models_cannot_be_deleted(tenant: TenantHand
     response = tenant.client.delete("/v1/models/ft:nothing:here")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_engine_only_fields_are_refused(tenant: TenantHandle) -> None:
+    """vLLM's server takes fields that are the operator's business; a tenant's request
+    may not carry them (nor any field OpenAI's API does not have)."""
+    for field, value in (("chat_template", "{{ 'pwned' }}"), ("priority", -100),
+                         ("kv_transfer_params", {"do_remote_prefill": True}),
+                         ("request_id", "someone-elses"), ("vllm_xargs", {"a": 1}),
+                         ("no_such_thing", 1)):
+        response = tenant.client.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": ASK, field: value})
+        assert response.status_code == 400, (field, response.text)
+        error = response.json()["error"]
+        assert error["param"] == field and "unrecognized request argument" in error["message"]
+    response = tenant.client.post("/v1/chat/completions", json={
+        "model": MODEL, "messages": ASK, "n": 17})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+    response = tenant.client.post("/v1/completions", json={
+        "model": MODEL, "prompt": "x", "max_tokens": 0})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "max_tokens"
