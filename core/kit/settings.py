@@ -87,9 +87,9 @@ class Settings(BaseSettings):
     worker_timeout_seconds: float = 30.0  # a worker not heard from for this long has no slots
 
     # Serving (docs/serving.md): the API is the gateway to one vLLM engine per base model.
-    # base model id -> the engine's URL (vLLM's OpenAI-compatible server); the local stack
-    # writes its own engines here (stack.env)
-    serving_engines: dict[str, str] = Field(default_factory=dict)
+    # base model id -> the engine's URL (vLLM's OpenAI-compatible server), or a list of
+    # replicas' URLs; the local stack writes its own engines here (stack.env)
+    serving_engines: dict[str, str | list[str]] = Field(default_factory=dict)
     serving_cache_dir: Path | None = None  # adapters verified on local disk; None: home/...
     serving_cache_bytes: int = 10 * 1024 * MiB  # the cache's bound (least recently used go)
     serving_max_loaded_adapters: int = 64  # per engine, registered at once (LRU)

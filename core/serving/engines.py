@@ -1,5 +1,8 @@
-"""The engines behind the gateway: one vLLM OpenAI-compatible server per base model
-(settings.serving_engines), and the adapters this gateway has registered with each.
+"""The engines behind the gateway: vLLM OpenAI-compatible servers, one or more replicas
+per base model (settings.serving_engines), and the adapters this gateway has registered
+with each. An adapter is sent to its home replica (rendezvous hashing on its id), so it
+is registered on one replica only; when that replica does not answer, the next one in
+its order takes the request.
 
 Adapters are registered at run time (``POST /v1/load_lora_adapter``, the engine started
 with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``) under their version id, from the gateway's
@@ -16,6 +19,8 @@ reason) instead of only "not reachable".
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import json
 import logging
 from collections import OrderedDict
@@ -176,23 +181,42 @@ def engine_message(response: httpx.Response) -> str:
 
 
 
+def by_affinity(key: str, urls: list[str]) -> list[str]:
+    """The replicas in the order a request for ``key`` tries them: rendezvous hashing, so
+    each adapter has one home replica (where it stays registered), homes spread evenly,
+    and a replica that goes away moves only its own adapters, each to its next choice."""
+    def weight(url: str) -> bytes:
+        return hashlib.sha256(f"{key}\n{url}".encode()).digest()
+    return sorted(urls, key=weight, reverse=True)
+
+
 class Engines:
-    """The engines of one gateway process, one per configured base model."""
+    """The engines of one gateway process: one or more replicas per base model."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
-        self.by_model = {base: Engine(base, url, settings, self.client)
-                         for base, url in settings.serving_engines.items()}
+        self.replicas: dict[str, dict[str, Engine]] = {}
+        for base, urls in settings.serving_engines.items():
+            listed = [urls] if isinstance(urls, str) else list(urls)
+            self.replicas[base] = {url: Engine(base, url, settings, self.client)
+                                   for url in listed}
+        self._turn = itertools.count()
 
-    def for_base(self, base_model: str) -> Engine:
-        engine = self.by_model.get(base_model)
-        if engine is None:
+    def for_base(self, base_model: str, adapter: str | None) -> list[Engine]:
+        """The replicas to try, in order: an adapter's home first; base-model requests
+        take turns."""
+        replicas = self.replicas.get(base_model)
+        if not replicas:
             raise EngineUnavailable(
                 f"no serving engine is configured for {base_model}; operators list engines "
                 "in LORAMILL_SERVING_ENGINES (docs/serving.md)", code="model_not_served")
-        return engine
+        urls = list(replicas)
+        if adapter is not None:
+            return [replicas[url] for url in by_affinity(adapter, urls)]
+        start = next(self._turn) % len(urls)
+        return [replicas[url] for url in urls[start:] + urls[:start]]
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -29,7 +29,13 @@ from core.kit.settings import Settings
 from core.kit.storage import Storage
 from core.serving import service
 from core.serving.cache import AdapterCache
-from core.serving.engines import Engine, EngineError, Engines, engine_message
+from core.serving.engines import (
+    Engine,
+    EngineError,
+    Engines,
+    EngineUnavailable,
+    engine_message,
+)
 from core.serving.service import Target
 from core.tenants.scope import TenantId
 
@@ -98,9 +104,25 @@ class Gateway:
             metrics.ADAPTER_LOADS.labels(source).inc()
             metrics.ADAPTER_LOAD_SECONDS.labels(source).observe(time.perf_counter() - started)
 
-    async def _send(self, engine: Engine, target: Target, path: str,
-                    payload: dict[str, Any], stack: AsyncExitStack | None) -> httpx.Response:
-        """One request to the engine; if it no longer knows the adapter (it restarted),
+    async def _send(self, target: Target, path: str, payload: dict[str, Any],
+                    stack: AsyncExitStack | None) -> httpx.Response:
+        """One request to the target's engine: its adapter's home replica, else the next
+        one that answers."""
+        replicas = self.engines.for_base(target.base_model, target.version_id)
+        for engine in replicas:
+            try:
+                return await self._send_to(engine, target, path, payload, stack)
+            except EngineUnavailable as exc:
+                if engine is replicas[-1]:
+                    raise
+                log.warning("engine replica %s unavailable (%s); trying the next one",
+                            engine.url, exc.message)
+        raise AssertionError("unreachable")
+
+    async def _send_to(self, engine: Engine, target: Target, path: str,
+                       payload: dict[str, Any], stack: AsyncExitStack | None,
+                       ) -> httpx.Response:
+        """One request to one engine; if it no longer knows the adapter (it restarted),
         register it again and retry once."""
         for attempt in (1, 2):
             await self._prepare(engine, target)
@@ -110,8 +132,8 @@ class Gateway:
                 response = await stack.enter_async_context(engine.stream(path, payload))
             if response.status_code == 404 and target.version_id and attempt == 1:
                 await response.aread()
-                log.info("engine for %s forgot adapter %s (restarted?); loading it again",
-                         target.base_model, target.version_id)
+                log.info("engine %s forgot adapter %s (restarted?); loading it again",
+                         engine.url, target.version_id)
                 engine.forget(target.version_id)
                 continue
             if response.status_code >= 400:
@@ -125,12 +147,11 @@ class Gateway:
     async def complete(self, endpoint: str, tenant_id: TenantId, target: Target,
                        body: dict[str, Any]) -> dict[str, Any]:
         """A whole answer (``stream`` false)."""
-        engine = self.engines.for_base(target.base_model)
         payload = {**body, "model": target.engine_model}
         started = time.perf_counter()
         status = "error"
         try:
-            response = await self._send(engine, target, PATHS[endpoint], payload, None)
+            response = await self._send(target, PATHS[endpoint], payload, None)
             answer = _tidy(response.json(), target.model)
             usage = Usage()
             usage.take(answer.get("usage"))
@@ -148,7 +169,6 @@ class Gateway:
                           body: dict[str, Any]) -> AsyncIterator[bytes]:
         """The engine's stream, opened (so a refusal is an HTTP error, not a broken
         stream), as server-sent events for the caller."""
-        engine = self.engines.for_base(target.base_model)
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
             raise InvalidRequest("stream_options must be an object", param="stream_options")
@@ -158,7 +178,7 @@ class Gateway:
         stack = AsyncExitStack()
         started = time.perf_counter()
         try:
-            response = await self._send(engine, target, PATHS[endpoint], payload, stack)
+            response = await self._send(target, PATHS[endpoint], payload, stack)
         except BaseException:
             await stack.aclose()
             metrics.INFERENCE_REQUESTS.labels(endpoint, target.kind, "error").inc()

@@ -4,6 +4,7 @@ adapter at run time, from a local copy verified against the published sha256s.""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from core.kit.settings import get_settings
 from core.kit.storage import get_storage
-from tests.conftest import ROOT, StackInfo, TenantHandle, make_tenant
+from tests.conftest import ROOT, StackInfo, TenantHandle, api_process, make_tenant
 from tests.e2e.conftest import wait_for, wait_until
 from tests.integration.api.helpers import jsonl, upload_ok
 
@@ -173,6 +174,35 @@ def test_checkpoint_models_are_callable_by_their_owner(stack: StackInfo,
     assert b.client.get(f"/v1/models/{model}").status_code == 404
 
 
+def test_replicas_a_dead_home_replica_fails_over(stack: StackInfo,
+                                                 tuned: dict[str, Any]) -> None:
+    """A gateway with two replicas for the base model, one of them dead: every request is
+    answered by the live one, whichever replica is an adapter's home."""
+    from core.adapters import repository as adapter_repo
+    from core.kit.db import admin_scope
+    from core.serving.engines import by_affinity
+    from devstack.stack import find_ports
+
+    with admin_scope() as session:
+        version = adapter_repo.by_fine_tuned_model(session, tuned["a"].id,
+                                                   tuned["a_model"])
+        assert version is not None
+        home_of_a = version.id
+    live = get_settings().serving_engines[MODEL]
+    assert isinstance(live, str)
+    # a dead replica that is the home of tenant a's adapter: its requests must fail over
+    dead = next(url for port in find_ports(20, 46000)
+                if by_affinity(home_of_a, [url := f"http://127.0.0.1:{port}", live])[0] == url)
+    engines = json.dumps({MODEL: [dead, live]})
+    with api_process(env={"LORAMILL_SERVING_ENGINES": engines}) as url:
+        for tenant, model, expected in ((tuned["a"], tuned["a_model"], "Paris."),
+                                        (tuned["b"], tuned["b_model"], "Lyon.")):
+            client = openai.OpenAI(api_key=tenant.key, base_url=f"{url}/v1", max_retries=0,
+                                   timeout=120)
+            assert ask(client, model) == expected
+            assert ask(client, MODEL) not in ("Paris.", "Lyon.")  # base: replicas take turns
+
+
 def test_a_tampered_adapter_file_is_refused_not_served(stack: StackInfo,
                                                        tuned: dict[str, Any]) -> None:
     """The gateway's local copy is gone (evicted); the stored weights were changed since
@@ -181,7 +211,7 @@ def test_a_tampered_adapter_file_is_refused_not_served(stack: StackInfo,
     from core.kit.db import admin_scope
 
     with admin_scope() as session:
-        version = adapter_repo.by_fine_tuned_model(session, tuned["a"].id,  # type: ignore[arg-type]
+        version = adapter_repo.by_fine_tuned_model(session, tuned["a"].id,
                                                    tuned["a_model"])
         assert version is not None
         key = version.object_prefix + "adapter_model.safetensors"

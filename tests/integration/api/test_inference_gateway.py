@@ -62,7 +62,7 @@ def test_an_engine_that_could_not_start_is_a_503_that_says_why(
         assert client.models.list().data  # the rest of the API answers
     finally:
         record_status(stack.redis_url, MODEL, "stopped")
-    assert get_settings().serving_engines[MODEL].startswith("http://127.0.0.1:")
+    assert str(get_settings().serving_engines[MODEL]).startswith("http://127.0.0.1:")
 
 
 def test_usage_starts_empty_and_base_models_cannot_be_deleted(tenant: TenantHandle) -> None:
