@@ -7,7 +7,8 @@ into a temporary directory beside it and renamed into place, so a crash mid-down
 leaves nothing an engine could load. A file whose bytes do not match is refused (and
 logged): a tampered or corrupted object in the bucket is never served. The cache is
 bounded in bytes; the least recently used versions go first (a directory's mtime is its
-last use).
+last use). Several API processes may share one cache directory. The cache is trusted once
+written, like the engine's own disk: whoever can write there can change what is served.
 """
 
 from __future__ import annotations
@@ -97,7 +98,11 @@ class AdapterCache:
                     raise AdapterIntegrityError(
                         f"the stored adapter file {name} does not match the sha256 it was "
                         "published with; it is not served. The operators were told (logged)")
-            os.rename(staging, target)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not target.is_dir():  # else another process put the same files there
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import redis
 
-from core.kit.errors import LoramillError, ServiceUnavailable
+from core.kit.errors import LoramillError, ServiceUnavailable, Unprocessable
 from core.kit.settings import Settings
 
 log = logging.getLogger("loramill.serving")
@@ -97,10 +97,17 @@ class Engine:
             response = await self._call("POST", "/v1/load_lora_adapter",
                                         json={"lora_name": name, "lora_path": path})
             # "already loaded": another gateway (or our earlier life) registered it
-            if response.status_code >= 400 and "already" not in response.text:
+            if response.status_code >= 500:
                 raise EngineError(
                     f"the engine for {self.base_model} could not load the adapter: "
                     f"{engine_message(response)}")
+            if response.status_code >= 400 and "already" not in response.text:
+                # the adapter itself does not fit this engine (a rank above its
+                # --max-lora-rank, modules it cannot serve): the caller's model, not a fault
+                raise Unprocessable(
+                    f"this model's adapter cannot be served by the engine for "
+                    f"{self.base_model}: {engine_message(response)}",
+                    param="model", code="adapter_not_servable")
             self.loaded[name] = None
         while len(self.loaded) > self.max_loaded:
             oldest, _ = self.loaded.popitem(last=False)

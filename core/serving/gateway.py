@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ import httpx
 
 from core.kit import metrics
 from core.kit.db import tenant_scope
-from core.kit.errors import InvalidRequest, LoramillError
+from core.kit.errors import InvalidRequest, LoramillError, Unprocessable
 from core.kit.settings import Settings
 from core.kit.storage import Storage
 from core.serving import service
@@ -99,10 +100,28 @@ class Gateway:
             self.cache.get, self.storage(), target.version_id, target.object_prefix,
             target.files)
         metrics.ADAPTER_CACHE.labels("hit" if cached.hit else "miss").inc()
+        self._check_rank(target, cached.path)
         if await engine.ensure_loaded(target.version_id, str(cached.path)):
             source = "disk" if cached.hit else "storage"
             metrics.ADAPTER_LOADS.labels(source).inc()
             metrics.ADAPTER_LOAD_SECONDS.labels(source).observe(time.perf_counter() - started)
+
+    def _check_rank(self, target: Target, path: Path) -> None:
+        """An adapter of a higher rank than the engines serve (their --max-lora-rank) is
+        the caller's model's limit, said as such, not an engine failure."""
+        try:
+            config = json.loads((path / "adapter_config.json").read_text())
+            ranks = [int(config.get("r") or 0),
+                     *(int(r) for r in (config.get("rank_pattern") or {}).values())]
+        except (OSError, ValueError, TypeError, AttributeError):
+            return  # the engine will say what is wrong with it
+        limit = self.settings.serving_max_lora_rank
+        if max(ranks) > limit:
+            raise Unprocessable(
+                f"{target.model} has LoRA rank {max(ranks)}; the engines serve ranks up to "
+                f"{limit}. Train with lora.r <= {limit}, or ask the operators to raise "
+                "LORAMILL_SERVING_MAX_LORA_RANK (and the engines' --max-lora-rank)",
+                param="model", code="adapter_not_servable")
 
     async def _send(self, target: Target, path: str, payload: dict[str, Any],
                     stack: AsyncExitStack | None) -> httpx.Response:
@@ -221,14 +240,16 @@ class Gateway:
                                "code": "engine_unavailable"}}
             yield f"data: {json.dumps(error)}\n\n".encode()
         finally:
-            await stack.aclose()
             metrics.INFERENCE_REQUESTS.labels(endpoint, target.kind, status).inc()
             if first is not None and usage.completion_tokens > 1:
                 decode = time.perf_counter() - first
                 if decode > 0:
                     metrics.INFERENCE_TOKENS_PER_SECOND.labels(target.kind).observe(
                         (usage.completion_tokens - 1) / decode)
-            with anyio.CancelScope(shield=True):  # a dropped client still pays
+            # a client that went away cancels us: the engine's stream is still closed (it
+            # stops generating) and what was generated is still counted
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
                 await self._record(tenant_id, target, usage)
 
     async def _record(self, tenant_id: TenantId, target: Target, usage: Usage) -> None:

@@ -52,14 +52,15 @@ def chat(answer: str) -> dict[str, Any]:
                          {"role": "assistant", "content": answer}]}
 
 
-def train(tenant: TenantHandle, answer: str, suffix: str) -> str:
+def train(tenant: TenantHandle, answer: str, suffix: str, *, epochs: int = 30,
+          rank: int = 16) -> str:
     """A fine-tuned model that answers QUESTION with ``answer``; its id."""
     file_id = upload_ok(tenant.client, jsonl(*[chat(answer)] * 4))["id"]
     response = tenant.client.post("/v1/fine_tuning/jobs", json={
         "model": MODEL, "training_file": file_id, "seed": 3, "suffix": suffix,
         "method": {"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 30, "batch_size": 4, "learning_rate_multiplier": 10}}},
-        "lora": {"r": 16, "alpha": 32}})
+            "n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": 10}}},
+        "lora": {"r": rank, "alpha": 2 * rank}})
     assert response.status_code == 200, response.text
     job = wait_for(tenant.client, response.json()["id"])
     assert job["status"] == "succeeded", job["error"]
@@ -201,6 +202,18 @@ def test_replicas_a_dead_home_replica_fails_over(stack: StackInfo,
                                    timeout=120)
             assert ask(client, model) == expected
             assert ask(client, MODEL) not in ("Paris.", "Lyon.")  # base: replicas take turns
+
+
+def test_an_adapter_the_engine_cannot_hold_is_a_clear_422(stack: StackInfo,
+                                                          tuned: dict[str, Any]) -> None:
+    """Jobs train ranks up to 256; the engines serve ranks up to their --max-lora-rank
+    (LORAMILL_SERVING_MAX_LORA_RANK, 64). The customer hears which and why, not a 5xx."""
+    model = train(tuned["a"], "Paris.", "wide", epochs=1, rank=128)
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        ask(client_of(stack, tuned["a"]), model)
+    assert refused.value.code == "adapter_not_servable"
+    assert "128" in refused.value.message and "64" in refused.value.message
+    assert ask(client_of(stack, tuned["a"]), tuned["a_model"]) == "Paris."
 
 
 def test_a_tampered_adapter_file_is_refused_not_served(stack: StackInfo,
