@@ -468,6 +468,7 @@ class LocalStack:
                 results[model] = None
                 continue
             t0 = time.monotonic()
+            log(f"{piece:<10} starting  (vLLM loads {model}; about a minute on a CPU)")
             reason = self._start_engine(piece, model, model_paths.get(model), ports[model])
             results[model] = reason
             if reason is None:
