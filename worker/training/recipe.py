@@ -20,6 +20,7 @@ from worker.training.checkpoint import Position
 from worker.training.model import LoraSpec, add_lora, load_base, load_tokenizer
 
 BASE_LEARNING_RATE = 2e-4  # times the job's learning_rate_multiplier
+EVAL_EXAMPLES = 8  # validation examples per forward pass
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Recipe:
         self.optimizer = torch.optim.AdamW(params, lr=self.spec.learning_rate,
                                            weight_decay=self.spec.weight_decay)
         self.scheduler = cosine_with_warmup(
-            self.optimizer, warmup=int(self.total_steps * self.spec.warmup_ratio),
+            self.optimizer, warmup=warmup_steps(self.total_steps, self.spec.warmup_ratio),
             total=self.total_steps,
         )
         if resume_from is not None:
@@ -316,8 +317,10 @@ class Recipe:
             return float(torch.cat(losses).mean())
         total, count = 0.0, 0
         indices = list(range(len(dataset.examples)))
-        for start in range(0, len(indices), max(self.spec.batch_size, 8)):
-            batch = packing.pack(dataset.examples, indices[start : start + 8], self.max_len)
+        # every example, EVAL_EXAMPLES at a time (memory bounded whatever the batch size)
+        for start in range(0, len(indices), EVAL_EXAMPLES):
+            batch = packing.pack(dataset.examples, indices[start : start + EVAL_EXAMPLES],
+                                 self.max_len)
             out = self.model(input_ids=batch.input_ids.to(self.device),
                              position_ids=batch.position_ids.to(self.device), use_cache=False)
             summed, n = loss.summed(out.logits, batch.targets.to(self.device))
@@ -340,6 +343,12 @@ class Recipe:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(out_dir), safe_serialization=True)
         return sorted(p for p in out_dir.iterdir() if p.is_file())
+
+
+def warmup_steps(total: int, ratio: float) -> int:
+    """Steps of linear warmup: ``ratio`` of the run, at least one (a run of under 20
+    steps used to start at the full learning rate), never the whole run."""
+    return max(1, min(int(total * ratio), total - 1)) if total > 1 else 0
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, *, warmup: int,

@@ -11,9 +11,17 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from worker.training import loss as loss_module
 from worker.training import packing, tinymodel
 from worker.training.model import LoraSpec
-from worker.training.recipe import Recipe, TrainSpec, cosine_with_warmup, every, total_steps
+from worker.training.recipe import (
+    Recipe,
+    TrainSpec,
+    cosine_with_warmup,
+    every,
+    total_steps,
+    warmup_steps,
+)
 
 MODEL_DIR = ROOT / ".loramill-test-models" / "tiny-llama"
 
@@ -30,6 +38,15 @@ def test_total_steps(examples: int, batch: int, epochs: int, steps: int) -> None
 ])
 def test_every(total: int, times: int, interval: int) -> None:
     assert every(total, times) == interval
+
+
+@pytest.mark.parametrize(("total", "ratio", "warmup"), [
+    (1, 0.05, 0), (2, 0.05, 1), (10, 0.05, 1), (19, 0.05, 1), (40, 0.05, 2),
+    (1000, 0.05, 50), (4, 0.9, 3),
+])
+def test_warmup_is_at_least_one_step_and_never_the_whole_run(total: int, ratio: float,
+                                                              warmup: int) -> None:
+    assert warmup_steps(total, ratio) == warmup
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
@@ -94,3 +111,31 @@ def test_evaluate_changes_nothing_and_repeats_exactly(tmp_path: Path) -> None:
                if p.requires_grad)
     dropouts = [m for m in recipe.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(m.training for m in dropouts)  # and back on for training
+
+
+@pytest.mark.parametrize("batch_size", [1, 16, 32])
+def test_validation_loss_covers_the_whole_validation_set(tmp_path: Path,
+                                                         batch_size: int) -> None:
+    """The token-mean loss over every validation example, whatever the batch size (it
+    once stepped by the batch size but evaluated 8 examples a step)."""
+    tinymodel.ensure(MODEL_DIR)
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}."},
+                          {"role": "assistant", "content": f"{i} " * (1 + i % 5)}]}
+            for i in range(32)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = TrainSpec(n_epochs=1, batch_size=batch_size, learning_rate=1e-3, seed=3,
+                     lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
+                                   quantization="nf4"), checkpoint_every=-1)
+    recipe = Recipe(spec, MODEL_DIR, data, Quiet(), valid_file=data, work_dir=tmp_path)
+    recipe.setup()
+    assert recipe.valid is not None and len(recipe.valid.examples) == 32
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(32):  # one example at a time: the definition
+            one = packing.pack(recipe.valid.examples, [i], recipe.max_len)
+            out = recipe.model(input_ids=one.input_ids, position_ids=one.position_ids,
+                               use_cache=False)
+            summed, n = loss_module.summed(out.logits, one.targets)
+            total, count = total + float(summed), count + n
+    assert recipe.evaluate(recipe.valid) == pytest.approx(total / count, rel=1e-4)
