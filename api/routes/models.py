@@ -27,6 +27,7 @@ class ModelObject(BaseModel):
     context_length: int | None = None
     gpu_class: str | None = None
     renders_tools: bool | None = None  # its chat template renders tools and tool calls
+    chat_template: bool | None = None  # it has one (chat and preference data need it)
     parent: str | None = None
     adapter: str | None = None
     adapter_version: int | None = None
@@ -45,6 +46,7 @@ class ModelObject(BaseModel):
             id=m.id, created=ts(m.created_at) or 0, owned_by="loramill",
             architecture=m.architecture, context_length=m.context_length,
             gpu_class=m.gpu_class, renders_tools=m.renders_tools,
+            chat_template=m.has_chat_template,
         )
 
 

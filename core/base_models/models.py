@@ -23,4 +23,7 @@ class BaseModel(Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     # the chat template renders tool definitions and tool calls (read at registration)
     renders_tools: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # chat and preference data are rendered with it; a base without one trains only
+    # prompt/completion and text data
+    has_chat_template: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -26,6 +26,7 @@ class ModelInfo:
     params: int
     context_length: int
     renders_tools: bool
+    has_chat_template: bool
 
 
 def chat_template(path: Path) -> str:
@@ -95,7 +96,8 @@ def inspect_local(path: Path) -> ModelInfo:
         architecture=str(architectures[0]),
         params=sum(_safetensors_params(p) for p in weights),
         context_length=int(config.get("max_position_embeddings", 2048)),
-        renders_tools=renders_tools(chat_template(path)),
+        renders_tools=renders_tools(template := chat_template(path)),
+        has_chat_template=bool(template.strip()),
     )
 
 
@@ -110,5 +112,5 @@ def register(
         id=model_id, source_uri=str(path), architecture=info.architecture,
         params=info.params, context_length=info.context_length,
         gpu_class=gpu_class or gpu_class_for(info.params), enabled=True,
-        renders_tools=info.renders_tools,
+        renders_tools=info.renders_tools, has_chat_template=info.has_chat_template,
     ))

@@ -12,7 +12,7 @@ from core.base_models import repository as model_repo
 from core.base_models.models import BaseModel
 from core.files import repository as file_repo
 from core.files.models import File
-from core.files.validation import PREFERENCE
+from core.files.validation import CHAT, PREFERENCE
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
 from core.jobs.models import FineTuningJob
@@ -86,6 +86,12 @@ def _check_fits(file: File, param: str, method: str, base: BaseModel) -> None:
         raise InvalidRequest(
             f"{param} {file.id!r} is preference data, which trains a dpo job: give "
             "method: {\"type\": \"dpo\"}", param=param, code="invalid_file")
+    if file.format in (CHAT, PREFERENCE) and not base.has_chat_template:
+        raise InvalidRequest(
+            f"{param} {file.id!r} is {file.format} data, which is rendered with the base "
+            f"model's chat template, but {base.id!r} has none; use prompt/completion or "
+            "text data with it, or a base model with a chat template",
+            param=param, code="unsupported_by_model")
     if file.tool_examples and not base.renders_tools:
         raise InvalidRequest(
             f"{param} {file.id!r} has {file.tool_examples} examples with tools or tool "

@@ -1,4 +1,5 @@
-"""serving: inference usage per tenant, model and day; deleting a fine-tuned model
+"""serving: inference usage per tenant, model and day; deleting a fine-tuned model;
+checkpoint files' sha256s; base models without a chat template
 
 Revision ID: 0009
 Revises: 0008
@@ -10,7 +11,9 @@ day (row-level security as on every tenant table, migration 0006).
 the model is no longer listed or callable; the version's files stay downloadable.
 ``job_checkpoints.files`` records each checkpoint file's sha256, which serving checks a
 checkpoint model (``ft:…:ckpt-step-N``) against; older checkpoints have none and are
-not served.
+not served. ``base_models.has_chat_template``: job creation refuses chat and preference
+data on a base without one (models registered before read as having one, as they were
+treated, until registered again).
 """
 from collections.abc import Sequence
 
@@ -47,9 +50,12 @@ def upgrade() -> None:
                                                 sa.DateTime(timezone=True), nullable=True))
     op.add_column('job_checkpoints', sa.Column('files', postgresql.JSONB(), nullable=False,
                                                server_default='[]'))
+    op.add_column('base_models', sa.Column('has_chat_template', sa.Boolean(), nullable=False,
+                                           server_default=sa.true()))
 
 
 def downgrade() -> None:
+    op.drop_column('base_models', 'has_chat_template')
     op.drop_column('job_checkpoints', 'files')
     op.drop_column('adapter_versions', 'model_deleted_at')
     op.drop_table('inference_usage')

@@ -65,6 +65,50 @@ def no_tools_model(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -
             model.enabled = False
 
 
+@pytest.fixture(scope="module")
+def no_template_model(stack: StackInfo,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The tiny model without any chat template (as a pretrained, not instruct, base)."""
+    source = tinymodel.ensure(ROOT / ".loramill-test-models" / "tiny-llama")
+    copy = tmp_path_factory.mktemp("no-template") / "model"
+    shutil.copytree(source, copy)
+    (copy / "chat_template.jinja").unlink(missing_ok=True)
+    config = copy / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    settings.pop("chat_template", None)
+    config.write_text(json.dumps(settings))
+    with admin_scope() as session:
+        base_models.register(session, "test/no-template", str(copy), gpu_class="cpu")
+    yield "test/no-template"
+    with admin_scope() as session:
+        model = session.get(BaseModel, "test/no-template")
+        if model is not None:
+            model.enabled = False
+
+
+def test_chat_data_on_a_model_without_a_chat_template_is_refused_at_creation(
+        tenant: TenantHandle, no_template_model: str) -> None:
+    """It used to fail deep in training with a generic error."""
+    listed = {m["id"]: m for m in tenant.client.get("/v1/models").json()["data"]}
+    assert listed[no_template_model]["chat_template"] is False
+    assert listed[MODEL]["chat_template"] is True
+    for data, fmt in ((jsonl(CHAT), "chat"), (jsonl(PREFERENCE), "preference")):
+        f = upload_ok(tenant.client, data)
+        method = {"type": "dpo"} if fmt == "preference" else {"type": "supervised"}
+        response = create(tenant, training_file=f["id"], model=no_template_model,
+                          method=method)
+        error = assert_error(response, 400, param="training_file")
+        assert error["code"] == "unsupported_by_model"
+        assert error["message"] == (
+            f"training_file {f['id']!r} is {fmt} data, which is rendered with the base "
+            f"model's chat template, but {no_template_model!r} has none; use prompt/"
+            "completion or text data with it, or a base model with a chat template")
+    completion = upload_ok(tenant.client, jsonl({"prompt": "Capital of France?",
+                                                 "completion": " Paris."}))
+    response = create(tenant, training_file=completion["id"], model=no_template_model)
+    assert response.status_code == 200, response.text
+
+
 def test_the_tiny_models_template_renders_tools(tenant: TenantHandle,
                                                 no_tools_model: str) -> None:
     with admin_scope() as session:
