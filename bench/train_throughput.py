@@ -68,8 +68,10 @@ def lora() -> Any:
 def run_ours(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     from worker.training.recipe import Recipe, TrainSpec
 
+    # no gradient checkpointing (the recipe's default for 4-bit), as on the Trainer side
     spec = TrainSpec(n_epochs=1, batch_size=args.batch_size, learning_rate=2e-4,
-                     seed=args.seed, lora=lora(), metric_events=1, checkpoint_every=-1)
+                     seed=args.seed, lora=lora(), metric_events=1, checkpoint_every=-1,
+                     gradient_checkpointing=False)
     recipe = Recipe(spec, model_dir, data, Quiet(), work_dir=WORK / "ours")
     recipe.setup()
     start = time.perf_counter()

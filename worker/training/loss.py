@@ -3,8 +3,11 @@ token losses and counts, so micro-batches, steps and examples all agree."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from worker.training.data import IGNORE
 
@@ -21,6 +24,36 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def summed(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum of token losses and how many tokens it covers."""
     return token_losses(logits, targets).sum(), int((targets != IGNORE).sum())
+
+
+def summed_from_hidden(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
+                       targets: torch.Tensor, *, chunk_tokens: int = 1024,
+                       softcap: float | None = None) -> tuple[torch.Tensor, int]:
+    """:func:`summed` without the whole micro-batch's logits: only the positions that are
+    trained on go through the output layer, ``chunk_tokens`` at a time, each chunk's fp32
+    logits recomputed in the backward pass instead of kept. Peak memory for the logits is
+    one chunk's ``[chunk_tokens x vocab]`` (4 MB a thousand tokens of a 1k vocabulary,
+    0.5 GB of a 128k one) instead of every token's (16k tokens x 128k x fp32 = 8 GB)."""
+    flat = targets.reshape(-1)
+    keep = flat != IGNORE
+    states = hidden.reshape(-1, hidden.shape[-1])[keep]
+    wanted = flat[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, wanted.numel(), chunk_tokens):
+        part = checkpoint(_chunk_loss, states[start:start + chunk_tokens],
+                          wanted[start:start + chunk_tokens], head, softcap,
+                          use_reentrant=False)
+        total = total + part
+    return total, int(wanted.numel())
+
+
+def _chunk_loss(states: torch.Tensor, wanted: torch.Tensor,
+                head: Callable[[torch.Tensor], torch.Tensor],
+                softcap: float | None) -> torch.Tensor:
+    logits = head(states).float()
+    if softcap:  # Gemma 2's final logit soft-capping
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, wanted, reduction="sum")
 
 
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -57,13 +57,27 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
+def attention_implementation(device: torch.device) -> str:
+    """Chosen, not left to transformers' default: FlashAttention-2 on CUDA where it is
+    installed (its varlen kernels attend within each packed example, from the position
+    ids), PyTorch's SDPA otherwise (transformers builds the packed rows' block-diagonal
+    mask from the position ids)."""
+    if device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
 def load_base(path: Path, quantization: str, device: torch.device) -> Any:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     check_model_dir(path)
     dtype = compute_dtype(device)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False,
-                              "use_safetensors": True}
+                              "use_safetensors": True,
+                              "attn_implementation": attention_implementation(device)}
     if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -82,11 +96,18 @@ def load_base(path: Path, quantization: str, device: torch.device) -> Any:
     return model
 
 
-def add_lora(model: Any, spec: LoraSpec) -> Any:
+def add_lora(model: Any, spec: LoraSpec, *, checkpointing: bool = False) -> Any:
+    """The LoRA adapter on a frozen base; with ``checkpointing``, each decoder layer's
+    activations are recomputed in the backward pass instead of kept (the non-reentrant
+    implementation: no inputs need grads, and the RNG state is replayed, so dropout and
+    resumes stay exact)."""
     from peft import LoraConfig, get_peft_model
 
     for param in model.parameters():
         param.requires_grad_(False)
+    if checkpointing:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         r=spec.r, lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft takes floats
         lora_dropout=spec.dropout, target_modules=spec.target_modules, bias="none",

@@ -41,6 +41,9 @@ class TrainSpec:
     checkpoint_every: int = 0  # ... unless this many steps is given; -1: none
     micro_batch_tokens: int = 16384
     pack: bool = True
+    # recompute activations in the backward pass; None: on for 4-bit (QLoRA's memory
+    # budget), as torchtune's and axolotl's QLoRA configs do
+    gradient_checkpointing: bool | None = None
     method: str = "supervised"  # or "dpo": preference pairs, the base model as reference
     beta: float = 0.1  # dpo only
 
@@ -111,8 +114,12 @@ class Recipe:
     def setup(self, resume_from: Path | None = None) -> None:
         seed_everything(self.spec.seed)
         self.tokenizer = load_tokenizer(self.model_dir)
+        self.checkpointing = (self.spec.lora.quantization == "nf4"
+                              if self.spec.gradient_checkpointing is None
+                              else self.spec.gradient_checkpointing)
         self.model = add_lora(load_base(self.model_dir, self.spec.lora.quantization,
-                                        self.device), self.spec.lora)
+                                        self.device), self.spec.lora,
+                              checkpointing=self.checkpointing)
         context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_len = min(self.spec.max_seq_len or context, context)
         self.train = self._load(self.train_file)
@@ -188,14 +195,23 @@ class Recipe:
         total = 0.0
         self.model.train()
         for micro in packing.split_rows(batch, self.spec.micro_batch_tokens):
-            out = self.model(input_ids=micro.input_ids.to(self.device),
-                             position_ids=micro.position_ids.to(self.device),
-                             use_cache=False)
-            summed, _ = loss.summed(out.logits, micro.targets.to(self.device))
+            summed, _ = self._summed_loss(micro)
             (summed / count).backward()  # type: ignore[no-untyped-call]
             total += float(summed.detach())
         self._apply_gradients()
         return loss.mean(total, count), count, batch.tokens
+
+    def _summed_loss(self, batch: packing.PackedBatch) -> tuple[torch.Tensor, int]:
+        """The batch's summed token loss, through the decoder and then the output layer a
+        chunk of trained positions at a time (loss.summed_from_hidden): the whole batch's
+        logits never exist at once."""
+        base = self.model.get_base_model()
+        hidden = base.get_decoder()(input_ids=batch.input_ids.to(self.device),
+                                    position_ids=batch.position_ids.to(self.device),
+                                    use_cache=False).last_hidden_state
+        softcap = getattr(base.config, "final_logit_softcapping", None)
+        return loss.summed_from_hidden(hidden, base.get_output_embeddings(),
+                                       batch.targets.to(self.device), softcap=softcap)
 
     def _apply_gradients(self) -> None:
         """Clip, step the optimizer and the schedule, clear: the end of every step."""
@@ -321,9 +337,7 @@ class Recipe:
         for start in range(0, len(indices), EVAL_EXAMPLES):
             batch = packing.pack(dataset.examples, indices[start : start + EVAL_EXAMPLES],
                                  self.max_len)
-            out = self.model(input_ids=batch.input_ids.to(self.device),
-                             position_ids=batch.position_ids.to(self.device), use_cache=False)
-            summed, n = loss.summed(out.logits, batch.targets.to(self.device))
+            summed, n = self._summed_loss(batch)
             total, count = total + float(summed), count + n
         return loss.mean(total, count)
 

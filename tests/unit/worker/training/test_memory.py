@@ -1,0 +1,72 @@
+"""What keeps a real model's step within memory, checked for giving the same numbers:
+the loss from hidden states a chunk at a time, and gradient checkpointing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.unit.worker.training.test_schedule import MODEL_DIR, Quiet
+from worker.training import loss, tinymodel
+from worker.training.data import IGNORE
+from worker.training.model import LoraSpec
+from worker.training.recipe import Recipe, TrainSpec
+
+
+@pytest.mark.parametrize(("chunk", "softcap"), [(3, None), (1024, None), (5, 30.0)])
+def test_chunked_loss_equals_the_whole_logits_loss(chunk: int, softcap: float | None) -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (2, 9))
+    targets[0, :4] = IGNORE  # prompt tokens and padding are not trained on
+    targets[1, 7:] = IGNORE
+
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected, expected_n = loss.summed(logits, targets)
+    expected.backward()  # type: ignore[no-untyped-call]
+    grads = hidden.grad.clone(), head.weight.grad.clone()  # type: ignore[union-attr]
+    hidden.grad, head.weight.grad = None, None
+
+    got, n = loss.summed_from_hidden(hidden, head, targets, chunk_tokens=chunk,
+                                     softcap=softcap)
+    got.backward()  # type: ignore[no-untyped-call]
+    assert n == expected_n == 12
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.allclose(hidden.grad, grads[0], atol=1e-6)  # type: ignore[arg-type]
+    assert torch.allclose(head.weight.grad, grads[1], atol=1e-6)  # type: ignore[arg-type]
+
+
+def one_step(tmp_path: Path, **changes: object) -> tuple[Recipe, dict[str, torch.Tensor]]:
+    tinymodel.ensure(MODEL_DIR)
+    tmp_path.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}."},
+                          {"role": "assistant", "content": f"{i} and {i + 1}."}]}
+            for i in range(4)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = dataclasses.replace(TrainSpec(
+        n_epochs=1, batch_size=4, learning_rate=1e-2, seed=3,
+        lora=LoraSpec(r=4, alpha=8, dropout=0.1, target_modules="all-linear",
+                      quantization="nf4"), checkpoint_every=-1), **changes)  # type: ignore[arg-type]
+    recipe = Recipe(spec, MODEL_DIR, data, Quiet(), work_dir=tmp_path)
+    recipe.setup()
+    recipe.step([0, 1, 2, 3])
+    return recipe, {n: p.detach().clone() for n, p in recipe.model.named_parameters()
+                    if p.requires_grad}
+
+
+def test_gradient_checkpointing_is_on_for_4bit_and_changes_no_number(tmp_path: Path) -> None:
+    on, with_checkpointing = one_step(tmp_path / "on")
+    off, without = one_step(tmp_path / "off", gradient_checkpointing=False)
+    assert on.checkpointing and on.model.get_base_model().is_gradient_checkpointing
+    assert not off.checkpointing
+    assert with_checkpointing.keys() == without.keys()
+    for name, value in with_checkpointing.items():  # dropout's masks replayed exactly
+        assert torch.allclose(value, without[name], atol=1e-6), name
