@@ -384,7 +384,7 @@ def train_spec(c: Claim) -> TrainSpec:
         lora=LoraSpec(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                       target_modules=lora.target_modules, quantization=lora.quantization),
         checkpoint_every=max(get_settings().checkpoint_every_steps, 0), method=spec.type,
-        beta=getattr(hp, "beta", 0.1))
+        beta=getattr(hp, "beta", 0.1), max_seq_len=spec.max_seq_len)
 
 
 def _download_checkpoint(c: Claim, work: Path) -> Path | None:

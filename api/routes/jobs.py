@@ -42,6 +42,7 @@ def create_job(body: CreateJob, tenant_id: JobsWriter, uow: UoW) -> JobObject:
         validation_file=body.validation_file, method=kind,
         hyperparameters=hyper or RequestedHyperparameters(), lora=body.lora or LoraSpec(),
         suffix=body.suffix or None, seed=body.seed, metadata=body.metadata,
+        max_seq_len=body.max_seq_len,
     )
     job = job_service.create(uow.session, tenant_id, req)
     uow.after_commit(queue.wake_dispatcher)

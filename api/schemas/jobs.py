@@ -7,6 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.schemas.common import ts
 from core.jobs.models import FineTuningJob, JobEvent
 from core.jobs.spec import (
+    MAX_SEQ_LEN,
+    MIN_SEQ_LEN,
     JobSpec,
     LoraSpec,
     RequestedDpoHyperparameters,
@@ -51,6 +53,9 @@ class CreateJob(BaseModel):
     metadata: dict[str, str] | None = None
     integrations: list[Any] | None = None
     lora: LoraSpec | None = None
+    max_seq_len: Annotated[int, IntRange(MIN_SEQ_LEN, MAX_SEQ_LEN)] | None = Field(
+        None, description="the longest sequence trained on, in tokens (default 4,096, "
+        "never above the base model's context); longer examples are truncated")
 
     @field_validator("metadata")
     @classmethod
@@ -103,6 +108,7 @@ class JobObject(BaseModel):
     method: dict[str, Any]
     # loramill extensions
     lora: dict[str, Any]
+    max_seq_len: int | None = None
 
     @classmethod
     def of(cls, job: FineTuningJob) -> JobObject:
@@ -119,7 +125,7 @@ class JobObject(BaseModel):
             user_provided_suffix=job.suffix, seed=job.seed,
             estimated_finish=ts(job.estimated_finish), metadata=job.metadata_,
             method=spec.method(),
-            lora=spec.lora.model_dump(),
+            lora=spec.lora.model_dump(), max_seq_len=spec.max_seq_len,
         )
 
 

@@ -26,6 +26,7 @@ from core.jobs.spec import (
     Supervised,
     resolve,
     resolve_dpo,
+    resolve_seq_len,
 )
 from core.jobs.state import JobStatus
 from core.kit import ids
@@ -49,6 +50,7 @@ class JobRequest:
     seed: int | None
     metadata: dict[str, str] | None
     method: str = "supervised"  # or "dpo"
+    max_seq_len: int | None = None  # None: DEFAULT_SEQ_LEN; capped by the model's context
 
 
 def _usable_file(session: Session, tenant_id: TenantId, file_id: str, param: str) -> File:
@@ -136,6 +138,7 @@ def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuning
         lora=req.lora,
         dataset=DatasetInfo(format=training.format, sha256=training.sha256,
                             examples=training.example_count),
+        max_seq_len=resolve_seq_len(req.max_seq_len, base.context_length),
     )
     job = job_repo.add(session, FineTuningJob(
         id=ids.new_id(ids.JOB), tenant_id=tenant_id, model=base.id,

@@ -13,6 +13,14 @@ from core.kit.types import IntRange
 
 SPEC_VERSION: Literal[1] = 1
 Auto = Literal["auto"]
+# the longest sequence a job trains on: a job's max_seq_len, capped by the base model's
+# context; jobs stored before it existed have none (the recipe uses the model's context)
+DEFAULT_SEQ_LEN = 4096
+MIN_SEQ_LEN, MAX_SEQ_LEN = 64, 131072
+
+
+def resolve_seq_len(requested: int | None, context_length: int) -> int:
+    return min(requested or DEFAULT_SEQ_LEN, context_length)
 
 
 class LoraSpec(BaseModel):
@@ -127,6 +135,7 @@ class JobSpec(BaseModel):
     dpo: Dpo | None = None
     lora: LoraSpec
     dataset: DatasetInfo
+    max_seq_len: int | None = None
 
     @property
     def hyperparameters(self) -> Hyperparameters:

@@ -122,6 +122,9 @@ class Recipe:
                               checkpointing=self.checkpointing)
         context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_len = min(self.spec.max_seq_len or context, context)
+        # a row is never split (its examples attend within it), so the micro-batch budget
+        # holds any row: at least the longest sequence
+        self.micro_batch_tokens = max(self.spec.micro_batch_tokens, self.max_len)
         self.train = self._load(self.train_file)
         self.valid = self._load(self.valid_file) if self.valid_file else None
         if self.train.dropped:
@@ -134,8 +137,9 @@ class Recipe:
             )
         if self.train.truncated:
             self.reporter.message(
-                f"{self.train.truncated} training examples were longer than the model's "
-                f"context and were truncated to {self.max_len} tokens", level="warn",
+                f"{self.train.truncated} training examples were longer than {self.max_len} "
+                "tokens (the job's max_seq_len, at most the model's context) and were "
+                "truncated to it", level="warn",
                 data={"truncated": self.train.truncated, "max_len": self.max_len},
             )
         self.lengths = [len(e) for e in self.train.examples]
@@ -194,7 +198,7 @@ class Recipe:
         count = batch.trainable_tokens
         total = 0.0
         self.model.train()
-        for micro in packing.split_rows(batch, self.spec.micro_batch_tokens):
+        for micro in packing.split_rows(batch, self.micro_batch_tokens):
             summed, _ = self._summed_loss(micro)
             (summed / count).backward()  # type: ignore[no-untyped-call]
             total += float(summed.detach())
@@ -228,7 +232,7 @@ class Recipe:
         longest = 0
         for pair in pairs:
             longest = max(longest, len(pair.chosen), len(pair.rejected))
-            if chunks[-1] and 2 * (len(chunks[-1]) + 1) * longest > self.spec.micro_batch_tokens:
+            if chunks[-1] and 2 * (len(chunks[-1]) + 1) * longest > self.micro_batch_tokens:
                 chunks.append([])
                 longest = max(len(pair.chosen), len(pair.rejected))
             chunks[-1].append(pair)

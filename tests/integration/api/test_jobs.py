@@ -106,12 +106,25 @@ def test_pause_and_resume_need_the_right_state(tenant: TenantHandle) -> None:
     ({"lora": {"quantization": "int3"}}, 400, "lora.quantization", ""),
     ({"integrations": [{"type": "wandb"}]}, 400, "integrations", "not supported"),
     ({"surprise": 1}, 400, "surprise", "unrecognized request argument"),
+    ({"max_seq_len": 63}, 400, "max_seq_len", "64"),
+    ({"max_seq_len": "long"}, 400, "max_seq_len", ""),
 ])
 def test_invalid_job_requests_are_4xx_and_create_nothing(
     tenant: TenantHandle, fields: dict[str, Any], status: int, param: str, message: str,
 ) -> None:
     assert_error(create(tenant, **fields), status, param=param, contains=message)
     assert tenant.client.get("/v1/fine_tuning/jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize(("asked", "resolved"), [
+    (None, 512), (256, 256), (100_000, 512)])  # default 4,096; the tiny model's context: 512
+def test_max_seq_len_resolves_against_the_models_context(tenant: TenantHandle,
+                                                         asked: int | None,
+                                                         resolved: int) -> None:
+    fields = {} if asked is None else {"max_seq_len": asked}
+    response = create(tenant, **fields)
+    assert response.status_code == 200, response.text
+    assert response.json()["max_seq_len"] == resolved
 
 
 def test_missing_model_and_files_of_another_tenant(tenant: TenantHandle,

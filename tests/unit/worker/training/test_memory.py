@@ -70,3 +70,36 @@ def test_gradient_checkpointing_is_on_for_4bit_and_changes_no_number(tmp_path: P
     assert with_checkpointing.keys() == without.keys()
     for name, value in with_checkpointing.items():  # dropout's masks replayed exactly
         assert torch.allclose(value, without[name], atol=1e-6), name
+
+
+class Recording(Quiet):
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str, dict[str, object] | None]] = []
+
+    def message(self, text: str, **fields: object) -> None:
+        data = fields.get("data")
+        self.messages.append((str(fields.get("level", "info")), text,
+                              data if isinstance(data, dict) else None))
+
+
+def test_max_seq_len_truncates_says_so_and_bounds_every_micro_batch(tmp_path: Path) -> None:
+    tinymodel.ensure(MODEL_DIR)
+    long = " ".join(f"word{i}" for i in range(60))
+    rows = [{"messages": [{"role": "user", "content": "Go."},
+                          {"role": "assistant", "content": long}]}] * 3
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reporter = Recording()
+    spec = TrainSpec(n_epochs=1, batch_size=3, learning_rate=1e-3, seed=1, max_seq_len=48,
+                     micro_batch_tokens=8, checkpoint_every=-1,
+                     lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
+                                   quantization="nf4"))
+    recipe = Recipe(spec, MODEL_DIR, data, reporter, work_dir=tmp_path)
+    recipe.setup()
+    assert recipe.max_len == 48 and max(recipe.lengths) == 48
+    assert recipe.micro_batch_tokens == 48  # a whole row always fits one micro-batch
+    (warning,) = [m for m in reporter.messages if m[0] == "warn"]
+    assert warning[1].startswith("3 training examples were longer than 48 tokens")
+    assert warning[2] == {"truncated": 3, "max_len": 48}
+    trained_loss, tokens, _ = recipe.step([0, 1, 2])
+    assert tokens > 0 and trained_loss == trained_loss  # a finite step, rows kept whole
