@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 from core.kit.errors import LoramillError
-from core.kit.storage import Storage
+from core.kit.storage import Storage, StorageUnavailable
 
 log = logging.getLogger("loramill.serving")
 
@@ -88,10 +90,18 @@ class AdapterCache:
             for entry in wanted:
                 name = str(entry["name"])
                 digest = hashlib.sha256()
-                with (staging / name).open("wb") as out:
-                    for chunk in storage.iter_object(prefix + name):
-                        digest.update(chunk)
-                        out.write(chunk)
+                try:
+                    with (staging / name).open("wb") as out:
+                        for chunk in storage.iter_object(prefix + name):
+                            digest.update(chunk)
+                            out.write(chunk)
+                except StorageUnavailable as exc:
+                    if _missing(exc):
+                        log.error("adapter file %s%s is missing from the bucket", prefix, name)
+                        raise AdapterIntegrityError(
+                            f"the stored adapter file {name} is missing; it cannot be "
+                            "served. The operators were told (logged)") from exc
+                    raise
                 if digest.hexdigest() != entry["sha256"]:
                     log.error("adapter file %s%s: sha256 %s, published %s; refused",
                               prefix, name, digest.hexdigest(), entry["sha256"])
@@ -120,6 +130,12 @@ class AdapterCache:
             if path != keep:
                 shutil.rmtree(path, ignore_errors=True)
                 total -= size
+
+
+def _missing(exc: StorageUnavailable) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get(
+        "Code") in ("NoSuchKey", "404")
 
 
 def _touch(path: Path) -> None:

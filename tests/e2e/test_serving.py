@@ -248,6 +248,11 @@ def test_a_tampered_adapter_file_is_refused_not_served(stack: StackInfo,
             assert "adapter_model.safetensors" in refused.value.message
         assert not cached.exists()
         assert [p for p in cached.parent.iterdir() if p.name.startswith(f".{version_id}")] == []
+        storage.delete(key)  # gone from the bucket: the same refusal, saying so
+        with pytest.raises(openai.InternalServerError) as missing:
+            ask(client, tuned["a_model"])
+        assert missing.value.code == "adapter_integrity_failed"
+        assert "adapter_model.safetensors is missing" in missing.value.message
     finally:
         storage.put_bytes(key, original)
     assert ask(client, tuned["a_model"]) == "Paris."  # restored: fetched, verified, served
