@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from transformers import get_cosine_schedule_with_warmup
 
 from worker.training import checkpoint, data, loss, packing
 from worker.training.checkpoint import Position
@@ -153,10 +154,11 @@ class Recipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.spec.learning_rate,
                                            weight_decay=self.spec.weight_decay)
-        self.scheduler = cosine_with_warmup(
-            self.optimizer, warmup=warmup_steps(self.total_steps, self.spec.warmup_ratio),
-            total=self.total_steps,
-        )
+        # transformers' schedule, as HF Trainer and TRL users know it: linear warmup from
+        # 0, then cosine decay to 0 at the last step
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, warmup_steps(self.total_steps, self.spec.warmup_ratio),
+            self.total_steps)
         if resume_from is not None:
             self.position = checkpoint.load(resume_from, self.model, self.optimizer,
                                             self.scheduler, self.history)
@@ -367,14 +369,3 @@ def warmup_steps(total: int, ratio: float) -> int:
     """Steps of linear warmup: ``ratio`` of the run, at least one (a run of under 20
     steps used to start at the full learning rate), never the whole run."""
     return max(1, min(int(total * ratio), total - 1)) if total > 1 else 0
-
-
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, *, warmup: int,
-                       total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

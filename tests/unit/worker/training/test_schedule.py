@@ -17,7 +17,6 @@ from worker.training.model import LoraSpec
 from worker.training.recipe import (
     Recipe,
     TrainSpec,
-    cosine_with_warmup,
     every,
     total_steps,
     warmup_steps,
@@ -49,18 +48,26 @@ def test_warmup_is_at_least_one_step_and_never_the_whole_run(total: int, ratio: 
     assert warmup_steps(total, ratio) == warmup
 
 
-def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = cosine_with_warmup(optimizer, warmup=4, total=20)
+def test_the_schedule_is_transformers_cosine_with_warmup(tmp_path: Path) -> None:
+    """The recipe's learning rate, step by step: warmup from 0, then cosine to 0."""
+    tinymodel.ensure(MODEL_DIR)
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}."},
+                          {"role": "assistant", "content": f"{i}."}]} for i in range(40)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = TrainSpec(n_epochs=1, batch_size=1, learning_rate=1.0, seed=3, checkpoint_every=-1,
+                     lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
+                                   quantization="nf4"))
+    recipe = Recipe(spec, MODEL_DIR, data, Quiet(), work_dir=tmp_path)
+    recipe.setup()
     rates = []
-    for _ in range(20):
-        rates.append(schedule.get_last_lr()[0])
-        optimizer.step()
-        schedule.step()
-    assert rates[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
-    assert rates[4] == pytest.approx(1.0)
-    assert all(a >= b for a, b in itertools.pairwise(rates[4:]))
-    assert schedule.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    for _ in range(recipe.total_steps):
+        rates.append(recipe.scheduler.get_last_lr()[0])
+        recipe.optimizer.step()
+        recipe.scheduler.step()
+    assert recipe.total_steps == 40 and rates[:3] == pytest.approx([0.0, 0.5, 1.0])
+    assert all(a >= b for a, b in itertools.pairwise(rates[2:]))
+    assert recipe.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
 
 
 def batch(rows: int, length: int) -> packing.PackedBatch:
