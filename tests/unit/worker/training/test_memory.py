@@ -3,18 +3,16 @@ the loss from hidden states a chunk at a time, and gradient checkpointing."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from tests.unit.worker.training.test_schedule import MODEL_DIR, Quiet
-from worker.training import loss, tinymodel
+from tests.unit.worker.training.test_schedule import Quiet, say, small_recipe
+from worker.training import loss
 from worker.training.data import IGNORE
-from worker.training.model import LoraSpec
-from worker.training.recipe import Recipe, TrainSpec
+from worker.training.recipe import Recipe
 
 
 @pytest.mark.parametrize(("chunk", "softcap"), [(3, None), (1024, None), (5, 30.0)])
@@ -43,20 +41,9 @@ def test_chunked_loss_equals_the_whole_logits_loss(chunk: int, softcap: float | 
     assert torch.allclose(head.weight.grad, grads[1], atol=1e-6)  # type: ignore[arg-type]
 
 
-def one_step(tmp_path: Path, **changes: object) -> tuple[Recipe, dict[str, torch.Tensor]]:
-    tinymodel.ensure(MODEL_DIR)
-    tmp_path.mkdir()
-    rows = [{"messages": [{"role": "user", "content": f"Say {i}."},
-                          {"role": "assistant", "content": f"{i} and {i + 1}."}]}
-            for i in range(4)]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = dataclasses.replace(TrainSpec(
-        n_epochs=1, batch_size=4, learning_rate=1e-2, seed=3,
-        lora=LoraSpec(r=4, alpha=8, dropout=0.1, target_modules="all-linear",
-                      quantization="nf4"), checkpoint_every=-1), **changes)  # type: ignore[arg-type]
-    recipe = Recipe(spec, MODEL_DIR, data, Quiet(), work_dir=tmp_path)
-    recipe.setup()
+def one_step(tmp_path: Path, **changes: Any) -> tuple[Recipe, dict[str, torch.Tensor]]:
+    recipe = small_recipe(tmp_path, say(4, "{i} and more."), dropout=0.1, batch_size=4,
+                          learning_rate=1e-2, **changes)
     recipe.step([0, 1, 2, 3])
     return recipe, {n: p.detach().clone() for n, p in recipe.model.named_parameters()
                     if p.requires_grad}
@@ -83,19 +70,10 @@ class Recording(Quiet):
 
 
 def test_max_seq_len_truncates_says_so_and_bounds_every_micro_batch(tmp_path: Path) -> None:
-    tinymodel.ensure(MODEL_DIR)
     long = " ".join(f"word{i}" for i in range(60))
-    rows = [{"messages": [{"role": "user", "content": "Go."},
-                          {"role": "assistant", "content": long}]}] * 3
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     reporter = Recording()
-    spec = TrainSpec(n_epochs=1, batch_size=3, learning_rate=1e-3, seed=1, max_seq_len=48,
-                     micro_batch_tokens=8, checkpoint_every=-1,
-                     lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
-                                   quantization="nf4"))
-    recipe = Recipe(spec, MODEL_DIR, data, reporter, work_dir=tmp_path)
-    recipe.setup()
+    recipe = small_recipe(tmp_path, say(3, long), reporter=reporter, batch_size=3,
+                          max_seq_len=48, micro_batch_tokens=8)
     assert recipe.max_len == 48 and max(recipe.lengths) == 48
     assert recipe.micro_batch_tokens == 48  # a whole row always fits one micro-batch
     (warning,) = [m for m in reporter.messages if m[0] == "warn"]

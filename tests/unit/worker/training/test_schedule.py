@@ -50,16 +50,7 @@ def test_warmup_is_at_least_one_step_and_never_the_whole_run(total: int, ratio: 
 
 def test_the_schedule_is_transformers_cosine_with_warmup(tmp_path: Path) -> None:
     """The recipe's learning rate, step by step: warmup from 0, then cosine to 0."""
-    tinymodel.ensure(MODEL_DIR)
-    rows = [{"messages": [{"role": "user", "content": f"Say {i}."},
-                          {"role": "assistant", "content": f"{i}."}]} for i in range(40)]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = TrainSpec(n_epochs=1, batch_size=1, learning_rate=1.0, seed=3, checkpoint_every=-1,
-                     lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
-                                   quantization="nf4"))
-    recipe = Recipe(spec, MODEL_DIR, data, Quiet(), work_dir=tmp_path)
-    recipe.setup()
+    recipe = small_recipe(tmp_path, say(40), batch_size=1, learning_rate=1.0)
     rates = []
     for _ in range(recipe.total_steps):
         rates.append(recipe.scheduler.get_last_lr()[0])
@@ -97,17 +88,36 @@ class Quiet:
     def checkpoint(self, *_: object) -> None: ...
 
 
-def test_evaluate_changes_nothing_and_repeats_exactly(tmp_path: Path) -> None:
+def say(count: int, answer: str = "{i}.") -> list[dict[str, object]]:
+    """``count`` chat rows: "Say i." answered with ``answer`` (formatted with i)."""
+    return [{"messages": [{"role": "user", "content": f"Say {i}."},
+                          {"role": "assistant", "content": answer.format(i=i)}]}
+            for i in range(count)]
+
+
+def small_recipe(tmp_path: Path, rows: list[dict[str, object]], *, valid: bool = False,
+                 reporter: Quiet | None = None, dropout: float = 0.0,
+                 **spec: object) -> Recipe:
+    """A recipe on the tiny 4-bit model, set up on ``rows`` (also its validation set
+    when ``valid``)."""
     tinymodel.ensure(MODEL_DIR)
-    rows = [{"messages": [{"role": "user", "content": f"Say {i}."},
-                          {"role": "assistant", "content": f"{i}."}]} for i in range(6)]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = TrainSpec(n_epochs=1, batch_size=2, learning_rate=1e-3, seed=3,
-                     lora=LoraSpec(r=4, alpha=8, dropout=0.5, target_modules="all-linear",
-                                   quantization="nf4"), checkpoint_every=-1)
-    recipe = Recipe(spec, MODEL_DIR, data, Quiet(), valid_file=data, work_dir=tmp_path)
+    settings: dict[str, object] = {
+        "n_epochs": 1, "batch_size": 2, "learning_rate": 1e-3, "seed": 3,
+        "checkpoint_every": -1, **spec,
+        "lora": LoraSpec(r=4, alpha=8, dropout=dropout, target_modules="all-linear",
+                         quantization="nf4")}
+    recipe = Recipe(TrainSpec(**settings), MODEL_DIR, data,  # type: ignore[arg-type]
+                    reporter or Quiet(), valid_file=data if valid else None,
+                    work_dir=tmp_path)
     recipe.setup()
+    return recipe
+
+
+def test_evaluate_changes_nothing_and_repeats_exactly(tmp_path: Path) -> None:
+    recipe = small_recipe(tmp_path, say(6), valid=True, dropout=0.5)
     assert recipe.total_steps == 3 and recipe.log_every == 1
     before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()
               if p.requires_grad}
@@ -125,17 +135,7 @@ def test_validation_loss_covers_the_whole_validation_set(tmp_path: Path,
                                                          batch_size: int) -> None:
     """The token-mean loss over every validation example, whatever the batch size (it
     once stepped by the batch size but evaluated 8 examples a step)."""
-    tinymodel.ensure(MODEL_DIR)
-    rows = [{"messages": [{"role": "user", "content": f"Say {i}."},
-                          {"role": "assistant", "content": f"{i} " * (1 + i % 5)}]}
-            for i in range(32)]
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = TrainSpec(n_epochs=1, batch_size=batch_size, learning_rate=1e-3, seed=3,
-                     lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
-                                   quantization="nf4"), checkpoint_every=-1)
-    recipe = Recipe(spec, MODEL_DIR, data, Quiet(), valid_file=data, work_dir=tmp_path)
-    recipe.setup()
+    recipe = small_recipe(tmp_path, say(32, "{i} " * 3), valid=True, batch_size=batch_size)
     assert recipe.valid is not None and len(recipe.valid.examples) == 32
     total, count = 0.0, 0
     with torch.no_grad():
