@@ -120,13 +120,23 @@ def _chat(tok: Tokenizer, convo: Conversation) -> tuple[list[int], list[bool]]:
         if not trained:
             continue
         before = _render(tok, messages[:i], tools, add_generation_prompt=True)
-        upto = _render(tok, messages[: i + 1], tools)
+        upto = _closed_turn(tok, _render(tok, messages[: i + 1], tools), full)
         if full[: len(upto)] != upto or upto[: len(before)] != before:
             raise ValueError("the chat template does not render prefixes stably; "
                              "loss masking needs it to")
         for t in range(len(before), len(upto)):
             mask[t] = True
     return full, mask
+
+
+def _closed_turn(tok: Tokenizer, upto: list[int], full: list[int]) -> list[int]:
+    """``upto`` without the end-of-text token a template puts only after a conversation's
+    last message (Phi-3's does): an earlier turn, inside a longer conversation, has none."""
+    eos = tok.eos_token_id
+    if full[: len(upto)] != upto and upto and upto[-1] == eos and \
+            full[: len(upto) - 1] == upto[:-1]:
+        return upto[:-1]
+    return upto
 
 
 def _answer(tok: Tokenizer, prompt: Conversation,

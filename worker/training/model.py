@@ -61,7 +61,7 @@ def attention_implementation(device: torch.device) -> str:
     """Chosen, not left to transformers' default: FlashAttention-2 on CUDA where it is
     installed (its varlen kernels attend within each packed example, from the position
     ids), PyTorch's SDPA otherwise (transformers builds the packed rows' block-diagonal
-    mask from the position ids)."""
+    mask from the position ids); eager for an architecture that has neither (Gemma 2)."""
     if device.type == "cuda":
         import importlib.util
 
@@ -87,7 +87,14 @@ def load_base(path: Path, quantization: str, device: torch.device) -> Any:
     from safetensors import SafetensorError
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        except ValueError as exc:  # an architecture without SDPA (Gemma 2): eager
+            if "attention implementation" not in str(exc) or \
+                    kwargs["attn_implementation"] == "eager":
+                raise
+            kwargs["attn_implementation"] = "eager"
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, SafetensorError) as exc:
         raise UnreadableModel(f"cannot load base model from {path}: {exc}") from exc
     if quantization != "nf4":

@@ -50,14 +50,15 @@ Adapters are versioned and stored safely. def add(a, b): return a + b
 """
 
 
-def _train_tokenizer(vocab_size: int) -> object:
+def train_tokenizer(vocab_size: int, special_tokens: list[str] = SPECIAL_TOKENS) -> object:
+    """A byte-level BPE tokenizer trained on the built-in corpus, seeded by its content."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     lines = [line for line in _CORPUS.splitlines() if line.strip()] * 20
@@ -75,7 +76,7 @@ def build(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=_train_tokenizer(vocab_size), bos_token="<|bos|>",
+        tokenizer_object=train_tokenizer(vocab_size), bos_token="<|bos|>",
         eos_token="<|end|>", pad_token="<|pad|>",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
