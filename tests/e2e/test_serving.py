@@ -53,11 +53,11 @@ def chat(answer: str) -> dict[str, Any]:
 
 
 def train(tenant: TenantHandle, answer: str, suffix: str, *, epochs: int = 30,
-          rank: int = 16) -> str:
-    """A fine-tuned model that answers QUESTION with ``answer``; its id."""
+          rank: int = 16, base: str = MODEL) -> str:
+    """A fine-tuned model of ``base`` that answers QUESTION with ``answer``; its id."""
     file_id = upload_ok(tenant.client, jsonl(*[chat(answer)] * 4))["id"]
     response = tenant.client.post("/v1/fine_tuning/jobs", json={
-        "model": MODEL, "training_file": file_id, "seed": 3, "suffix": suffix,
+        "model": base, "training_file": file_id, "seed": 3, "suffix": suffix,
         "method": {"type": "supervised", "supervised": {"hyperparameters": {
             "n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": 10}}},
         "lora": {"r": rank, "alpha": 2 * rank}})

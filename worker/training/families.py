@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VERSION = 1
+VERSION = 2  # 2: Gemma's embeddings tied, as the real models' (vLLM expects it)
 
 # Llama 3: header-wrapped roles, <|eot_id|> after every turn, content trimmed.
 LLAMA3 = (
@@ -100,12 +100,12 @@ FAMILIES = {
                      specials=("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"),
                      extra={"head_dim": 32, "query_pre_attn_scalar": 32,
                             "final_logit_softcapping": 30.0, "attn_logit_softcapping": None,
-                            "sliding_window": 256}),
+                            "sliding_window": 256, "tie_word_embeddings": True}),
     "gemma3": Family("Gemma3TextConfig", "Gemma3ForCausalLM", GEMMA, eos="<end_of_turn>",
                      pad="<pad>", bos="<bos>",
                      specials=("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"),
                      extra={"head_dim": 32, "query_pre_attn_scalar": 32,
-                            "sliding_window": 256}),
+                            "sliding_window": 256, "tie_word_embeddings": True}),
     "phi3": Family("Phi3Config", "Phi3ForCausalLM", PHI3, eos="<|endoftext|>", pad="<|endoftext|>",
                    bos="<s>", specials=("<s>", "<|endoftext|>", "<|system|>", "<|user|>",
                                         "<|assistant|>", "<|end|>"),
@@ -137,9 +137,9 @@ def build(out_dir: Path, family: str, *, layers: int = 2, hidden: int = 128, hea
     config = getattr(transformers, spec.config)(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=context, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **spec.extra)
+        max_position_embeddings=context, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **{"tie_word_embeddings": False, **spec.extra})
     model = getattr(transformers, spec.model)(config)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
