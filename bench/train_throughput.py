@@ -93,7 +93,7 @@ def run_hf(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, A
     rows = []
     for ex in ds.examples:  # HF's convention: labels = input_ids masked, shifted inside
         labels = [data_mod.IGNORE, *ex.targets[:-1]]
-        rows.append({"input_ids": ex.input_ids, "attention_mask": [1] * len(ex),
+        rows.append({"input_ids": list(ex.input_ids), "attention_mask": [1] * len(ex),
                      "labels": labels})
     model = add_lora(load_base(model_dir, "nf4", torch.device("cpu")), lora())
     trainer = Trainer(

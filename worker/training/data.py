@@ -10,11 +10,13 @@ start of the next.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from loramill.datasets import grammar
 from loramill.datasets.grammar import Completion, Conversation, Plain, Preference
 
@@ -36,12 +38,23 @@ class NoTrainableTokens(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    input_ids: list[int]
-    targets: list[int]  # targets[t] is the token to predict after input_ids[t], or IGNORE
+    """One tokenised example, as compact arrays of 32-bit ids (4 bytes a token, where a
+    Python list of ints costs 8 bytes a token plus an object of 28 for most ids): a 1 GiB
+    upload (~250 M tokens) is held in ~2 GB instead of ~16 GB."""
 
-    @property
-    def trainable(self) -> int:
-        return sum(1 for t in self.targets if t != IGNORE)
+    input_ids: array[int]
+    targets: array[int]  # targets[t] is the token to predict after input_ids[t], or IGNORE
+    trainable: int
+
+    @classmethod
+    def of(cls, input_ids: list[int], targets: list[int]) -> Example:
+        return cls(array("i", input_ids), array("i", targets),
+                   sum(1 for t in targets if t != IGNORE))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """input ids and targets as int64 tensors (copies: the arrays stay as they are)."""
+        return (torch.frombuffer(self.input_ids, dtype=torch.int32).long(),
+                torch.frombuffer(self.targets, dtype=torch.int32).long())
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -158,7 +171,7 @@ def _example(ids: list[int], mask: list[bool], max_len: int) -> tuple[Example, b
     truncated = len(ids) > max_len
     ids, mask = ids[:max_len], mask[:max_len]
     targets = [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
-    return Example(input_ids=ids, targets=targets), truncated
+    return Example.of(ids, targets), truncated
 
 
 def encode(tok: Tokenizer, example: grammar.Example, max_len: int) -> tuple[Example, bool]:

@@ -74,8 +74,7 @@ def pack(examples: list[Example], indices: list[int], row_len: int) -> PackedBat
         for i in row:
             ex = examples[i]
             end = at + len(ex)
-            ids[r, at:end] = torch.tensor(ex.input_ids)
-            tgt[r, at:end] = torch.tensor(ex.targets)
+            ids[r, at:end], tgt[r, at:end] = ex.tensors()
             pos[r, at:end] = torch.arange(len(ex))
             spans.append((i, at, end))
             at = end
@@ -97,8 +96,7 @@ def pad(examples: list[Example], indices: list[int]) -> PackedBatch:
     segments: list[list[tuple[int, int, int]]] = []
     for r, i in enumerate(indices):
         ex = examples[i]
-        ids[r, : len(ex)] = torch.tensor(ex.input_ids)
-        tgt[r, : len(ex)] = torch.tensor(ex.targets)
+        ids[r, : len(ex)], tgt[r, : len(ex)] = ex.tensors()
         segments.append([(i, 0, len(ex))])
     pos = torch.arange(length).expand(len(indices), -1).clone()
     return PackedBatch(input_ids=ids, position_ids=pos, targets=tgt, segments=segments)

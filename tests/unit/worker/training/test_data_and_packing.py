@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def ex(row: dict) -> grammar.Example:  # type: ignore[type-arg]
 
 
 def decoded_targets(tok, example: data.Example) -> str:  # type: ignore[no-untyped-def]
-    return tok.decode([t for t in example.targets if t != data.IGNORE])
+    return str(tok.decode([t for t in example.targets if t != data.IGNORE]))
 
 
 def test_chat_loss_covers_assistant_turns_only_and_skips_weight_zero(tok) -> None:  # type: ignore[no-untyped-def]
@@ -75,7 +76,7 @@ def test_packing_keeps_examples_whole_and_rows_short(tok) -> None:  # type: igno
     assert seen == list(range(len(examples)))
     for row, spans in zip(batch.input_ids, batch.segments, strict=True):
         for i, start, end in spans:
-            assert row[start:end].tolist() == examples[i].input_ids
+            assert row[start:end].tolist() == list(examples[i].input_ids)
     assert batch.trainable_tokens == sum(e.trainable for e in examples)
 
 
@@ -126,7 +127,7 @@ def test_tool_calls_are_rendered_and_trained_on(tok) -> None:  # type: ignore[no
         {"role": "tool", "tool_call_id": "c1", "content": "21C"},
         {"role": "assistant", "content": "It is 21C."}]}
     example, _ = data.encode(tok, ex(row), 512)
-    text = tok.decode(example.input_ids)
+    text = tok.decode(list(example.input_ids))
     assert '{"name": "weather"}' in text and "21C<|end|>" in text  # tools and the result
     assert decoded_targets(tok, example) == (
         '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><|end|>\n'
@@ -145,3 +146,15 @@ def test_a_preference_pair_trains_on_each_answer_only(tok) -> None:  # type: ign
     assert decoded_targets(tok, pair.rejected) == "Rome.<|end|>\n"
     prompt_len = next(t for t, v in enumerate(pair.chosen.targets) if v != data.IGNORE) + 1
     assert pair.chosen.input_ids[:prompt_len] == pair.rejected.input_ids[:prompt_len]
+
+
+def test_examples_are_held_in_compact_arrays() -> None:
+    """4 bytes a token (a list of Python ints: 8 for the pointer and 28 for most ids)."""
+    ids = list(range(1000, 5000))
+    example = data.Example.of(ids, [data.IGNORE, *ids[1:]])
+    assert example.input_ids.itemsize == example.targets.itemsize == 4
+    assert sys.getsizeof(example.input_ids) < 4 * len(ids) + 100
+    assert example.trainable == len(ids) - 1
+    tokens, targets = example.tensors()
+    assert tokens.dtype == torch.long and tokens.tolist() == ids
+    assert targets[0] == data.IGNORE and targets[1:].tolist() == ids[1:]
