@@ -155,7 +155,6 @@ class LocalStack:
 
     def engine_ports(self) -> dict[str, int]:
         """One port per served base model, chosen once and kept (stack.json)."""
-        state = self._state()
         ports = self._ports()
         engines: dict[str, int] = ports.setdefault("engines", {})
         missing = [m for m in self.settings.serving_models if m not in engines]

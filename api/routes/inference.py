@@ -44,6 +44,7 @@ class Sampling(BaseModel):
     seed: Any = None
     stop: Any = None
     user: Any = None
+    logprobs: Any = None  # a bool for chat, a count for completions: the engine checks
     # vLLM's sampling extensions
     top_k: Any = None
     min_p: Any = None
@@ -57,7 +58,6 @@ class ChatCompletionRequest(Sampling):
 
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: Any = None
     top_logprobs: Any = None
     response_format: Any = None
     tools: Any = None
@@ -69,7 +69,6 @@ class CompletionRequest(Sampling):
     """OpenAI's (legacy) completion body."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: Any = None
     echo: Any = None
     suffix: Any = None
     best_of: Any = None

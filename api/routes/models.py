@@ -67,13 +67,13 @@ def get_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> ModelObject:
     tuned = adapter_repo.by_fine_tuned_model(uow.session, tenant_id, model_id)
     if tuned is not None:
         return ModelObject.of_fine_tuned(tuned)
-    checkpoint = serving.checkpoint_row(uow.session, tenant_id, model_id)
+    checkpoint = serving.checkpoint_model(uow.session, tenant_id, model_id)
     if checkpoint is None:
         raise NotFound(f"no model with id {model_id!r}", param="model")
-    base = model_id.removeprefix("ft:").rsplit(":", 3)[0]
-    return ModelObject(id=model_id, created=ts(checkpoint.created_at) or 0, owned_by=tenant_id,
-                       parent=base, checkpoint_step=checkpoint.step,
-                       fine_tuning_job_id=checkpoint.job_id)
+    row = checkpoint.row
+    return ModelObject(id=model_id, created=ts(row.created_at) or 0, owned_by=tenant_id,
+                       parent=checkpoint.base_model, checkpoint_step=row.step,
+                       fine_tuning_job_id=row.job_id)
 
 
 class DeletedModel(BaseModel):

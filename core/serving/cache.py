@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,6 @@ class AdapterIntegrityError(LoramillError):
 class CachedAdapter:
     path: Path
     hit: bool  # already on local disk (no object storage read)
-    seconds: float  # how long fetching and checking took (0 for a hit)
 
 
 class AdapterCache:
@@ -63,20 +61,15 @@ class AdapterCache:
         target = self.root / version_id
         if target.is_dir():
             _touch(target)
-            return CachedAdapter(target, hit=True, seconds=0.0)
+            return CachedAdapter(target, hit=True)
         with self._lock:
             lock = self._fetching.setdefault(version_id, threading.Lock())
         with lock:
             if target.is_dir():  # another request fetched it meanwhile
-                return CachedAdapter(target, hit=True, seconds=0.0)
-            started = time.perf_counter()
+                return CachedAdapter(target, hit=True)
             self._fetch(storage, target, prefix, files)
-            seconds = time.perf_counter() - started
         self._trim(keep=target)
-        return CachedAdapter(target, hit=False, seconds=seconds)
-
-    def forget(self, version_id: str) -> None:
-        shutil.rmtree(self.root / version_id, ignore_errors=True)
+        return CachedAdapter(target, hit=False)
 
     def _fetch(self, storage: Storage, target: Path, prefix: str,
                files: list[dict[str, object]]) -> None:

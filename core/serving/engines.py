@@ -114,6 +114,9 @@ class Engine:
             await self._unload(oldest)
         return True
 
+    def registered(self, name: str) -> bool:
+        return name in self.loaded
+
     def forget(self, name: str) -> None:
         """The engine does not know ``name`` (it restarted): register it again next time."""
         self.loaded.pop(name, None)
@@ -135,13 +138,6 @@ class Engine:
                 yield response
         except httpx.TransportError as exc:
             raise self.unavailable(exc) from exc
-
-    async def healthy(self) -> bool:
-        try:
-            response = await self.client.get(self.url + "/health", timeout=2)
-        except httpx.TransportError:
-            return False
-        return response.status_code == 200
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +66,11 @@ def _tidy(obj: dict[str, Any], model: str) -> dict[str, Any]:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    seen: dict[str, Any] = field(default_factory=dict)
 
     def take(self, usage: Any) -> None:
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
-            self.seen = usage
 
 
 class Gateway:
@@ -100,7 +98,8 @@ class Gateway:
             self.cache.get, self.storage(), target.version_id, target.object_prefix,
             target.files)
         metrics.ADAPTER_CACHE.labels("hit" if cached.hit else "miss").inc()
-        self._check_rank(target, cached.path)
+        if not engine.registered(target.version_id):  # once, not on every request
+            self._check_rank(target, cached.path)
         if await engine.ensure_loaded(target.version_id, str(cached.path)):
             source = "disk" if cached.hit else "storage"
             metrics.ADAPTER_LOADS.labels(source).inc()

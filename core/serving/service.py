@@ -56,15 +56,21 @@ CHECKPOINT_MODEL = re.compile(r"^ft:(?P<base>.+):(?P<tenant>[^:]+):(?P<job>[^:]+
                               r":ckpt-step-(?P<step>\d{1,9})$")
 
 
+@dataclass(frozen=True)
+class CheckpointModel:
+    row: JobCheckpoint
+    base_model: str
+
+
 def resolve(session: Session, tenant_id: TenantId, model: str) -> Target:
     """An enabled base model, or one of this tenant's fine-tuned or checkpoint models
     (another tenant's is not found: row-level security and the filter both say so)."""
     base = model_repo.get_enabled(session, model)
     if base is not None:
         return Target(model=model, base_model=base.id)
-    found = CHECKPOINT_MODEL.match(model)
-    if found:
-        return _checkpoint(session, tenant_id, model, found)
+    checkpoint = checkpoint_model(session, tenant_id, model)
+    if checkpoint is not None:
+        return _checkpoint_target(session, model, checkpoint)
     version = adapter_repo.by_fine_tuned_model(session, tenant_id, model)
     if version is None or model_repo.get_enabled(session, version.base_model) is None:
         raise _not_found(model)
@@ -72,28 +78,29 @@ def resolve(session: Session, tenant_id: TenantId, model: str) -> Target:
                   object_prefix=version.object_prefix, files=list(version.files))
 
 
-def checkpoint_row(session: Session, tenant_id: TenantId, model: str) -> JobCheckpoint | None:
-    """The checkpoint a checkpoint model id names, if it is this tenant's."""
+def checkpoint_model(session: Session, tenant_id: TenantId,
+                     model: str) -> CheckpointModel | None:
+    """The checkpoint a checkpoint model id names, if it is one of this tenant's."""
     found = CHECKPOINT_MODEL.match(model)
     if found is None or found["tenant"] != tenant_id:
         return None
     job = job_repo.get(session, tenant_id, found["job"])
     if job is None or job.model != found["base"]:
         return None
-    return checkpoint_repo.at_step(session, tenant_id, job.id, int(found["step"]))
+    row = checkpoint_repo.at_step(session, tenant_id, job.id, int(found["step"]))
+    return CheckpointModel(row, job.model) if row is not None else None
 
 
-def _checkpoint(session: Session, tenant_id: TenantId, model: str,
-                found: re.Match[str]) -> Target:
-    row = checkpoint_row(session, tenant_id, model)
-    if row is None or model_repo.get_enabled(session, found["base"]) is None:
+def _checkpoint_target(session: Session, model: str, checkpoint: CheckpointModel) -> Target:
+    if model_repo.get_enabled(session, checkpoint.base_model) is None:
         raise _not_found(model)
+    row = checkpoint.row
     if not row.files:
         raise InvalidRequest(
             f"checkpoint model {model} was saved before checkpoints recorded their files' "
             "sha256s, so it cannot be checked and is not served; use the job's fine-tuned "
             "model", param="model", code="checkpoint_not_servable")
-    return Target(model=model, base_model=found["base"], version_id=row.id,
+    return Target(model=model, base_model=checkpoint.base_model, version_id=row.id,
                   object_prefix=row.object_prefix, files=list(row.files))
 
 
