@@ -10,10 +10,9 @@ sizes are set explicitly (several families default to 128 or 256).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from worker.training.tinymodel import Family, built, write
 
 VERSION = 2  # 2: Gemma's embeddings tied, as the real models' (vLLM expects it)
 
@@ -67,18 +66,6 @@ PHI3 = (
 )
 
 
-@dataclass(frozen=True)
-class Family:
-    config: str  # transformers' config class
-    model: str  # and model class
-    template: str
-    eos: str
-    pad: str
-    specials: tuple[str, ...]
-    bos: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 FAMILIES = {
     "llama3": Family("LlamaConfig", "LlamaForCausalLM", LLAMA3, eos="<|eot_id|>",
                      pad="<|finetune_right_pad_id|>", bos="<|begin_of_text|>",
@@ -121,37 +108,10 @@ def build(out_dir: Path, family: str, *, layers: int = 2, hidden: int = 128, hea
           kv_heads: int = 2, intermediate: int = 256, context: int = 512,
           vocab_size: int = 1024, seed: int = 0) -> Path:
     """Write a tiny random ``family`` model, its tokenizer and chat template."""
-    import torch
-    import transformers
-    from transformers import PreTrainedTokenizerFast
-
-    from worker.training.tinymodel import train_tokenizer
-
-    spec = FAMILIES[family]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=train_tokenizer(vocab_size, list(spec.specials)),
-        bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad)
-    tokenizer.chat_template = spec.template
-    torch.manual_seed(seed)
-    config = getattr(transformers, spec.config)(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=context, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        **{"tie_word_embeddings": False, **spec.extra})
-    model = getattr(transformers, spec.model)(config)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "loramill.json").write_text(json.dumps(
-        {"generated": True, "family": family, "version": VERSION, "seed": seed}))
-    return out_dir
+    return write(out_dir, FAMILIES[family], marker={"family": family, "version": VERSION},
+                 layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                 intermediate=intermediate, context=context, vocab_size=vocab_size, seed=seed)
 
 
 def ensure(out_dir: Path, family: str) -> Path:
-    marker = out_dir / "loramill.json"
-    if marker.exists():
-        found = json.loads(marker.read_text())
-        if (found.get("family"), found.get("version")) == (family, VERSION):
-            return out_dir
-    return build(out_dir, family)
+    return out_dir if built(out_dir, family=family, version=VERSION) else build(out_dir, family)

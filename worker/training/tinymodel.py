@@ -3,13 +3,16 @@
 No model hub is reachable from our machines (design.md §9), so the model, its byte-level
 BPE tokenizer and its chat template are made here, seeded, from a small built-in corpus.
 Weights are random: the model knows nothing until it is fine-tuned, which is what the
-demo shows.
+demo shows. :func:`write` builds any :class:`Family` of model the same way (the other
+architectures are in families.py).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MODEL_ID = "loramill/tiny-llama"
 # Bump when the architecture or tokenizer changes, so existing copies are rebuilt.
@@ -66,39 +69,73 @@ def train_tokenizer(vocab_size: int, special_tokens: list[str] = SPECIAL_TOKENS)
     return tok
 
 
-def build(
-    out_dir: Path, *, layers: int = 4, hidden: int = 128, heads: int = 4, kv_heads: int = 2,
-    intermediate: int = 384, context: int = 512, vocab_size: int = 1024, seed: int = 0,
-) -> Path:
-    """Write config, safetensors weights and tokenizer to ``out_dir``; returns it."""
+@dataclass(frozen=True)
+class Family:
+    """What makes a tiny model of one architecture: transformers' classes, the chat
+    template and the special tokens (worker/training/families.py has the real families)."""
+
+    config: str  # transformers' config class
+    model: str  # and model class
+    template: str
+    eos: str
+    pad: str
+    specials: tuple[str, ...]
+    bos: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+TINY = Family("LlamaConfig", "LlamaForCausalLM", CHAT_TEMPLATE, eos="<|end|>", pad="<|pad|>",
+              specials=tuple(SPECIAL_TOKENS), bos="<|bos|>", extra={"rms_norm_eps": 1e-5})
+
+
+def write(out_dir: Path, spec: Family, *, marker: dict[str, Any], layers: int, hidden: int,
+          heads: int, kv_heads: int, intermediate: int, context: int, vocab_size: int,
+          seed: int) -> Path:
+    """Write config, safetensors weights and tokenizer of a ``spec`` model to ``out_dir``,
+    and loramill.json (``marker`` and the seed); returns it."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    import transformers
+    from transformers import PreTrainedTokenizerFast
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=train_tokenizer(vocab_size), bos_token="<|bos|>",
-        eos_token="<|end|>", pad_token="<|pad|>",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer_object=train_tokenizer(vocab_size, list(spec.specials)),
+        bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad)
+    tokenizer.chat_template = spec.template
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = getattr(transformers, spec.config)(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=context, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
+        max_position_embeddings=context, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **{"tie_word_embeddings": False, **spec.extra})
+    model = getattr(transformers, spec.model)(config)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "loramill.json").write_text(json.dumps({"generated": True, "version": VERSION,
+    (out_dir / "loramill.json").write_text(json.dumps({"generated": True, **marker,
                                                        "seed": seed}))
     return out_dir
 
 
+def built(out_dir: Path, **expected: object) -> bool:
+    """Whether ``out_dir`` holds a generated model whose loramill.json says ``expected``."""
+    marker = out_dir / "loramill.json"
+    if not marker.exists():
+        return False
+    found = json.loads(marker.read_text())
+    return all(found.get(key) == value for key, value in expected.items())
+
+
+def build(
+    out_dir: Path, *, layers: int = 4, hidden: int = 128, heads: int = 4, kv_heads: int = 2,
+    intermediate: int = 384, context: int = 512, vocab_size: int = 1024, seed: int = 0,
+) -> Path:
+    """Write the tiny Llama (config, safetensors weights, tokenizer) to ``out_dir``."""
+    return write(out_dir, TINY, marker={"version": VERSION}, layers=layers, hidden=hidden,
+                 heads=heads, kv_heads=kv_heads, intermediate=intermediate, context=context,
+                 vocab_size=vocab_size, seed=seed)
+
+
 def ensure(out_dir: Path) -> Path:
     """Build the model unless this version of it is already there."""
-    marker = out_dir / "loramill.json"
-    if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
-        return out_dir
-    return build(out_dir)
+    return out_dir if built(out_dir, version=VERSION) else build(out_dir)
