@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,49 +43,57 @@ def create(tenant: TenantHandle, **fields: Any) -> Any:
     return tenant.client.post("/v1/fine_tuning/jobs", json={"model": MODEL, **fields})
 
 
+@contextmanager
+def registered_copy(tmp: Path, model_id: str, edit: Callable[[Path], None]) -> Iterator[str]:
+    """The tiny model copied, changed by ``edit``, registered as ``model_id``; disabled
+    afterwards (jobs refer to it: not deleted)."""
+    source = tinymodel.ensure(ROOT / ".loramill-test-models" / "tiny-llama")
+    copy = tmp / "model"
+    shutil.copytree(source, copy)
+    edit(copy)
+    with admin_scope() as session:
+        base_models.register(session, model_id, str(copy), gpu_class="cpu")
+    yield model_id
+    with admin_scope() as session:
+        model = session.get(BaseModel, model_id)
+        if model is not None:
+            model.enabled = False
+
+
 @pytest.fixture(scope="module")
 def no_tools_model(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The tiny model with a chat template that knows no tools (as many base models)."""
-    source = tinymodel.ensure(ROOT / ".loramill-test-models" / "tiny-llama")
-    copy = tmp_path_factory.mktemp("no-tools") / "model"
-    shutil.copytree(source, copy)
     plain = ("{% for message in messages %}{{ message['role'] + ': ' + message['content'] }}"
              "{% endfor %}")
-    for template in copy.glob("chat_template.jinja"):
-        template.write_text(plain)
-    config = copy / "tokenizer_config.json"
-    settings = json.loads(config.read_text())
-    if "chat_template" in settings:
-        settings["chat_template"] = plain
-        config.write_text(json.dumps(settings))
-    with admin_scope() as session:
-        base_models.register(session, "test/no-tools", str(copy), gpu_class="cpu")
-    yield "test/no-tools"
-    with admin_scope() as session:  # jobs refer to it: disabled, not deleted
-        model = session.get(BaseModel, "test/no-tools")
-        if model is not None:
-            model.enabled = False
+
+    def edit(copy: Path) -> None:
+        for template in copy.glob("chat_template.jinja"):
+            template.write_text(plain)
+        config = copy / "tokenizer_config.json"
+        settings = json.loads(config.read_text())
+        if "chat_template" in settings:
+            settings["chat_template"] = plain
+            config.write_text(json.dumps(settings))
+
+    with registered_copy(tmp_path_factory.mktemp("no-tools"), "test/no-tools", edit) as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
 def no_template_model(stack: StackInfo,
                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The tiny model without any chat template (as a pretrained, not instruct, base)."""
-    source = tinymodel.ensure(ROOT / ".loramill-test-models" / "tiny-llama")
-    copy = tmp_path_factory.mktemp("no-template") / "model"
-    shutil.copytree(source, copy)
-    (copy / "chat_template.jinja").unlink(missing_ok=True)
-    config = copy / "tokenizer_config.json"
-    settings = json.loads(config.read_text())
-    settings.pop("chat_template", None)
-    config.write_text(json.dumps(settings))
-    with admin_scope() as session:
-        base_models.register(session, "test/no-template", str(copy), gpu_class="cpu")
-    yield "test/no-template"
-    with admin_scope() as session:
-        model = session.get(BaseModel, "test/no-template")
-        if model is not None:
-            model.enabled = False
+
+    def edit(copy: Path) -> None:
+        (copy / "chat_template.jinja").unlink(missing_ok=True)
+        config = copy / "tokenizer_config.json"
+        settings = json.loads(config.read_text())
+        settings.pop("chat_template", None)
+        config.write_text(json.dumps(settings))
+
+    with registered_copy(tmp_path_factory.mktemp("no-template"), "test/no-template",
+                         edit) as model:
+        yield model
 
 
 def test_chat_data_on_a_model_without_a_chat_template_is_refused_at_creation(
