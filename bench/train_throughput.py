@@ -3,7 +3,8 @@
 the padding collator, `group_by_length` (batches of similar lengths, less padding;
 `train_sampling_strategy="group_by_length"` in transformers 5), and
 padding-free `DataCollatorWithFlattening` (each batch one packed row, per-example
-attention from the position ids).
+attention from the position ids), and TRL's `SFTTrainer` with `padding_free=True` (its
+own flattening collator; the labels given pre-tokenised, assistant tokens only).
 
 Every side: the same length-varied chat dataset, an 8-layer / hidden-512 Llama built
 locally, 4-bit NF4 with double quantization, LoRA r=8 on all linear layers, the same batch
@@ -96,16 +97,11 @@ def run_hf(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, A
         TrainingArguments,
     )
 
-    from worker.training import data as data_mod
-    from worker.training.model import add_lora, load_base, load_tokenizer
+    from worker.training.model import add_lora, load_base
 
-    tok = load_tokenizer(model_dir)
-    ds = data_mod.load(data, tok, 1024)
-    rows = []
-    for ex in ds.examples:  # HF's convention: labels = input_ids masked, shifted inside
-        labels = [data_mod.IGNORE, *ex.targets[:-1]]
-        rows.append({"input_ids": list(ex.input_ids), "attention_mask": [1] * len(ex),
-                     "labels": labels})
+    tok, rows = hf_rows(model_dir, data)
+    for row in rows:
+        row["attention_mask"] = [1] * len(row["input_ids"])
     model = add_lora(load_base(model_dir, "nf4", torch.device("cpu")), lora())
     collator: Any = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
     if args.run == "hf-flat":  # padding-free: one row per batch, position ids restart
@@ -131,16 +127,60 @@ def run_hf(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, A
             "steps": out.global_step, "final_loss": out.training_loss}
 
 
+def hf_rows(model_dir: Path, data: Path) -> tuple[Any, list[dict[str, list[int]]]]:
+    """The tokenizer and the examples in HF's convention: labels are the input ids with
+    -100 where nothing is trained (the model shifts them)."""
+    from worker.training import data as data_mod
+    from worker.training.model import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    rows = []
+    for ex in data_mod.load(data, tok, 1024).examples:
+        rows.append({"input_ids": [int(t) for t in ex.input_ids],
+                     "labels": [data_mod.IGNORE, *(int(t) for t in ex.targets[:-1])]})
+    return tok, rows
+
+
+def run_trl(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from worker.training.model import add_lora, load_base
+
+    tok, rows = hf_rows(model_dir, data)
+    model = add_lora(load_base(model_dir, "nf4", torch.device("cpu")), lora())
+    trainer = SFTTrainer(
+        model=model, processing_class=tok, train_dataset=Dataset.from_list(rows),
+        args=SFTConfig(
+            output_dir=str(WORK / "trl"), padding_free=True, packing=False, max_length=None,
+            per_device_train_batch_size=args.batch_size, num_train_epochs=1,
+            learning_rate=2e-4, lr_scheduler_type="cosine",
+            warmup_steps=int(math.ceil(len(rows) / args.batch_size) * 0.05),
+            max_grad_norm=1.0, seed=args.seed, report_to=[], save_strategy="no",
+            logging_strategy="no", use_cpu=True, bf16=False, dataloader_num_workers=0,
+            gradient_checkpointing=False, dataset_num_proc=None,
+        ),
+    )
+    start = time.perf_counter()
+    out = trainer.train()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": sum(len(r["input_ids"]) for r in rows),
+            "steps": out.global_step, "final_loss": out.training_loss}
+
+
 def child(args: argparse.Namespace) -> None:
     model_dir, data = Path(args.model_dir), Path(args.data)
-    result = (run_ours if args.run == "ours" else run_hf)(model_dir, data, args)
+    run = {"ours": run_ours, "trl-flat": run_trl}.get(args.run, run_hf)
+    result = run(model_dir, data, args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["tokens_per_second"] = result["tokens"] / result["seconds"]
     print("RESULT " + json.dumps(result))
 
 
 SIDES = {"hf": "HF Trainer + padding", "hf-grouped": "HF Trainer + group_by_length",
-         "hf-flat": "HF Trainer + DataCollatorWithFlattening", "ours": "loramill recipe"}
+         "hf-flat": "HF Trainer + DataCollatorWithFlattening",
+         "trl-flat": "TRL SFTTrainer + padding_free", "ours": "loramill recipe"}
 
 
 def main() -> int:

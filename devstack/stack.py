@@ -93,7 +93,7 @@ def _pid_alive(pid: int) -> bool:
 @dataclass
 class PieceStatus:
     name: str
-    state: str  # running | stopped | crashed | external
+    state: str  # running | stopped | crashed | external | unavailable (an engine)
     detail: str = ""
 
     def line(self) -> str:
@@ -235,7 +235,10 @@ class LocalStack:
                 out.append(PieceStatus(name, "external", self._external_url(name)))
                 continue
             pid = self._read_pid(name)
-            if pid is None:
+            blocked = self.engine_blocker() if name.startswith("engine-") else None
+            if pid is None and blocked:
+                out.append(PieceStatus(name, "unavailable", blocked))
+            elif pid is None:
                 out.append(PieceStatus(name, "stopped"))
             elif _pid_alive(pid):
                 extra = f", metrics {self.metrics_url(name)}" if name in METRICS_PIECES else ""
@@ -479,16 +482,21 @@ class LocalStack:
                     "           (the rest of the stack works; inference answers 503)")
         return results
 
+    def engine_blocker(self) -> str | None:
+        """Why no engine can start on this machine (not installed, a CPU vLLM cannot run
+        on), or None."""
+        python = self.serving_python()
+        if not python.exists():
+            return (f"the serving engine is not installed ({python} is missing); "
+                    "run `make serve-install`")
+        return cpu_lacks_vllm_instructions() if not _has_cuda() else None
+
     def _start_engine(self, piece: str, model: str, path: str | None, port: int) -> str | None:
         python = self.serving_python()
         if path is None:
             return f"the base model {model} is not registered"
-        if not python.exists():
-            return (f"the serving engine is not installed ({python} is missing); "
-                    "run `make serve-install`")
-        lacking = cpu_lacks_vllm_instructions() if not _has_cuda() else None
-        if lacking:
-            return lacking
+        if blocked := self.engine_blocker():
+            return blocked
         s = self.settings
         self._pidfile(piece).unlink(missing_ok=True)
         self._engine_status(model, "starting")

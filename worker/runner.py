@@ -412,6 +412,8 @@ def hand_back(c: Claim, target: str, message: str) -> None:
 def run_job(job_id: str, tenant_id: str, worker_id: str, *,
             shutting_down: threading.Event | None = None) -> str:
     """Run one job to an end state, a pause or a hand-back; returns what happened."""
+    from worker.training import distributed
+    from worker.training.rank import job_arguments
     from worker.training.recipe import Recipe, Stopped
 
     c = claim(job_id, tenant_id, worker_id)
@@ -430,19 +432,26 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
                 valid_path = work / "valid.jsonl"
                 storage.download_file(c.validation_key, valid_path)
             spec = train_spec(c)
+            world = distributed.world_size(get_settings().training_devices)
             reporter.message(f"Loading base model {c.model} "
                              f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
-            recipe = Recipe(spec, c.model_path, train_path, reporter, valid_file=valid_path,
-                            work_dir=work)
-            recipe.setup(resume_from=_download_checkpoint(c, work))
-            if not recipe.position.step:
-                reporter.message(
-                    f"Training started: {len(recipe.train.examples)} examples, "
-                    f"{recipe.total_steps} steps ({spec.n_epochs} epochs of "
-                    f"{recipe.steps_per_epoch}) on {recipe.device.type}",
-                    data={"total_steps": recipe.total_steps, "device": recipe.device.type,
-                          "trainable_tokens": recipe.train.trainable_tokens})
-            result = recipe.train_loop()
+            resume = _download_checkpoint(c, work)
+            ranks = job_arguments(spec, c.model_path, train_path, valid_file=valid_path,
+                                  work_dir=work, resume_from=resume)
+            with distributed.started(world, ranks, work) as group:
+                recipe = Recipe(spec, c.model_path, train_path, reporter,
+                                valid_file=valid_path, work_dir=work, group=group)
+                recipe.setup(resume_from=resume)
+                if not recipe.position.step:
+                    on = recipe.device.type + (f" x {world}" if world > 1 else "")
+                    reporter.message(
+                        f"Training started: {len(recipe.train.examples)} examples, "
+                        f"{recipe.total_steps} steps ({spec.n_epochs} epochs of "
+                        f"{recipe.steps_per_epoch}) on {on}",
+                        data={"total_steps": recipe.total_steps,
+                              "device": recipe.device.type, "devices": world,
+                              "trainable_tokens": recipe.train.trainable_tokens})
+                result = recipe.train_loop()
             adapter_dir = work / "adapter"
             recipe.save(adapter_dir)
             publish(c, adapter_dir, result.history, result.trained_tokens, work)

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import BigInteger, String
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.kit.orm import Base, utcnow
@@ -20,6 +22,11 @@ class BaseModel(Base):
     params: Mapped[int] = mapped_column(BigInteger)
     context_length: Mapped[int]
     gpu_class: Mapped[str] = mapped_column(String(32))
+    # the operator's choice (--gpu-class): jobs take it, or larger; otherwise each job's
+    # class comes from its predicted memory (core/base_models/memory.py)
+    gpu_class_pinned: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # what the memory model needs of config.json (memory.Shape); none before migration 0010
+    shape: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     enabled: Mapped[bool] = mapped_column(default=True)
     # the chat template renders tool definitions and tool calls (read at registration)
     renders_tools: Mapped[bool] = mapped_column(default=False, server_default=sa.false())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -11,13 +12,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.base_models import memory
 from core.base_models import repository as model_repo
 from core.base_models.models import BaseModel
 from core.kit.errors import InvalidRequest
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-# bytes per parameter -> GPU class; 4-bit weights plus LoRA, activations and headroom
-GPU_CLASSES = (("cpu", 300e6), ("gpu-24gb", 14e9), ("gpu-80gb", 75e9), ("gpu-multi", float("inf")))
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class ModelInfo:
     context_length: int
     renders_tools: bool
     has_chat_template: bool
+    shape: memory.Shape | None = None
 
 
 def chat_template(path: Path) -> str:
@@ -49,8 +50,12 @@ def renders_tools(template: str) -> bool:
     return bool(re.search(r"\btools\b", template)) and "tool_calls" in template
 
 
-def gpu_class_for(params: int) -> str:
-    return next(name for name, limit in GPU_CLASSES if params <= limit)
+def gpu_class_for(info: ModelInfo) -> str:
+    """The class a job with the default settings needs (a job with its own rank or
+    sequence length gets its own: core/jobs/service.py); a model no class can train with
+    them is still registered, on the largest, and its jobs are refused at creation."""
+    settings = memory.Settings(seq_len=min(memory.Settings().seq_len, info.context_length))
+    return memory.gpu_class(info.params, info.shape, settings) or memory.CLASS_ORDER[-1]
 
 
 def _safetensors_params(path: Path) -> int:
@@ -98,6 +103,7 @@ def inspect_local(path: Path) -> ModelInfo:
         context_length=int(config.get("max_position_embeddings", 2048)),
         renders_tools=renders_tools(template := chat_template(path)),
         has_chat_template=bool(template.strip()),
+        shape=memory.Shape.of(config),
     )
 
 
@@ -111,6 +117,8 @@ def register(
     return model_repo.upsert(session, BaseModel(
         id=model_id, source_uri=str(path), architecture=info.architecture,
         params=info.params, context_length=info.context_length,
-        gpu_class=gpu_class or gpu_class_for(info.params), enabled=True,
-        renders_tools=info.renders_tools, has_chat_template=info.has_chat_template,
+        gpu_class=gpu_class or gpu_class_for(info), gpu_class_pinned=gpu_class is not None,
+        enabled=True, renders_tools=info.renders_tools,
+        has_chat_template=info.has_chat_template,
+        shape=dataclasses.asdict(info.shape) if info.shape else None,
     ))

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.base_models import memory
 from core.base_models import repository as model_repo
 from core.base_models.models import BaseModel
 from core.files import repository as file_repo
@@ -32,6 +33,7 @@ from core.jobs.state import JobStatus
 from core.kit import ids
 from core.kit.errors import InvalidRequest, NotFound, RateLimited
 from core.kit.orm import utcnow
+from core.kit.settings import get_settings
 from core.tenants import repository as tenant_repo
 from core.tenants.models import Tenant
 from core.tenants.scope import TenantId
@@ -140,16 +142,58 @@ def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuning
                             examples=training.example_count),
         max_seq_len=resolve_seq_len(req.max_seq_len, base.context_length),
     )
+    gpu_class, predicted = _gpu_class(base, spec)
     job = job_repo.add(session, FineTuningJob(
         id=ids.new_id(ids.JOB), tenant_id=tenant_id, model=base.id,
         training_file=training.id, validation_file=req.validation_file, method=spec.stored(),
         suffix=req.suffix, seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
-        metadata_=req.metadata, status=JobStatus.QUEUED, gpu_class=base.gpu_class,
+        metadata_=req.metadata, status=JobStatus.QUEUED, gpu_class=gpu_class,
     ))
     job_repo.add_event(session, job, f"Created fine-tuning job: {job.id}")
-    job_repo.add_event(session, job, "Job queued; waiting for a worker",
-                       data={"gpu_class": job.gpu_class})
+    data: dict[str, Any] = {"gpu_class": job.gpu_class}
+    text = f"Job queued for a {job.gpu_class} worker"
+    if predicted is not None:
+        data["predicted_memory_gib"] = predicted.gib()
+        if gpu_class != "cpu":
+            gib = memory.needs(predicted, gpu_class) / memory.GIB
+            text += f" (predicted peak memory {gib:.1f} GiB a GPU)"
+    job_repo.add_event(session, job, text + "; waiting for a worker", data=data)
     return job
+
+
+def memory_settings(base: BaseModel, spec: JobSpec) -> memory.Settings:
+    return memory.Settings(
+        r=spec.lora.r, target_modules=spec.lora.target_modules,
+        quantization=spec.lora.quantization,
+        seq_len=spec.max_seq_len or base.context_length)
+
+
+def _gpu_class(base: BaseModel, spec: JobSpec) -> tuple[str, memory.Estimate | None]:
+    """The job's GPU class from its predicted peak memory (its rank, targets and sequence
+    length), never below an operator's pinned class; refused when no class can hold it or
+    this deployment runs no worker of that class (it would wait in the queue forever)."""
+    shape = memory.Shape(**base.shape) if base.shape else None
+    settings = memory_settings(base, spec)
+    predicted = memory.estimate(shape, settings) if shape else None
+    chosen = memory.gpu_class(base.params, shape, settings) if shape else base.gpu_class
+    if chosen is None:
+        assert predicted is not None
+        largest, per_gpu, gpus = memory.GPU_CLASSES[-1]
+        raise InvalidRequest(
+            f"a job on {base.id!r} with LoRA r={settings.r} and max_seq_len "
+            f"{settings.seq_len} needs about {predicted.per_gpu(gpus) / memory.GIB:.0f} GiB "
+            f"on each GPU, more than the largest class ({largest}: {gpus} x "
+            f"{per_gpu / memory.GIB:.0f} GiB) has; lower max_seq_len or the LoRA rank",
+            param="max_seq_len", code="model_too_large")
+    if base.gpu_class_pinned or not shape:
+        chosen = memory.larger(base.gpu_class, chosen)
+    deployed = get_settings().gpu_classes
+    if chosen not in deployed:
+        raise InvalidRequest(
+            f"a job on {base.id!r} needs a {chosen} worker and this deployment runs none "
+            f"(LORAMILL_GPU_CLASSES: {', '.join(deployed)}); it would wait forever",
+            param="model", code="no_worker_class")
+    return chosen, predicted
 
 
 def get(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:

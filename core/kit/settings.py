@@ -70,7 +70,14 @@ class Settings(BaseSettings):
 
     # Workers
     gpu_class: str = "cpu"
+    # the classes this deployment runs workers for (a JSON list): a job whose predicted
+    # memory needs another is refused at creation instead of waiting forever
+    gpu_classes: list[str] = Field(default_factory=lambda: [
+        "cpu", "gpu-24gb", "gpu-80gb", "gpu-multi"])
     worker_concurrency: int = 1
+    # devices one job runs across on this worker (data-parallel ranks): 0 = every GPU it
+    # sees, one process on a CPU; 2 on a CPU runs two gloo ranks (how the tests prove it)
+    training_devices: int = 0
     checkpoint_every_steps: int = 0  # 0: about four checkpoints per job
     heartbeat_seconds: float = 5.0
     lease_timeout_seconds: float = 60.0  # no heartbeat for this long: the worker is lost

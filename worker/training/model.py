@@ -113,8 +113,8 @@ def add_lora(model: Any, spec: LoraSpec, *, checkpointing: bool = False) -> Any:
     for param in model.parameters():
         param.requires_grad_(False)
     if checkpointing:
-        model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         r=spec.r, lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft takes floats
         lora_dropout=spec.dropout, target_modules=spec.target_modules, bias="none",

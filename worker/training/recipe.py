@@ -18,6 +18,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from worker.training import checkpoint, data, loss, packing
 from worker.training.checkpoint import Position
+from worker.training.distributed import Group
 from worker.training.model import LoraSpec, add_lora, load_base, load_tokenizer
 
 BASE_LEARNING_RATE = 2e-4  # times the job's learning_rate_multiplier
@@ -99,14 +100,17 @@ def seed_everything(seed: int) -> None:
 class Recipe:
     def __init__(self, spec: TrainSpec, model_dir: Path, train_file: Path,
                  reporter: Reporter, *, valid_file: Path | None = None,
-                 work_dir: Path, device: torch.device | None = None):
+                 work_dir: Path, device: torch.device | None = None,
+                 group: Group | None = None):
         self.spec = spec
         self.model_dir = model_dir
         self.train_file = train_file
         self.valid_file = valid_file
         self.reporter = reporter
         self.work_dir = work_dir
-        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # one rank of a data-parallel run (worker/training/distributed.py), or the only one
+        self.group = group or Group()
+        self.device = device or self.group.device()
         self.position = Position()
         self.history: list[dict[str, Any]] = []
 
@@ -200,11 +204,12 @@ class Recipe:
         count = batch.trainable_tokens
         total = 0.0
         self.model.train()
-        for micro in packing.split_rows(batch, self.micro_batch_tokens):
+        micros = packing.split_rows(batch, self.micro_batch_tokens)
+        for micro in self.group.share(micros, [m.input_ids.numel() for m in micros]):
             summed, _ = self._summed_loss(micro)
             (summed / count).backward()  # type: ignore[no-untyped-call]
             total += float(summed.detach())
-        self._apply_gradients()
+        (total,) = self._apply_gradients(total)
         return loss.mean(total, count), count, batch.tokens
 
     def _summed_loss(self, batch: packing.PackedBatch) -> tuple[torch.Tensor, int]:
@@ -219,13 +224,16 @@ class Recipe:
         return loss.summed_from_hidden(hidden, base.get_output_embeddings(),
                                        batch.targets.to(self.device), softcap=softcap)
 
-    def _apply_gradients(self) -> None:
-        """Clip, step the optimizer and the schedule, clear: the end of every step."""
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm)
+    def _apply_gradients(self, *values: float) -> list[float]:
+        """Sum the gradients (and ``values``) over the ranks, clip, step the optimizer and
+        the schedule, clear: the end of every step. Returns the summed ``values``."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        summed = self.group.reduce_step(params, *values)
+        torch.nn.utils.clip_grad_norm_(params, self.spec.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return summed
 
     def _pair_chunks(self, pairs: list[data.Pair]) -> list[list[data.Pair]]:
         """Pairs in micro-batches of about ``micro_batch_tokens`` (padded) tokens; a pair's
@@ -258,11 +266,12 @@ class Recipe:
         pairs = [self.train.examples[i] for i in indices]
         total = 0.0
         self.model.train()
-        for chunk in self._pair_chunks(pairs):
+        chunks = self._pair_chunks(pairs)
+        for chunk in self.group.share(chunks, [sum(len(p) for p in c) for c in chunks]):
             losses, _ = self._dpo_losses(chunk)
             (losses.sum() / len(pairs)).backward()  # type: ignore[no-untyped-call]
             total += float(losses.detach().sum())
-        self._apply_gradients()
+        (total,) = self._apply_gradients(total)
         return (total / len(pairs), sum(p.trainable for p in pairs),
                 sum(len(p) for p in pairs))
 
@@ -278,7 +287,8 @@ class Recipe:
         while pos.epoch < spec.n_epochs:
             batches = self.batches(pos.epoch)
             for index in range(pos.batch_in_epoch, len(batches)):
-                reason = self.reporter.should_stop()
+                reason = self.group.decide(
+                    self.reporter.should_stop() if self.group.leader else None)
                 if reason:
                     raise Stopped(reason, pos.step)
                 last_loss, _, tokens = self.step(batches[index])
@@ -333,24 +343,32 @@ class Recipe:
                 module.train()
 
     def _evaluate(self, dataset: data.Dataset) -> float:
-        if self.spec.method == "dpo":  # the mean DPO loss over the pairs
-            losses = [self._dpo_losses(chunk)[0] for chunk in self._pair_chunks(
-                dataset.examples)]
-            return float(torch.cat(losses).mean())
         total, count = 0.0, 0
-        indices = list(range(len(dataset.examples)))
-        # every example, EVAL_EXAMPLES at a time (memory bounded whatever the batch size)
-        for start in range(0, len(indices), EVAL_EXAMPLES):
-            batch = packing.pack(dataset.examples, indices[start : start + EVAL_EXAMPLES],
-                                 self.max_len)
-            summed, n = self._summed_loss(batch)
-            total, count = total + float(summed), count + n
-        return loss.mean(total, count)
+        if self.spec.method == "dpo":  # the mean DPO loss over the pairs
+            chunks = self._pair_chunks(dataset.examples)
+            for chunk in self.group.share(chunks, [len(c) for c in chunks]):
+                losses, _ = self._dpo_losses(chunk)
+                total, count = total + float(losses.sum()), count + len(chunk)
+        else:
+            indices = list(range(len(dataset.examples)))
+            # every example, EVAL_EXAMPLES at a time (memory bounded whatever the batch
+            # size); the ranks take turns
+            starts = range(0, len(indices), EVAL_EXAMPLES)
+            for start in self.group.share(starts, [1] * len(starts)):
+                batch = packing.pack(dataset.examples,
+                                     indices[start : start + EVAL_EXAMPLES], self.max_len)
+                summed, n = self._summed_loss(batch)
+                total, count = total + float(summed), count + n
+        summed_total, summed_count = self.group.sum(total, count)
+        return loss.mean(summed_total, int(summed_count))
 
     # ----- save ----------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
         directory = self.work_dir / "checkpoints" / f"step-{self.position.step}"
+        self.last_checkpoint_step = self.position.step
+        if not self.group.leader:  # every rank holds the same weights: rank 0 writes them
+            return directory
         checkpoint.save(directory, self.model, self.optimizer, self.scheduler,
                         self.position, self.history)
         self.last_checkpoint_step = self.position.step

@@ -52,7 +52,7 @@ def one_step(tmp_path: Path, **changes: Any) -> tuple[Recipe, dict[str, torch.Te
 def test_gradient_checkpointing_is_on_for_4bit_and_changes_no_number(tmp_path: Path) -> None:
     on, with_checkpointing = one_step(tmp_path / "on")
     off, without = one_step(tmp_path / "off", gradient_checkpointing=False)
-    assert on.checkpointing and on.model.get_base_model().is_gradient_checkpointing
+    assert on.checkpointing and on.model.get_base_model().is_activation_checkpointing
     assert not off.checkpointing
     assert with_checkpointing.keys() == without.keys()
     for name, value in with_checkpointing.items():  # dropout's masks replayed exactly
