@@ -89,6 +89,7 @@ lint: install  ## ruff, mypy and the import rules (import-linter)
 	$(VENV)/bin/lint-imports
 
 bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their results
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/upload.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/dispatch.py

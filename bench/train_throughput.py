@@ -75,10 +75,11 @@ def lora() -> Any:
 def run_ours(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     from worker.training.recipe import Recipe, TrainSpec
 
-    # no gradient checkpointing (the recipe's default for 4-bit), as on the Trainer side
+    # gradient checkpointing off (the recipe turns it on for 4-bit), as on the other sides;
+    # the micro-batch token budget is the recipe's default for the device unless given
     spec = TrainSpec(n_epochs=1, batch_size=args.batch_size, learning_rate=2e-4,
                      seed=args.seed, lora=lora(), metric_events=1, checkpoint_every=-1,
-                     gradient_checkpointing=False)
+                     gradient_checkpointing=False, micro_batch_tokens=args.micro_tokens or None)
     recipe = Recipe(spec, model_dir, data, Quiet(), work_dir=WORK / "ours")
     recipe.setup()
     start = time.perf_counter()
@@ -127,7 +128,8 @@ def run_hf(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, A
             "steps": out.global_step, "final_loss": out.training_loss}
 
 
-def hf_rows(model_dir: Path, data: Path) -> tuple[Any, list[dict[str, list[int]]]]:
+def hf_rows(model_dir: Path, data: Path, max_len: int = 1024
+            ) -> tuple[Any, list[dict[str, list[int]]]]:
     """The tokenizer and the examples in HF's convention: labels are the input ids with
     -100 where nothing is trained (the model shifts them)."""
     from worker.training import data as data_mod
@@ -135,7 +137,7 @@ def hf_rows(model_dir: Path, data: Path) -> tuple[Any, list[dict[str, list[int]]
 
     tok = load_tokenizer(model_dir)
     rows = []
-    for ex in data_mod.load(data, tok, 1024).examples:
+    for ex in data_mod.load(data, tok, max_len).examples:
         rows.append({"input_ids": [int(t) for t in ex.input_ids],
                      "labels": [data_mod.IGNORE, *(int(t) for t in ex.targets[:-1])]})
     return tok, rows
@@ -189,6 +191,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--micro-tokens", type=int, default=0)  # ours: the recipe's default
     parser.add_argument("--run", choices=list(SIDES))
     parser.add_argument("--model-dir")
     parser.add_argument("--data")
@@ -203,7 +206,7 @@ def main() -> int:
         for side in SIDES:
             cmd = [sys.executable, __file__, "--run", side, "--model-dir", str(model_dir),
                    "--data", str(data), "--batch-size", str(args.batch_size),
-                   "--seed", str(args.seed)]
+                   "--seed", str(args.seed), "--micro-tokens", str(args.micro_tokens)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")),
                         None)

@@ -29,7 +29,7 @@ from typing import Any
 
 GIB = 1024**3
 LOSS_CHUNK = 1024  # positions per output-layer chunk (worker/training/loss.py: chunk_tokens)
-MICRO_BATCH_TOKENS = 16384  # the recipe's token budget per micro-batch (TrainSpec)
+MICRO_BATCH_TOKENS = 16384  # the recipe's token budget per micro-batch on CUDA
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit weight, 8-bit absmax, fp32 absmax²
 HEADROOM = 1.10  # the caching allocator's fragmentation
 CONTEXT = 1.0 * GIB  # CUDA context, cuBLAS workspace, kernels

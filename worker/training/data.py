@@ -10,12 +10,15 @@ start of the next.
 
 from __future__ import annotations
 
+import mmap
+import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy
 import torch
 from loramill.datasets import grammar
 from loramill.datasets.grammar import Completion, Conversation, Plain, Preference
@@ -38,12 +41,12 @@ class NoTrainableTokens(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    """One tokenised example, as compact arrays of 32-bit ids (4 bytes a token, where a
-    Python list of ints costs 8 bytes a token plus an object of 28 for most ids): a 1 GiB
-    upload (~250 M tokens) is held in ~2 GB instead of ~16 GB."""
+    """One tokenised example, as compact 32-bit ids (4 bytes a token, where a Python list
+    of ints costs 8 bytes a token plus an object of 28 for most ids): an array, or a view
+    of a memory-mapped :class:`TokenStore` file."""
 
-    input_ids: array[int]
-    targets: array[int]  # targets[t] is the token to predict after input_ids[t], or IGNORE
+    input_ids: array[int] | memoryview
+    targets: array[int] | memoryview  # targets[t]: the token after input_ids[t], or IGNORE
     trainable: int
 
     @classmethod
@@ -52,9 +55,9 @@ class Example:
                    sum(1 for t in targets if t != IGNORE))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """input ids and targets as int64 tensors (copies: the arrays stay as they are)."""
-        return (torch.frombuffer(self.input_ids, dtype=torch.int32).long(),
-                torch.frombuffer(self.targets, dtype=torch.int32).long())
+        """input ids and targets as int64 tensors (copies: the ids stay as they are)."""
+        return (torch.from_numpy(numpy.asarray(self.input_ids, dtype=numpy.int64)),
+                torch.from_numpy(numpy.asarray(self.targets, dtype=numpy.int64)))
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -75,9 +78,72 @@ class Pair:
         return len(self.chosen) + len(self.rejected)
 
 
+class TokenStore(Sequence[Any]):
+    """A dataset's examples on disk: every example's ids and targets appended to two flat
+    int32 files as it is tokenised, then memory-mapped. What stays in memory is two
+    offsets a sequence (16 bytes), whatever the examples' lengths: a 1 GiB upload (~250 M
+    tokens, ~2 GB of ids and targets) costs megabytes of RAM, and the OS pages the files in
+    and out as steps read them. Items are :class:`Example` views, or :class:`Pair` views
+    for a preference file (two sequences an item)."""
+
+    def __init__(self, directory: Path, *, pairs: bool = False):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.pairs = directory, pairs
+        self._ids = (directory / "input_ids.i32").open("wb")
+        self._targets = (directory / "targets.i32").open("wb")
+        self._starts = array("q", [0])
+        self._trainable = array("q")
+        self._views: tuple[memoryview, memoryview] | None = None
+
+    def add(self, example: Example | Pair) -> None:
+        for sequence in ((example.chosen, example.rejected) if isinstance(example, Pair)
+                         else (example,)):
+            array("i", sequence.input_ids).tofile(self._ids)
+            array("i", sequence.targets).tofile(self._targets)
+            self._starts.append(self._starts[-1] + len(sequence))
+            self._trainable.append(sequence.trainable)
+
+    def seal(self) -> TokenStore:
+        """Done adding: the files are closed and mapped read-only."""
+        views = []
+        for fh in (self._ids, self._targets):
+            fh.close()
+            with open(fh.name, "rb") as reader:
+                size = reader.seek(0, 2)
+                mapped = mmap.mmap(reader.fileno(), 0, access=mmap.ACCESS_READ) if size \
+                    else b""
+            views.append(memoryview(mapped).cast("B").cast("i"))
+        self._views = (views[0], views[1])
+        return self
+
+    def _sequence(self, index: int) -> Example:
+        assert self._views is not None, "seal() the store before reading it"
+        start, end = self._starts[index], self._starts[index + 1]
+        return Example(self._views[0][start:end], self._views[1][start:end],
+                       self._trainable[index])
+
+    def __len__(self) -> int:
+        return (len(self._starts) - 1) // (2 if self.pairs else 1)
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self.pairs:
+            return Pair(self._sequence(2 * index), self._sequence(2 * index + 1))
+        return self._sequence(index)
+
+    @property
+    def resident_bytes(self) -> int:
+        """What the store keeps in Python memory (the offsets), not counting mapped pages."""
+        return (self._starts.itemsize * len(self._starts)
+                + self._trainable.itemsize * len(self._trainable))
+
+
 @dataclass(frozen=True)
 class Dataset:
-    examples: list[Any]  # Example, or Pair for a preference file
+    examples: Sequence[Any]  # Example, or Pair for a preference file; a list or TokenStore
     truncated: int
     dropped_lines: list[int]  # examples truncated to nothing to train on, by line
 
@@ -196,8 +262,11 @@ def encode_pair(tok: Tokenizer, example: Preference, max_len: int) -> tuple[Pair
     return Pair(chosen, rejected), chosen_cut or rejected_cut
 
 
-def load(path: Path, tok: Tokenizer, max_len: int) -> Dataset:
-    examples: list[Any] = []
+def load(path: Path, tok: Tokenizer, max_len: int, *, store: Path | None = None) -> Dataset:
+    """Tokenise ``path`` line by line; with ``store``, into a :class:`TokenStore` in that
+    directory (memory bounded by the number of examples, not their tokens), else into
+    arrays in memory."""
+    examples: list[Any] | TokenStore = []
     truncated, dropped = 0, []
     for number, row in read(path):
         example: Example | Pair
@@ -209,7 +278,16 @@ def load(path: Path, tok: Tokenizer, max_len: int) -> Dataset:
         if example.trainable == 0:  # what it trains on lies beyond max_len
             dropped.append(number)
             continue
-        examples.append(example)
+        if store is not None and isinstance(examples, list):  # the first: its kind decides
+            store.mkdir(parents=True, exist_ok=True)
+            examples = TokenStore(Path(tempfile.mkdtemp(dir=store)),
+                                  pairs=isinstance(example, Pair))
+        if isinstance(examples, TokenStore):
+            examples.add(example)
+        else:
+            examples.append(example)
+    if isinstance(examples, TokenStore):
+        examples.seal()
     if not examples:
         raise NoTrainableTokens(
             f"no example has a token to train on within the model's context of {max_len} "

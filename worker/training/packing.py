@@ -10,6 +10,7 @@ example attends only to itself. Padding, if any, comes last in a row and has no 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +51,7 @@ def epoch_batches(n_examples: int, lengths: list[int], batch_size: int, *, seed:
     return batches
 
 
-def pack(examples: list[Example], indices: list[int], row_len: int) -> PackedBatch:
+def pack(examples: Sequence[Example], indices: list[int], row_len: int) -> PackedBatch:
     """First-fit decreasing into rows of at most ``row_len``; rows padded to the longest."""
     rows: list[list[int]] = []
     room: list[int] = []
@@ -87,7 +88,7 @@ def pack(examples: list[Example], indices: list[int], row_len: int) -> PackedBat
     return PackedBatch(input_ids=ids, position_ids=pos, targets=tgt, segments=segments)
 
 
-def pad(examples: list[Example], indices: list[int]) -> PackedBatch:
+def pad(examples: Sequence[Example], indices: list[int]) -> PackedBatch:
     """One example per row, right-padded to the longest (no packing). Causal attention
     never lets a real token see the padding after it, so no mask is needed."""
     length = max(len(examples[i]) for i in indices)

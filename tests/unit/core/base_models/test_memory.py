@@ -77,8 +77,7 @@ def test_defaults_are_the_job_specs_and_the_recipes() -> None:
     lora, settings = LoraSpec(), Settings()
     assert (settings.r, settings.target_modules, settings.quantization, settings.seq_len) == (
         lora.r, lora.target_modules, lora.quantization, DEFAULT_SEQ_LEN)
-    assert settings.micro_batch_tokens == recipe.TrainSpec.__dataclass_fields__[
-        "micro_batch_tokens"].default
+    assert settings.micro_batch_tokens == recipe.MICRO_BATCH_TOKENS["cuda"]
     chunk = inspect.signature(loss.summed_from_hidden).parameters["chunk_tokens"].default
     assert chunk == memory.LOSS_CHUNK
 

@@ -158,3 +158,49 @@ def test_examples_are_held_in_compact_arrays() -> None:
     tokens, targets = example.tensors()
     assert tokens.dtype == torch.long and tokens.tolist() == ids
     assert targets[0] == data.IGNORE and targets[1:].tolist() == ids[1:]
+
+
+def test_a_token_store_holds_what_memory_would_in_bounded_ram(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Tokenised onto disk (memory-mapped), the examples are the same as in memory, and
+    what stays in RAM grows with the number of examples, not with their tokens."""
+    rows = [{"messages": [{"role": "user", "content": f"Tell {i}."},
+                          {"role": "assistant", "content": "word " * (20 + 40 * i)}]}
+            for i in range(12)]
+    rows.append({"prompt": "Say", "completion": " nothing else"})
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    in_memory = data.load(path, tok, 256)
+    stored = data.load(path, tok, 256, store=tmp_path / "tokens")
+    assert isinstance(stored.examples, data.TokenStore)
+    assert len(stored.examples) == len(in_memory.examples) == 13
+    assert (stored.truncated, stored.dropped_lines) == (in_memory.truncated,
+                                                        in_memory.dropped_lines)
+    for a, b in zip(in_memory.examples, stored.examples, strict=True):
+        assert list(a.input_ids) == list(b.input_ids) and list(a.targets) == list(b.targets)
+        assert a.trainable == b.trainable
+        assert all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors(), strict=True))
+    tokens = sum(len(e) for e in stored.examples)
+    assert tokens > 2000 and stored.examples.resident_bytes <= 16 * 14
+    assert stored.examples[-1].trainable == in_memory.examples[-1].trainable
+    with pytest.raises(IndexError):
+        stored.examples[13]
+    batch = packing.pack(stored.examples, list(range(13)), 256)
+    assert torch.equal(batch.input_ids, packing.pack(in_memory.examples, list(range(13)),
+                                                     256).input_ids)
+
+
+def test_a_token_store_holds_preference_pairs(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"input": {"messages": [{"role": "user", "content": f"Capital {i}?"}]},
+             "preferred_output": [{"role": "assistant", "content": "Paris."}],
+             "non_preferred_output": [{"role": "assistant", "content": "Lyon, I think."}]}
+            for i in range(3)]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    in_memory = data.load(path, tok, 256)
+    stored = data.load(path, tok, 256, store=tmp_path / "tokens")
+    assert len(stored.examples) == 3
+    for a, b in zip(in_memory.examples, stored.examples, strict=True):
+        assert isinstance(b, data.Pair)
+        assert list(a.chosen.input_ids) == list(b.chosen.input_ids)
+        assert list(a.rejected.targets) == list(b.rejected.targets)
+        assert a.trainable == b.trainable
