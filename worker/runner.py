@@ -432,24 +432,29 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
                 valid_path = work / "valid.jsonl"
                 storage.download_file(c.validation_key, valid_path)
             spec = train_spec(c)
-            world = distributed.world_size(get_settings().training_devices)
+            settings = get_settings()
+            world = distributed.world_size(settings.training_devices)
+            shard = world > 1 and (settings.training_shard if settings.training_shard
+                                   is not None else settings.gpu_class == "gpu-multi")
             reporter.message(f"Loading base model {c.model} "
                              f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
             resume = _download_checkpoint(c, work)
             ranks = job_arguments(spec, c.model_path, train_path, valid_file=valid_path,
                                   work_dir=work, resume_from=resume)
-            with distributed.started(world, ranks, work) as group:
+            with distributed.started(world, ranks, work, shard=shard) as group:
                 recipe = Recipe(spec, c.model_path, train_path, reporter,
                                 valid_file=valid_path, work_dir=work, group=group)
                 recipe.setup(resume_from=resume)
                 if not recipe.position.step:
-                    on = recipe.device.type + (f" x {world}" if world > 1 else "")
+                    on = recipe.device.type + (f" x {world}" if world > 1 else "") + (
+                        " (FSDP)" if shard else "")
                     reporter.message(
                         f"Training started: {len(recipe.train.examples)} examples, "
                         f"{recipe.total_steps} steps ({spec.n_epochs} epochs of "
                         f"{recipe.steps_per_epoch}) on {on}",
                         data={"total_steps": recipe.total_steps,
                               "device": recipe.device.type, "devices": world,
+                              "sharded": shard,
                               "trainable_tokens": recipe.train.trainable_tokens})
                 result = recipe.train_loop()
             adapter_dir = work / "adapter"

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # devices one job runs across on this worker (data-parallel ranks): 0 = every GPU it
     # sees, one process on a CPU; 2 on a CPU runs two gloo ranks (how the tests prove it)
     training_devices: int = 0
+    # FSDP across those devices (each holds a share of the 4-bit weights) rather than a
+    # whole copy each; None: on for gpu-multi workers, the class for models no one GPU holds
+    training_shard: bool | None = None
     checkpoint_every_steps: int = 0  # 0: about four checkpoints per job
     heartbeat_seconds: float = 5.0
     lease_timeout_seconds: float = 60.0  # no heartbeat for this long: the worker is lost

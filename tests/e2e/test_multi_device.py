@@ -1,6 +1,7 @@
 """A worker that owns several devices runs one job across them: a ``gpu-multi`` worker
 (two gloo ranks on this CPU, LORAMILL_TRAINING_DEVICES=2) takes a job on a model pinned
-to that class, trains it as rank 0 with a helper rank, and publishes the adapter."""
+to that class, trains it with FSDP (the layers sharded over the ranks) as rank 0 with a
+helper rank, and publishes the adapter, gathered."""
 
 from __future__ import annotations
 
@@ -68,5 +69,6 @@ def test_a_gpu_multi_worker_trains_one_job_on_two_ranks(multi_worker: str,
     assert job["status"] == "succeeded", job
     messages = [e["message"] for e in all_events(tenant.client, job["id"])]
     assert any(m.startswith("Job queued for a gpu-multi worker") for m in messages)
-    assert any("on cpu x 2" in m for m in messages), messages
+    # a gpu-multi worker shards the model over its devices (FSDP)
+    assert any("on cpu x 2 (FSDP)" in m for m in messages), messages
     assert job["fine_tuned_model"].startswith(f"ft:{multi_worker}:")

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from worker.training.distributed import shaped_like, whole
+
 
 @dataclass
 class Position:
@@ -43,8 +45,8 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in state["state"].items():
         for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            if isinstance(value, torch.Tensor):  # a sharded one gathered (every rank calls)
+                tensors[f"{index}.{name}"] = whole(value.detach()).cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[name] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -52,10 +54,15 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
 
 def save(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
          scheduler: torch.optim.lr_scheduler.LRScheduler, position: Position,
-         history: list[dict[str, Any]]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory), safe_serialization=True)
+         history: list[dict[str, Any]], *, write: bool = True) -> Path:
+    """Write the checkpoint; with sharded (FSDP) parameters every rank calls this (the
+    shards are gathered) and only the one with ``write`` writes."""
+    adapter = adapter_state(model)
     tensors, opt_meta = _optimizer_state(optimizer)
+    if not write:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory), safe_serialization=True, state_dict=adapter)
     save_file(tensors, str(directory / "optimizer.safetensors"))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -70,17 +77,35 @@ def save(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
     return directory
 
 
+def adapter_state(model: Any) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) parameters, whole, by parameter name: what ``save_pretrained``
+    keeps of a state dict (a collective when they are sharded)."""
+    return {name: whole(param.detach()) for name, param in model.named_parameters()
+            if param.requires_grad}
+
+
+def _load_adapter(model: Any, saved: dict[str, torch.Tensor]) -> None:
+    """peft's saved names (no adapter name) onto the parameters, each laid out as the
+    parameter is (this rank's shard of a sharded one)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.copy_(shaped_like(param, saved[name.replace(".default.", ".")]))
+
+
 def load(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
          scheduler: torch.optim.lr_scheduler.LRScheduler,
          history: list[dict[str, Any]]) -> Position:
-    from peft import set_peft_model_state_dict
-
     state = json.loads((directory / "state.json").read_text())
-    set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
+    _load_adapter(model, load_file(str(directory / "adapter_model.safetensors")))
     tensors = load_file(str(directory / "optimizer.safetensors"))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)
+        param = params[int(index)]
+        if value.shape == param.shape:  # a moment: laid out as its parameter
+            value = shaped_like(param, value)
         opt_state.setdefault(int(index), {})[name] = value
     for index, values in state["optimizer"]["scalars"].items():
         opt_state.setdefault(int(index), {}).update(values)

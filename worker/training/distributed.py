@@ -39,10 +39,16 @@ STOP_REASONS = (None, "cancel", "pause", "shutdown", "lease_lost")
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that died does not hang the others longer
 
 
+SHARD_VARIABLE = "LORAMILL_TRAINING_SHARD"  # "1": FSDP (the ranks share the weights)
+
+
 @dataclass(frozen=True)
 class Group:
     rank: int = 0
     world: int = 1
+    # FSDP: each decoder layer's weights (4-bit, stored in the compute dtype) and LoRA
+    # parameters are sharded over the ranks and gathered for each layer's pass
+    shard: bool = False
 
     @property
     def leader(self) -> bool:
@@ -67,11 +73,24 @@ class Group:
                 mine.append((index, parts[index]))
         return [part for _, part in sorted(mine, key=lambda p: p[0])]
 
+    def turns(self, parts: Sequence[T], sizes: Sequence[int]) -> list[tuple[T, bool]]:
+        """This rank's share as (part, real). Sharded ranks gather each layer's weights
+        together, so each runs as many passes as the busiest: fillers (a real part, run
+        with its loss weighted 0) make up the difference."""
+        mine = [(part, True) for part in self.share(parts, sizes)]
+        if not self.shard or not parts:
+            return mine
+        most = max(len(Group(r, self.world).share(parts, sizes)) for r in range(self.world))
+        return mine + [(parts[0], False)] * (most - len(mine))
+
     def reduce_step(self, params: Sequence[torch.nn.Parameter], *values: float) -> list[float]:
         """Sum the parameters' gradients and ``values`` over the ranks; the sums of
-        ``values`` are returned. A rank that had no work contributes zeros."""
+        ``values`` are returned. A rank that had no work contributes zeros. Sharded, the
+        gradients were summed by FSDP's reduce-scatter already."""
         if self.world == 1:
             return list(values)
+        if self.shard:
+            return self.sum(*values)
         import torch.distributed as dist
 
         device = params[0].device
@@ -118,18 +137,51 @@ def world_size(configured: int = 0) -> int:
     return max(torch.cuda.device_count(), 1) if torch.cuda.is_available() else 1
 
 
-def join(rank: int, world: int) -> Group:
+def join(rank: int, world: int, shard: bool = False) -> Group:
     """Join the process group described by the torchrun environment variables."""
     import torch.distributed as dist
 
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                                 rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
-    return Group(rank, world)
+    return Group(rank, world, shard=shard and world > 1)
 
 
 def from_environment() -> Group:
-    return join(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    return join(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                os.environ.get(SHARD_VARIABLE) == "1")
+
+
+def shard_layers(model: Any) -> None:
+    """FSDP2 on each decoder layer of a peft model: its 4-bit weights and LoRA parameters
+    sharded over the ranks, gathered for the layer's pass (and its recomputation), the
+    LoRA gradients reduce-scattered as sums (the recipe's loss is already divided by the
+    step's global token count). Embeddings, norms and the output layer are frozen and
+    stay whole on every rank: they need no gradient sync, and the chunked loss calls the
+    output layer a different number of times on each rank."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.get_base_model().get_decoder().layers:
+        fully_shard(layer)
+        layer.set_gradient_divide_factor(1.0)  # sums, not means
+        layer.set_force_sum_reduction_for_comms(True)  # plain SUM: what gloo has
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered (a collective: every rank calls it), or the tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def shaped_like(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (whole) laid out as ``param`` is: this rank's shard of a sharded one."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh,
+                                 param.placements)
+    return value
 
 
 def leave() -> None:
@@ -146,7 +198,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def started(world: int, job: dict[str, Any], work_dir: Path) -> Iterator[Group]:
+def started(world: int, job: dict[str, Any], work_dir: Path, *,
+            shard: bool = False) -> Iterator[Group]:
     """This process as rank 0 of ``world``, with ranks 1… started as helper processes
     running ``job`` (worker/training/rank.py's arguments); the helpers are stopped and
     the group left on the way out, however it is left."""
@@ -155,7 +208,7 @@ def started(world: int, job: dict[str, Any], work_dir: Path) -> Iterator[Group]:
         return
     port = free_port()
     environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                   "WORLD_SIZE": str(world)}
+                   "WORLD_SIZE": str(world), SHARD_VARIABLE: "1" if shard else "0"}
     spec = work_dir / "rank-job.json"
     spec.write_text(json.dumps(job))
     helpers = [
@@ -168,7 +221,7 @@ def started(world: int, job: dict[str, Any], work_dir: Path) -> Iterator[Group]:
     os.environ.update(environment)
     grace = 30.0
     try:
-        yield join(0, world)
+        yield join(0, world, shard)
     except BaseException:
         grace = 0.0  # rank 0 failed: the helpers would wait in a collective for nothing
         raise

@@ -70,7 +70,11 @@ def attention_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
-def load_base(path: Path, quantization: str, device: torch.device) -> Any:
+def load_base(path: Path, quantization: str, device: torch.device, *,
+              shardable: bool = False) -> Any:
+    """The frozen base model on ``device``; ``shardable``: 4-bit weights stored in the
+    compute dtype (bitsandbytes' ``quant_storage``), so FSDP can shard them as it shards
+    any float tensor (QLoRA with FSDP)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     check_model_dir(path)
@@ -82,6 +86,7 @@ def load_base(path: Path, quantization: str, device: torch.device) -> Any:
         kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            **({"bnb_4bit_quant_storage": dtype} if shardable else {}),
         )
         kwargs["device_map"] = {"": device}
     from safetensors import SafetensorError

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from worker.training import checkpoint, data, loss, packing
+from worker.training import checkpoint, data, distributed, loss, packing
 from worker.training.checkpoint import Position
 from worker.training.distributed import Group
 from worker.training.model import LoraSpec, add_lora, load_base, load_tokenizer
@@ -117,6 +118,7 @@ class Recipe:
         self.group = group or Group()
         self.device = device or self.group.device()
         self.position = Position()
+        self.adapter: dict[str, torch.Tensor] | None = None  # whole, after a sharded run
         self.history: list[dict[str, Any]] = []
 
     # ----- setup ---------------------------------------------------------------------
@@ -128,8 +130,10 @@ class Recipe:
                               if self.spec.gradient_checkpointing is None
                               else self.spec.gradient_checkpointing)
         self.model = add_lora(load_base(self.model_dir, self.spec.lora.quantization,
-                                        self.device), self.spec.lora,
-                              checkpointing=self.checkpointing)
+                                        self.device, shardable=self.group.shard),
+                              self.spec.lora, checkpointing=self.checkpointing)
+        if self.group.shard:
+            distributed.shard_layers(self.model)
         context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_len = min(self.spec.max_seq_len or context, context)
         # a row is never split (its examples attend within it), so the micro-batch budget
@@ -215,10 +219,10 @@ class Recipe:
         total = 0.0
         self.model.train()
         micros = packing.split_rows(batch, self.micro_batch_tokens)
-        for micro in self.group.share(micros, [m.input_ids.numel() for m in micros]):
+        for micro, real in self.group.turns(micros, [m.input_ids.numel() for m in micros]):
             summed, _ = self._summed_loss(micro)
-            (summed / count).backward()  # type: ignore[no-untyped-call]
-            total += float(summed.detach())
+            (summed * (1 / count if real else 0.0)).backward()  # type: ignore[no-untyped-call]
+            total += float(summed.detach()) if real else 0.0
         (total,) = self._apply_gradients(total)
         return loss.mean(total, count), count, batch.tokens
 
@@ -245,7 +249,7 @@ class Recipe:
         self.optimizer.zero_grad(set_to_none=True)
         return summed
 
-    def _pair_chunks(self, pairs: list[data.Pair]) -> list[list[data.Pair]]:
+    def _pair_chunks(self, pairs: Sequence[data.Pair]) -> list[list[data.Pair]]:
         """Pairs in micro-batches of about ``micro_batch_tokens`` (padded) tokens; a pair's
         two sequences stay together, since its loss needs both."""
         chunks: list[list[data.Pair]] = [[]]
@@ -277,10 +281,10 @@ class Recipe:
         total = 0.0
         self.model.train()
         chunks = self._pair_chunks(pairs)
-        for chunk in self.group.share(chunks, [sum(len(p) for p in c) for c in chunks]):
+        for chunk, real in self.group.turns(chunks, [sum(len(p) for p in c) for c in chunks]):
             losses, _ = self._dpo_losses(chunk)
-            (losses.sum() / len(pairs)).backward()  # type: ignore[no-untyped-call]
-            total += float(losses.detach().sum())
+            (losses.sum() * (1 / len(pairs) if real else 0.0)).backward()  # type: ignore[no-untyped-call]
+            total += float(losses.detach().sum()) if real else 0.0
         (total,) = self._apply_gradients(total)
         return (total / len(pairs), sum(p.trainable for p in pairs),
                 sum(len(p) for p in pairs))
@@ -300,6 +304,9 @@ class Recipe:
                 reason = self.group.decide(
                     self.reporter.should_stop() if self.group.leader else None)
                 if reason:
+                    if self.group.shard and reason in ("pause", "shutdown") and \
+                            pos.step != self.last_checkpoint_step:
+                        self.save_checkpoint()  # together: rank 0 cannot gather alone
                     raise Stopped(reason, pos.step)
                 last_loss, _, tokens = self.step(batches[index])
                 epoch_end = index + 1 == len(batches)
@@ -319,6 +326,8 @@ class Recipe:
                 if (self.checkpoint_every > 0 and pos.step % self.checkpoint_every == 0
                         and not done):
                     self.save_checkpoint()
+        # the adapter, whole, for save(): sharded, it is gathered while every rank is here
+        self.adapter = checkpoint.adapter_state(self.model) if self.group.shard else None
         valid = next((h["valid_loss"] for h in reversed(self.history)
                       if h.get("valid_loss") is not None), None)
         return TrainResult(steps=pos.step, trained_tokens=pos.trained_tokens,
@@ -356,19 +365,21 @@ class Recipe:
         total, count = 0.0, 0
         if self.spec.method == "dpo":  # the mean DPO loss over the pairs
             chunks = self._pair_chunks(dataset.examples)
-            for chunk in self.group.share(chunks, [len(c) for c in chunks]):
+            for chunk, real in self.group.turns(chunks, [len(c) for c in chunks]):
                 losses, _ = self._dpo_losses(chunk)
-                total, count = total + float(losses.sum()), count + len(chunk)
+                if real:
+                    total, count = total + float(losses.sum()), count + len(chunk)
         else:
             indices = list(range(len(dataset.examples)))
             # every example, EVAL_EXAMPLES at a time (memory bounded whatever the batch
             # size); the ranks take turns
             starts = range(0, len(indices), EVAL_EXAMPLES)
-            for start in self.group.share(starts, [1] * len(starts)):
+            for start, real in self.group.turns(starts, [1] * len(starts)):
                 batch = packing.pack(dataset.examples,
                                      indices[start : start + EVAL_EXAMPLES], self.max_len)
                 summed, n = self._summed_loss(batch)
-                total, count = total + float(summed), count + n
+                if real:
+                    total, count = total + float(summed), count + n
         summed_total, summed_count = self.group.sum(total, count)
         return loss.mean(summed_total, int(summed_count))
 
@@ -377,11 +388,13 @@ class Recipe:
     def save_checkpoint(self) -> Path:
         directory = self.work_dir / "checkpoints" / f"step-{self.position.step}"
         self.last_checkpoint_step = self.position.step
-        if not self.group.leader:  # every rank holds the same weights: rank 0 writes them
-            return directory
+        if not self.group.shard and not self.group.leader:
+            return directory  # every rank holds the same weights: rank 0 writes them
+        # sharded, every rank gathers its shards, and rank 0 writes
         checkpoint.save(directory, self.model, self.optimizer, self.scheduler,
-                        self.position, self.history)
-        self.last_checkpoint_step = self.position.step
+                        self.position, self.history, write=self.group.leader)
+        if not self.group.leader:
+            return directory
         self.reporter.checkpoint(self.position.step, directory,
                                  self.history[-1] if self.history else {})
         return directory
@@ -389,7 +402,9 @@ class Recipe:
     def save(self, out_dir: Path) -> list[Path]:
         """The adapter (safetensors + adapter_config.json) for publishing."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(out_dir), safe_serialization=True)
+        self.model.save_pretrained(str(out_dir), safe_serialization=True,
+                                   state_dict=self.adapter or checkpoint.adapter_state(
+                                       self.model))
         return sorted(p for p in out_dir.iterdir() if p.is_file())
 
 

@@ -39,20 +39,23 @@ class StopAt(Quiet):
         return "pause" if self.step >= self.at else None
 
 
-def two_ranks(tmp: Path, like: Recipe, reporter: Quiet, resume: Path | None = None
-              ) -> Recipe:
-    """``like``'s run as rank 0 of two, rank 1 a helper process (worker/training/rank.py)."""
+def two_ranks(tmp: Path, like: Recipe, reporter: Quiet, resume: Path | None = None, *,
+              shard: bool = False) -> Recipe:
+    """``like``'s run as rank 0 of two, rank 1 a helper process (worker/training/rank.py);
+    ``shard``: FSDP, the layers' weights and LoRA parameters split between them."""
     tmp.mkdir(parents=True)
     job = job_arguments(like.spec, MODEL_DIR, like.train_file, valid_file=like.valid_file,
                         work_dir=tmp, resume_from=resume)
-    with distributed.started(2, job, tmp) as group:
+    with distributed.started(2, job, tmp, shard=shard) as group:
+        assert group.shard == shard
         recipe = Recipe(like.spec, MODEL_DIR, like.train_file, reporter,
                         valid_file=like.valid_file, work_dir=tmp, group=group)
         recipe.setup(resume_from=resume)
         try:
             recipe.train_loop()
-        except Stopped:
-            recipe.save_checkpoint()
+        except Stopped:  # as the runner does: a sharded run checkpointed together already
+            if recipe.position.step != recipe.last_checkpoint_step:
+                recipe.save_checkpoint()
     return recipe
 
 
@@ -61,7 +64,8 @@ def weights(recipe: Recipe, where: Path) -> dict[str, torch.Tensor]:
     return load_file(str(where / "adapter_model.safetensors"))
 
 
-def test_two_processes_train_what_one_does_and_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shard", [False, True], ids=["data-parallel", "fsdp"])
+def test_two_processes_train_what_one_does_and_resume(tmp_path: Path, shard: bool) -> None:
     rows = say(24, "{i} and {i} again.")
     one = small_recipe(tmp_path / "one", rows, valid=True, batch_size=8, n_epochs=2,
                        max_seq_len=64, micro_batch_tokens=64)
@@ -69,7 +73,7 @@ def test_two_processes_train_what_one_does_and_resume(tmp_path: Path) -> None:
     one.train_loop()
     expected = weights(one, tmp_path / "one" / "adapter")
 
-    two = two_ranks(tmp_path / "two", one, Quiet())
+    two = two_ranks(tmp_path / "two", one, Quiet(), shard=shard)
     got = weights(two, tmp_path / "two" / "adapter")
     assert expected.keys() == got.keys()
     assert max(float((expected[k] - got[k]).abs().max()) for k in expected) < 1e-5
@@ -79,10 +83,10 @@ def test_two_processes_train_what_one_does_and_resume(tmp_path: Path) -> None:
                                                           rel=1e-5)
 
     # rank 0 pauses after step 2: both ranks stop there; two ranks resume to the end
-    paused = two_ranks(tmp_path / "paused", one, StopAt(2))
+    paused = two_ranks(tmp_path / "paused", one, StopAt(2), shard=shard)
     assert paused.position.step == 2
     checkpoint = tmp_path / "paused" / "checkpoints" / "step-2"
-    resumed = two_ranks(tmp_path / "resumed", one, Quiet(), resume=checkpoint)
+    resumed = two_ranks(tmp_path / "resumed", one, Quiet(), resume=checkpoint, shard=shard)
     assert resumed.position.step == one.total_steps
     again = weights(resumed, tmp_path / "resumed" / "adapter")
     assert max(float((expected[k] - again[k]).abs().max()) for k in expected) < 1e-5
