@@ -11,6 +11,7 @@ start of the next.
 from __future__ import annotations
 
 import mmap
+import re
 import tempfile
 from array import array
 from collections.abc import Iterator, Sequence
@@ -184,28 +185,50 @@ def _render(tok: Tokenizer, messages: list[dict[str, Any]], tools: list[dict[str
     return _ids(tok.apply_chat_template(messages, tokenize=True, **extra, **kwargs))
 
 
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
 def _chat(tok: Tokenizer, convo: Conversation) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation and which of them are trained on.
 
-    Each trained assistant turn's tokens are found by rendering the conversation up to it
-    twice (with a generation prompt, then with the turn) — this works for any chat
-    template whose rendering of a prefix is a prefix of the rendering of the whole. The
-    grammar guarantees a user message before the first assistant one, so no prefix is
-    empty."""
+    A template that marks what the assistant generates (``{% generation %}``) says it
+    itself: the tokenizer's assistant-token mask, less any turn with ``weight: 0``.
+    Otherwise each trained assistant turn's tokens are found by rendering the
+    conversation up to it twice (with a generation prompt, then with the turn), which
+    works for any template whose rendering of a prefix is a prefix of the rendering of the
+    whole. The grammar guarantees a user message before the first assistant one, so no
+    prefix is empty."""
     messages, tools = convo.messages, convo.tools
+    template = getattr(tok, "chat_template", None)
+    if isinstance(template, str) and GENERATION_TAG.search(template):
+        out = tok.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True,
+                                      **({"tools": tools} if tools else {}))
+        full = _ids(out)
+        mask = [bool(m) for m in out["assistant_masks"]]
+        for i, trained in enumerate(convo.train):
+            if messages[i]["role"] == "assistant" and not trained:
+                start, end = _turn(tok, messages, tools, i, full)
+                mask[start:end] = [False] * (end - start)
+        return full, mask
     full = _render(tok, messages, tools)
     mask = [False] * len(full)
     for i, trained in enumerate(convo.train):
-        if not trained:
-            continue
-        before = _render(tok, messages[:i], tools, add_generation_prompt=True)
-        upto = _closed_turn(tok, _render(tok, messages[: i + 1], tools), full)
-        if full[: len(upto)] != upto or upto[: len(before)] != before:
-            raise ValueError("the chat template does not render prefixes stably; "
-                             "loss masking needs it to")
-        for t in range(len(before), len(upto)):
-            mask[t] = True
+        if trained:
+            start, end = _turn(tok, messages, tools, i, full)
+            mask[start:end] = [True] * (end - start)
     return full, mask
+
+
+def _turn(tok: Tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+          i: int, full: list[int]) -> tuple[int, int]:
+    """Where message ``i`` lies in ``full``, from two renderings of the prefix."""
+    before = _render(tok, messages[:i], tools, add_generation_prompt=True)
+    upto = _closed_turn(tok, _render(tok, messages[: i + 1], tools), full)
+    if full[: len(upto)] != upto or upto[: len(before)] != before:
+        raise ValueError("the chat template does not render prefixes stably; "
+                         "loss masking needs it to")
+    return len(before), len(upto)
 
 
 def _closed_turn(tok: Tokenizer, upto: list[int], full: list[int]) -> list[int]:

@@ -42,7 +42,9 @@ def test_chat_loss_covers_assistant_turns_only_and_skips_weight_zero(tok) -> Non
     ]}
     example, truncated = data.encode(tok, ex(row), 512)
     assert not truncated
-    assert decoded_targets(tok, example) == "Dos.<|end|>\n"
+    # the tiny template marks what the assistant generates ({% generation %}): the
+    # tokenizer's assistant mask, which ends at <|end|> (the newline is the template's)
+    assert decoded_targets(tok, example) == "Dos.<|end|>"
 
 
 def test_prompt_completion_and_text_targets(tok) -> None:  # type: ignore[no-untyped-def]
@@ -130,8 +132,8 @@ def test_tool_calls_are_rendered_and_trained_on(tok) -> None:  # type: ignore[no
     text = tok.decode(list(example.input_ids))
     assert '{"name": "weather"}' in text and "21C<|end|>" in text  # tools and the result
     assert decoded_targets(tok, example) == (
-        '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><|end|>\n'
-        "It is 21C.<|end|>\n")
+        '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call><|end|>'
+        "It is 21C.<|end|>")
 
 
 def test_a_preference_pair_trains_on_each_answer_only(tok) -> None:  # type: ignore[no-untyped-def]
@@ -142,8 +144,8 @@ def test_a_preference_pair_trains_on_each_answer_only(tok) -> None:  # type: ign
     assert isinstance(example, grammar.Preference)
     pair, truncated = data.encode_pair(tok, example, 512)
     assert not truncated
-    assert decoded_targets(tok, pair.chosen) == "Paris.<|end|>\n"
-    assert decoded_targets(tok, pair.rejected) == "Rome.<|end|>\n"
+    assert decoded_targets(tok, pair.chosen) == "Paris.<|end|>"
+    assert decoded_targets(tok, pair.rejected) == "Rome.<|end|>"
     prompt_len = next(t for t, v in enumerate(pair.chosen.targets) if v != data.IGNORE) + 1
     assert pair.chosen.input_ids[:prompt_len] == pair.rejected.input_ids[:prompt_len]
 
@@ -204,3 +206,23 @@ def test_a_token_store_holds_preference_pairs(tok, tmp_path: Path) -> None:  # t
         assert list(a.chosen.input_ids) == list(b.chosen.input_ids)
         assert list(a.rejected.targets) == list(b.rejected.targets)
         assert a.trainable == b.trainable
+
+
+def test_without_generation_tags_turns_are_found_by_rendering_prefixes(tok) -> None:  # type: ignore[no-untyped-def]
+    """The same conversation under the same template without its {% generation %} tags:
+    the prefix renderings find each trained turn (through the template's newline)."""
+    row = {"messages": [{"role": "user", "content": "One?"},
+                        {"role": "assistant", "content": "Uno.", "weight": 0},
+                        {"role": "user", "content": "Two?"},
+                        {"role": "assistant", "content": "Dos."}]}
+    tagged = tok.chat_template
+    assert data.GENERATION_TAG.search(tagged)
+    try:
+        tok.chat_template = data.GENERATION_TAG.sub("", tagged.replace(
+            "{% endgeneration %}", ""))
+        example, _ = data.encode(tok, ex(row), 512)
+    finally:
+        tok.chat_template = tagged
+    assert decoded_targets(tok, example) == "Dos.<|end|>\n"
+    masked, _ = data.encode(tok, ex(row), 512)
+    assert list(masked.input_ids) == list(example.input_ids)  # the same text either way
