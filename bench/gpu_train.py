@@ -101,6 +101,7 @@ def run_ours(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str,
                      max_seq_len=args.seq, micro_batch_tokens=args.micro_tokens)
     recipe = Recipe(spec, model_dir, data, Quiet(), work_dir=WORK / "ours")
     recipe.setup()
+    parity = loss_parity(recipe)
     batches = recipe.batches(0)[: args.steps + 1]
     recipe.step(batches[0])  # warm-up: kernels compiled, allocator grown
     sync()
@@ -108,10 +109,32 @@ def run_ours(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str,
     for indices in batches[1:]:
         tokens += recipe.step(indices)[2]
     sync()
-    return {"seconds": time.perf_counter() - start, "tokens": tokens,
+    return {"seconds": time.perf_counter() - start, "tokens": tokens, "loss": parity,
             "attention": recipe.model.config._attn_implementation,
             "flash_attention": recipe.model.config._attn_implementation ==
             "flash_attention_2"}
+
+
+def loss_parity(recipe: Any) -> dict[str, Any]:
+    """The first batch's summed loss through Liger's fused kernel (when the recipe uses
+    it) and through the chunked path: the same number, within bf16's rounding."""
+    import torch
+
+    from worker.training import packing
+
+    if recipe.fused_loss is None:
+        return {"path": "chunked"}
+    indices = recipe.batches(0)[0]
+    batch = packing.pack(recipe.train.examples, indices,
+                         max(recipe.lengths[i] for i in indices))
+    micro = packing.split_rows(batch, recipe.micro_batch_tokens)[0]
+    with torch.no_grad():
+        fused = float(recipe._summed_loss(micro)[0])
+        recipe.fused_loss, kernel = None, recipe.fused_loss
+        chunked = float(recipe._summed_loss(micro)[0])
+        recipe.fused_loss = kernel
+    return {"path": "liger", "fused": fused, "chunked": chunked,
+            "relative_difference": abs(fused - chunked) / abs(chunked)}
 
 
 def run_trl(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -26,9 +26,26 @@ def summed(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, i
     return token_losses(logits, targets).sum(), int((targets != IGNORE).sum())
 
 
+Fused = Callable[..., torch.Tensor]
+
+
+def fused_kernel(device: torch.device) -> Fused | None:
+    """Liger's fused linear cross-entropy (Triton kernels: the output layer and the loss
+    in one pass, chunked inside, no logits kept) on CUDA where liger-kernel is installed;
+    None elsewhere, and the chunked path below is used."""
+    if device.type != "cuda":
+        return None
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    except ImportError:
+        return None
+    return liger_fused_linear_cross_entropy  # type: ignore[no-any-return]
+
+
 def summed_from_hidden(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
                        targets: torch.Tensor, *, chunk_tokens: int = 1024,
-                       softcap: float | None = None) -> tuple[torch.Tensor, int]:
+                       softcap: float | None = None,
+                       fused: Fused | None = None) -> tuple[torch.Tensor, int]:
     """:func:`summed` without the whole micro-batch's logits: only the positions that are
     trained on go through the output layer, ``chunk_tokens`` at a time, each chunk's fp32
     logits recomputed in the backward pass instead of kept. Peak memory for the logits is
@@ -38,6 +55,10 @@ def summed_from_hidden(hidden: torch.Tensor, head: Callable[[torch.Tensor], torc
     keep = flat != IGNORE
     states = hidden.reshape(-1, hidden.shape[-1])[keep]
     wanted = flat[keep]
+    weight = getattr(head, "weight", None)
+    if fused is not None and weight is not None and getattr(head, "bias", None) is None:
+        return fused(states, weight, wanted, reduction="sum",
+                     softcap=softcap).float(), int(wanted.numel())
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, wanted.numel(), chunk_tokens):
         part = checkpoint(_chunk_loss, states[start:start + chunk_tokens],

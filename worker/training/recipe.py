@@ -134,6 +134,7 @@ class Recipe:
                               self.spec.lora, checkpointing=self.checkpointing)
         if self.group.shard:
             distributed.shard_layers(self.model)
+        self.fused_loss = loss.fused_kernel(self.device)  # Liger on CUDA, where installed
         context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_len = min(self.spec.max_seq_len or context, context)
         # a row is never split (its examples attend within it), so the micro-batch budget
@@ -236,7 +237,8 @@ class Recipe:
                                     use_cache=False).last_hidden_state
         softcap = getattr(base.config, "final_logit_softcapping", None)
         return loss.summed_from_hidden(hidden, base.get_output_embeddings(),
-                                       batch.targets.to(self.device), softcap=softcap)
+                                       batch.targets.to(self.device), softcap=softcap,
+                                       fused=self.fused_loss)
 
     def _apply_gradients(self, *values: float) -> list[float]:
         """Sum the gradients (and ``values``) over the ranks, clip, step the optimizer and
