@@ -1,6 +1,6 @@
-"""One job across two processes (gloo on CPU, the torchrun contract): the same adapter as
-one process, within float-summation tolerance; a stop decided by rank 0 stops both ranks;
-a two-process run resumes from its checkpoint."""
+"""One job across two processes (gloo on CPU, the torchrun contract), data-parallel and
+sharded (FSDP): the same adapter as one process, within float-summation tolerance; a stop
+decided by rank 0 stops both ranks; a sharded run resumes from its checkpoint."""
 
 from __future__ import annotations
 
@@ -64,32 +64,52 @@ def weights(recipe: Recipe, where: Path) -> dict[str, torch.Tensor]:
     return load_file(str(where / "adapter_model.safetensors"))
 
 
-@pytest.mark.parametrize("shard", [False, True], ids=["data-parallel", "fsdp"])
-def test_two_processes_train_what_one_does_and_resume(tmp_path: Path, shard: bool) -> None:
-    rows = say(24, "{i} and {i} again.")
-    one = small_recipe(tmp_path / "one", rows, valid=True, batch_size=8, n_epochs=2,
-                       max_seq_len=64, micro_batch_tokens=64)
+@dataclasses.dataclass
+class Single:
+    recipe: Recipe
+    adapter: dict[str, torch.Tensor]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Single:
+    """The run in one process: what two must match (3 steps an epoch, 2 epochs, several
+    micro-batches a step, a validation set)."""
+    tmp = tmp_path_factory.mktemp("one")
+    one = small_recipe(tmp, say(24, "{i} and {i} again."), valid=True, batch_size=8,
+                       n_epochs=2, max_seq_len=64, micro_batch_tokens=64)
     assert len(one.batches(0)) == 3
     one.train_loop()
-    expected = weights(one, tmp_path / "one" / "adapter")
+    return Single(one, weights(one, tmp / "adapter"))
 
-    two = two_ranks(tmp_path / "two", one, Quiet(), shard=shard)
-    got = weights(two, tmp_path / "two" / "adapter")
+
+def assert_same(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
     assert expected.keys() == got.keys()
     assert max(float((expected[k] - got[k]).abs().max()) for k in expected) < 1e-5
+
+
+@pytest.mark.parametrize("shard", [False, True], ids=["data-parallel", "fsdp"])
+def test_two_processes_train_what_one_does(single: Single, tmp_path: Path,
+                                          shard: bool) -> None:
+    one = single.recipe
+    two = two_ranks(tmp_path / "two", one, Quiet(), shard=shard)
+    assert_same(single.adapter, weights(two, tmp_path / "two" / "adapter"))
     assert [h["train_loss"] for h in two.history] == pytest.approx(
         [h["train_loss"] for h in one.history], rel=1e-5)
     assert two.history[-1]["valid_loss"] == pytest.approx(one.history[-1]["valid_loss"],
                                                           rel=1e-5)
 
-    # rank 0 pauses after step 2: both ranks stop there; two ranks resume to the end
-    paused = two_ranks(tmp_path / "paused", one, StopAt(2), shard=shard)
+
+def test_sharded_ranks_stop_together_and_resume_to_the_same_adapter(
+        single: Single, tmp_path: Path) -> None:
+    """Rank 0 pauses after step 2: both ranks stop there and checkpoint together (the
+    shards gathered); two ranks resume from it to the uninterrupted adapter."""
+    paused = two_ranks(tmp_path / "paused", single.recipe, StopAt(2), shard=True)
     assert paused.position.step == 2
     checkpoint = tmp_path / "paused" / "checkpoints" / "step-2"
-    resumed = two_ranks(tmp_path / "resumed", one, Quiet(), resume=checkpoint, shard=shard)
-    assert resumed.position.step == one.total_steps
-    again = weights(resumed, tmp_path / "resumed" / "adapter")
-    assert max(float((expected[k] - again[k]).abs().max()) for k in expected) < 1e-5
+    resumed = two_ranks(tmp_path / "resumed", single.recipe, Quiet(), resume=checkpoint,
+                        shard=True)
+    assert resumed.position.step == single.recipe.total_steps
+    assert_same(single.adapter, weights(resumed, tmp_path / "resumed" / "adapter"))
 
 
 def test_the_spec_survives_the_trip_to_a_helper(tmp_path: Path) -> None:
