@@ -106,17 +106,17 @@ def wait_for_engine(openai: Any, model: str, timeout: float = 600) -> str | None
 
 
 def ask_in_process(adapter_dir: Path) -> Any:
-    """Where no engine runs here: the downloaded adapter on the base model, in this
-    process with transformers and peft (the same weights the engine would load)."""
+    """Where no engine runs here: the downloaded adapter on the base model in 4-bit NF4,
+    as it was trained, in this process with transformers and peft."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core.kit.settings import get_settings
+    from worker.training.model import load_base, load_tokenizer
 
     base_dir = get_settings().models_dir / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(str(base_dir))
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    tok = load_tokenizer(base_dir)
+    base = load_base(base_dir, "nf4", torch.device("cpu"))
     tuned = PeftModel.from_pretrained(base, str(adapter_dir))
 
     def answer(with_adapter: bool, country: str) -> str:
@@ -150,7 +150,7 @@ def main() -> int:
     response = client.post("/v1/fine_tuning/jobs", json={
         "model": MODEL, "training_file": file["id"], "suffix": "capitals", "seed": 1234,
         "method": {"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 30, "batch_size": 4, "learning_rate_multiplier": 10}}},
+            "n_epochs": 40, "batch_size": 4, "learning_rate_multiplier": 10}}},
         "lora": {"r": 32, "alpha": 64},
     })
     response.raise_for_status()
