@@ -23,7 +23,6 @@ import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.train_throughput import SideFailed, report, run_side  # noqa: E402
+
 WORK = ROOT / "bench" / "data" / "gpu"
 WORDS = ("data model adapter token gradient schedule packing memory answer question "
          "because therefore however the a of to in and is was for on with").split()
@@ -208,7 +209,7 @@ def child(args: argparse.Namespace) -> None:
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if args.run == "ours":
         result.update(memory_check(model_dir, args, result["flash_attention"]))
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
 
 def mfu(tokens_per_second: float, model_dir: Path, seq: int) -> float | None:
@@ -267,13 +268,11 @@ def main() -> int:
                    "--data", str(data), "--batch-size", str(args.batch_size),
                    "--steps", str(args.steps), "--seq", str(args.seq),
                    "--micro-tokens", str(args.micro_tokens), "--r", str(args.r)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{side} failed:\n{out.stderr[-3000:]}", flush=True)
+            try:
+                result = run_side(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            except SideFailed as failed:
+                print(f"{side} failed:\n{failed}", flush=True)
                 continue
-            result = json.loads(line[len("RESULT "):])
             runs[side].append(result)
             print(f"run {run + 1} {side:>10}: {result['tokens_per_second']:9.1f} tok/s"
                   + (f", peak {result['peak_gib']:.2f} GiB" if "peak_gib" in result else ""),

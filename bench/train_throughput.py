@@ -177,7 +177,30 @@ def child(args: argparse.Namespace) -> None:
     result = run(model_dir, data, args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["tokens_per_second"] = result["tokens"] / result["seconds"]
-    print("RESULT " + json.dumps(result))
+    report(result)
+
+
+RESULT = "RESULT "  # a side's process prints its result on one line after this
+
+
+def report(result: dict[str, Any]) -> None:
+    """A side's result, for :func:`run_side` in the parent."""
+    print(RESULT + json.dumps(result), flush=True)
+
+
+class SideFailed(Exception):
+    pass
+
+
+def run_side(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one side in its own process (its own memory) and return what it reported;
+    SideFailed with the end of its stderr when it reported nothing."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    line = next((x for x in out.stdout.splitlines() if x.startswith(RESULT)), None)
+    if line is None:
+        raise SideFailed(out.stderr[-3000:])
+    result: dict[str, Any] = json.loads(line[len(RESULT):])
+    return result
 
 
 SIDES = {"hf": "HF Trainer + padding", "hf-grouped": "HF Trainer + group_by_length",
@@ -207,12 +230,10 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--run", side, "--model-dir", str(model_dir),
                    "--data", str(data), "--batch-size", str(args.batch_size),
                    "--seed", str(args.seed), "--micro-tokens", str(args.micro_tokens)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")),
-                        None)
-            if line is None:
-                sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
-            result = json.loads(line[len("RESULT "):])
+            try:
+                result = run_side(cmd)
+            except SideFailed as failed:
+                sys.exit(f"{side} failed:\n{failed}")
             runs[side].append(result)
             print(f"run {run + 1} {SIDES[side]:>40}: {result['tokens_per_second']:7.1f} "
                   f"effective tok/s, peak RSS {result['peak_rss_mb']:.0f} MB, "

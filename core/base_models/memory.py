@@ -162,11 +162,15 @@ def estimate(shape: Shape, s: Settings) -> Estimate:
 def gpu_class(params: int, shape: Shape | None, settings: Settings) -> str | None:
     """The smallest class the job fits (models up to CPU_PARAMS train on CPU workers);
     None: no class can hold it. Without a shape: by parameter count alone."""
+    return class_for(params, estimate(shape, settings) if shape else None)
+
+
+def class_for(params: int, predicted: Estimate | None) -> str | None:
+    """:func:`gpu_class` for a prediction already made."""
     if params <= CPU_PARAMS:
         return "cpu"
-    if shape is None:
+    if predicted is None:
         return "gpu-24gb" if params <= 14e9 else "gpu-80gb" if params <= 75e9 else "gpu-multi"
-    predicted = estimate(shape, settings)
     for name, memory, gpus in GPU_CLASSES:
         if predicted.per_gpu(gpus) <= memory:
             return name

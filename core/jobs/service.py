@@ -175,7 +175,7 @@ def _gpu_class(base: BaseModel, spec: JobSpec) -> tuple[str, memory.Estimate | N
     shape = memory.Shape(**base.shape) if base.shape else None
     settings = memory_settings(base, spec)
     predicted = memory.estimate(shape, settings) if shape else None
-    chosen = memory.gpu_class(base.params, shape, settings) if shape else base.gpu_class
+    chosen = memory.class_for(base.params, predicted) if shape else base.gpu_class
     if chosen is None:
         assert predicted is not None
         largest, per_gpu, gpus = memory.GPU_CLASSES[-1]

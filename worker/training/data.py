@@ -89,7 +89,7 @@ class TokenStore(Sequence[Any]):
 
     def __init__(self, directory: Path, *, pairs: bool = False):
         directory.mkdir(parents=True, exist_ok=True)
-        self.directory, self.pairs = directory, pairs
+        self.pairs = pairs
         self._ids = (directory / "input_ids.i32").open("wb")
         self._targets = (directory / "targets.i32").open("wb")
         self._starts = array("q", [0])
@@ -181,8 +181,14 @@ def _ids(value: Any) -> list[int]:
 
 def _render(tok: Tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
             **kwargs: Any) -> list[int]:
+    return _ids(_template(tok, messages, tools, **kwargs))
+
+
+def _template(tok: Tokenizer, messages: list[dict[str, Any]],
+              tools: list[dict[str, Any]] | None, **kwargs: Any) -> Any:
+    """The chat template applied, tokenised (tools passed only when there are some)."""
     extra = {"tools": tools} if tools else {}
-    return _ids(tok.apply_chat_template(messages, tokenize=True, **extra, **kwargs))
+    return tok.apply_chat_template(messages, tokenize=True, **extra, **kwargs)
 
 
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -201,9 +207,8 @@ def _chat(tok: Tokenizer, convo: Conversation) -> tuple[list[int], list[bool]]:
     messages, tools = convo.messages, convo.tools
     template = getattr(tok, "chat_template", None)
     if isinstance(template, str) and GENERATION_TAG.search(template):
-        out = tok.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                      return_assistant_tokens_mask=True,
-                                      **({"tools": tools} if tools else {}))
+        out = _template(tok, messages, tools, return_dict=True,
+                        return_assistant_tokens_mask=True)
         full = _ids(out)
         mask = [bool(m) for m in out["assistant_masks"]]
         for i, trained in enumerate(convo.train):

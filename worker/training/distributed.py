@@ -59,28 +59,33 @@ class Group:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
         return torch.device("cpu")
 
-    def share(self, parts: Sequence[T], sizes: Sequence[int]) -> list[T]:
-        """This rank's parts: greedily balanced by size (largest first onto the least
-        loaded rank), the same split on every rank."""
-        if self.world == 1:
-            return list(parts)
-        load = [0] * self.world
-        mine: list[tuple[int, T]] = []
-        for index in sorted(range(len(parts)), key=lambda i: -sizes[i]):
+    def _owners(self, sizes: Sequence[int]) -> list[int]:
+        """The rank each part goes to: greedily balanced by size (largest first onto the
+        least loaded rank), the same on every rank."""
+        load, owners = [0] * self.world, [0] * len(sizes)
+        for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
             owner = min(range(self.world), key=lambda r: (load[r], r))
             load[owner] += sizes[index]
-            if owner == self.rank:
-                mine.append((index, parts[index]))
-        return [part for _, part in sorted(mine, key=lambda p: p[0])]
+            owners[index] = owner
+        return owners
+
+    def share(self, parts: Sequence[T], sizes: Sequence[int]) -> list[T]:
+        """This rank's parts, in their order (:meth:`_owners` splits them)."""
+        if self.world == 1:
+            return list(parts)
+        return [part for part, owner in zip(parts, self._owners(sizes), strict=True)
+                if owner == self.rank]
 
     def turns(self, parts: Sequence[T], sizes: Sequence[int]) -> list[tuple[T, bool]]:
         """This rank's share as (part, real). Sharded ranks gather each layer's weights
         together, so each runs as many passes as the busiest: fillers (a real part, run
         with its loss weighted 0) make up the difference."""
-        mine = [(part, True) for part in self.share(parts, sizes)]
         if not self.shard or not parts:
-            return mine
-        most = max(len(Group(r, self.world).share(parts, sizes)) for r in range(self.world))
+            return [(part, True) for part in self.share(parts, sizes)]
+        owners = self._owners(sizes)
+        mine = [(part, True) for part, owner in zip(parts, owners, strict=True)
+                if owner == self.rank]
+        most = max(owners.count(rank) for rank in range(self.world))
         return mine + [(parts[0], False)] * (most - len(mine))
 
     def reduce_step(self, params: Sequence[torch.nn.Parameter], *values: float) -> list[float]:
@@ -110,9 +115,7 @@ class Group:
             return list(values)
         import torch.distributed as dist
 
-        tensor = torch.tensor(values, dtype=torch.float64)
-        if torch.cuda.is_available():
-            tensor = tensor.to(self.device())
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device())
         dist.all_reduce(tensor)
         return [float(v) for v in tensor]
 
@@ -122,9 +125,8 @@ class Group:
             return reason
         import torch.distributed as dist
 
-        code = torch.tensor([STOP_REASONS.index(reason) if self.leader else 0])
-        if torch.cuda.is_available():
-            code = code.to(self.device())
+        code = torch.tensor([STOP_REASONS.index(reason) if self.leader else 0],
+                            device=self.device())
         dist.broadcast(code, src=0)
         return STOP_REASONS[int(code)]
 

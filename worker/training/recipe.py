@@ -182,8 +182,9 @@ class Recipe:
 
     def _load(self, path: Path, name: str) -> data.Dataset:
         # tokenised onto disk in the work directory, memory-mapped: RAM is bounded by the
-        # number of examples, not their tokens (each rank has its own store)
-        store = self.work_dir / "tokens" / f"{name}-rank{self.group.rank}"  # + a new dir
+        # number of examples, not their tokens (each rank and each load has its own store,
+        # in a new directory under this one)
+        store = self.work_dir / "tokens" / f"{name}-rank{self.group.rank}"
         dataset = data.load(path, self.tokenizer, self.max_len, store=store)
         pairs = isinstance(dataset.examples[0], data.Pair)
         if pairs != (self.spec.method == "dpo"):  # job creation checks this too
