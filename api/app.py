@@ -49,6 +49,7 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
     for module in (health, files, jobs, models, adapters, inference, keys, admin, ops):
         app.include_router(module.router)
+    app.include_router(jobs.estimates)
     openapi.install(app)
     return app
 

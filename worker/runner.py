@@ -47,13 +47,14 @@ from core.kit.db import tenant_scope
 from core.kit.orm import utcnow
 from core.kit.settings import get_settings
 from core.kit.storage import (
+    ObjectMismatch,
     StorageUnavailable,
     get_storage,
 )
 from worker.ticker import Stop, Ticker
 
 if TYPE_CHECKING:
-    from worker.training.recipe import TrainSpec
+    from worker.training.recipe import TrainResult, TrainSpec
 
 log = logging.getLogger("loramill.worker")
 CANCEL_POLL_SECONDS = 1.0
@@ -249,9 +250,12 @@ def explain(exc: BaseException) -> dict[str, Any]:
     """The error object a failed job shows: what went wrong, in the user's terms."""
     import torch
 
+    from worker.training.checkpoint import IncompatibleAdapter
     from worker.training.data import NoTrainableTokens
     from worker.training.model import UnreadableModel
 
+    if isinstance(exc, ParentUnusable | IncompatibleAdapter):
+        return {"code": "parent_unusable", "message": public(str(exc)), "param": "model"}
     if isinstance(exc, NoTrainableTokens):
         return {"code": "no_trainable_tokens", "message": str(exc), "param": "training_file"}
     if isinstance(exc, UnreadableModel):
@@ -316,19 +320,19 @@ def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(history)
 
 
-def publish(c: Claim, adapter_dir: Path, history: list[dict[str, Any]],
-            trained_tokens: int, work_dir: Path) -> AdapterVersion:
+def publish(c: Claim, adapter_dir: Path, result: TrainResult,
+            work_dir: Path) -> AdapterVersion:
     """Stage the adapter (no lock held), then publish it as the next version in one short,
     fenced transaction that also ends the job ``succeeded`` (core/adapters/service.py)."""
     storage = get_storage()
     csv_path = work_dir / "metrics.csv"
-    write_metrics_csv(history, csv_path)
+    write_metrics_csv(result.history, csv_path)
     staged = adapter_service.stage(
         storage, tenant_id=c.tenant_id, job_id=c.job_id, lease_token=c.lease_token,
-        adapter_dir=adapter_dir, metrics_csv=csv_path, metric_rows=len(history))
+        adapter_dir=adapter_dir, metrics_csv=csv_path, metric_rows=len(result.history))
     published = False
     try:
-        row, done = _commit_version(c, staged, history, trained_tokens)
+        row, done = _commit_version(c, staged, result)
         published = True
     finally:
         adapter_service.discard(storage, staged, published=published)
@@ -337,13 +341,15 @@ def publish(c: Claim, adapter_dir: Path, history: list[dict[str, Any]],
 
 
 @outage_tolerant
-def _commit_version(c: Claim, staged: adapter_service.Staged, history: list[dict[str, Any]],
-                    trained_tokens: int) -> tuple[AdapterVersion, FineTuningJob]:
+def _commit_version(c: Claim, staged: adapter_service.Staged,
+                    result: TrainResult) -> tuple[AdapterVersion, FineTuningJob]:
     """The fenced transaction: a cancel that committed first wins here; the copies put in
     place are removed if it does not commit."""
     storage = get_storage()
-    name = adapter_service.adapter_name(c.model, c.suffix)
-    last = history[-1] if history else {}
+    parent = JobSpec.of(c.method).parent
+    name = adapter_service.adapter_name(c.model, c.suffix, parent.adapter if parent else None)
+    last = result.history[-1] if result.history else {}
+    trained_tokens, evaluation = result.trained_tokens, result.evaluation
     placed: list[str] = []
     try:
         with tenant_scope(c.tenant_id) as session:
@@ -352,7 +358,9 @@ def _commit_version(c: Claim, staged: adapter_service.Staged, history: list[dict
                 session, storage, job, staged, name=name, placed=placed, manifest={
                     "dataset_sha256": c.dataset_sha256, "trained_tokens": trained_tokens,
                     "metrics": {k: last.get(k) for k in ("step", "train_loss", "valid_loss")},
-                    "libraries": _library_versions()})
+                    "libraries": _library_versions(),
+                    "parent": parent.lineage() if parent else None,
+                    "evaluation": evaluation})
             done = jobstate.transition(session, job.id, JobStatus.SUCCEEDED,
                                        lease_token=c.lease_token, values={
                                            "fine_tuned_model": row.fine_tuned_model,
@@ -361,6 +369,12 @@ def _commit_version(c: Claim, staged: adapter_service.Staged, history: list[dict
                                            "estimated_finish": None})
             if done is None:
                 raise LeaseLost(c.job_id)
+            if evaluation and evaluation["published"] == "best":
+                job_repo.add_event(
+                    session, done, f"Published the adapter as it was at step "
+                    f"{evaluation['best_step']}, the best validation loss "
+                    f"({evaluation['best_valid_loss']:.4f}), not the last step's",
+                    data=evaluation)
             job_repo.add_event(session, done,
                                f"New fine-tuned model created: {row.fine_tuned_model}",
                                data={"adapter": name, "version": row.version})
@@ -384,7 +398,30 @@ def train_spec(c: Claim) -> TrainSpec:
         lora=LoraSpec(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                       target_modules=lora.target_modules, quantization=lora.quantization),
         checkpoint_every=max(get_settings().checkpoint_every_steps, 0), method=spec.type,
-        beta=getattr(hp, "beta", 0.1), max_seq_len=spec.max_seq_len)
+        beta=getattr(hp, "beta", 0.1), max_seq_len=spec.max_seq_len,
+        eval_every=hp.eval_every, early_stopping_patience=hp.early_stopping_patience,
+        early_stopping_threshold=hp.early_stopping_threshold,
+        publish_best=hp.publish_checkpoint == "best")
+
+
+def _download_parent(c: Claim, work: Path) -> Path | None:
+    """A continued job's parent adapter, each file checked against its recorded sha256."""
+    parent = JobSpec.of(c.method).parent
+    if parent is None:
+        return None
+    directory = work / "parent"
+    try:
+        get_storage().download_verified(parent.object_prefix, parent.files, directory)
+    except ObjectMismatch as exc:
+        log.error("job %s: parent adapter file %s: sha256 %s, recorded %s", c.job_id,
+                  exc.key, exc.found, exc.recorded)
+        raise ParentUnusable(f"the parent adapter's {exc.name} does not match the sha256 "
+                             "it was published with; the job does not start from it") from exc
+    return directory
+
+
+class ParentUnusable(Exception):
+    """A continued job's parent adapter cannot be trained on (tampered, or not fitting)."""
 
 
 def _download_checkpoint(c: Claim, work: Path) -> Path | None:
@@ -439,12 +476,13 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
             reporter.message(f"Loading base model {c.model} "
                              f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
             resume = _download_checkpoint(c, work)
+            parent = None if resume else _download_parent(c, work)
             ranks = job_arguments(spec, c.model_path, train_path, valid_file=valid_path,
-                                  work_dir=work, resume_from=resume)
+                                  work_dir=work, resume_from=resume, init_from=parent)
             with distributed.started(world, ranks, work, shard=shard) as group:
                 recipe = Recipe(spec, c.model_path, train_path, reporter,
                                 valid_file=valid_path, work_dir=work, group=group)
-                recipe.setup(resume_from=resume)
+                recipe.setup(resume_from=resume, init_from=parent)
                 if not recipe.position.step:
                     on = recipe.device.type + (f" x {world}" if world > 1 else "") + (
                         " (FSDP)" if shard else "")
@@ -459,7 +497,7 @@ def run_job(job_id: str, tenant_id: str, worker_id: str, *,
                 result = recipe.train_loop()
             adapter_dir = work / "adapter"
             recipe.save(adapter_dir)
-            publish(c, adapter_dir, result.history, result.trained_tokens, work)
+            publish(c, adapter_dir, result, work)
             return "succeeded"
         except Stopped as stop:
             return _stopped(c, recipe, stop)

@@ -45,6 +45,7 @@ def get_version(name: str, version: Version, tenant_id: CurrentTenant,
 @router.get("/{name}/versions/{version}/download", response_model=DownloadObject)
 def download(name: str, version: Version, tenant_id: CurrentTenant, uow: UoW) -> DownloadObject:
     adapter, row = adapter_service.get_version(uow.session, tenant_id, name, version)
-    expires, files = adapter_service.download_urls(get_storage(), row)
+    expires, files = adapter_service.download_urls(get_storage(), row.object_prefix,
+                                                   row.files)
     return DownloadObject(adapter=adapter.name, version=row.version, expires_at=expires,
                           files=[DownloadFile.model_validate(f) for f in files])

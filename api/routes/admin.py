@@ -25,6 +25,7 @@ from core.kit.queue import wake_dispatcher
 from core.kit.types import IntRange
 from core.ops import service as ops
 from core.tenants import service as tenant_service
+from core.tenants.prices import PriceTable
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 MAX_AGE_SECONDS = 10 * 366 * 86400  # older_than_seconds: ten years
@@ -99,6 +100,19 @@ def get_tenant(tenant_id: str, _: AdminActor, uow: AdminUoW) -> TenantObject:
 @router.post("/tenants/{tenant_id}/quotas", response_model=TenantObject)
 def set_quotas(tenant_id: str, body: Quotas, actor: AdminActor, uow: AdminUoW) -> TenantObject:
     return TenantObject.of(ops.set_quotas(uow.session, actor, tenant_id, body.given()))
+
+
+@router.put("/tenants/{tenant_id}/prices", response_model=TenantObject)
+def set_prices(tenant_id: str, body: PriceTable, actor: AdminActor,
+               uow: AdminUoW) -> TenantObject:
+    """The tenant's price table for estimates (audited)."""
+    return TenantObject.of(ops.set_prices(uow.session, actor, tenant_id, body))
+
+
+@router.delete("/tenants/{tenant_id}/prices", response_model=TenantObject)
+def clear_prices(tenant_id: str, actor: AdminActor, uow: AdminUoW) -> TenantObject:
+    """Back to the deployment's default table (``LORAMILL_PRICES``)."""
+    return TenantObject.of(ops.set_prices(uow.session, actor, tenant_id, None))
 
 
 @router.post("/tenants/{tenant_id}/suspend", response_model=TenantObject)

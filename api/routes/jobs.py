@@ -3,24 +3,32 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentTenant, JobsWriter, UoW
 from api.schemas.adapters import CheckpointObject
 from api.schemas.common import Limit, ListPage
-from api.schemas.jobs import CreateJob, EventObject, JobObject
+from api.schemas.jobs import CreateJob, EstimateObject, EventObject, JobObject
 from core.checkpoints import repository as checkpoint_repo
+from core.jobs import estimate
 from core.jobs import repository as job_repo
 from core.jobs import service as job_service
-from core.jobs.spec import LoraSpec, RequestedDpoHyperparameters, RequestedHyperparameters
+from core.jobs.spec import RequestedDpoHyperparameters, RequestedHyperparameters
 from core.kit import queue
 from core.kit.errors import InvalidRequest
+from core.kit.storage import get_storage
 from core.kit.types import IntRange
+from core.lineage import service as lineage
+from core.tenants.scope import TenantId
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+estimates = APIRouter(prefix="/v1/fine_tuning/estimates", tags=["fine-tuning"])
 
 
-@router.post("", response_model=JobObject)
-def create_job(body: CreateJob, tenant_id: JobsWriter, uow: UoW) -> JobObject:
+def job_request(body: CreateJob, tenant_id: TenantId, session: Session,
+                ) -> job_service.JobRequest:
+    """What a job body asks for, checked for consistency; ``model`` resolved to a base
+    model (and the parent adapter, for a job that continues one)."""
     kind = body.method.type if body.method else "supervised"
     settings = getattr(body.method, kind, None) if body.method else None
     for other in ("supervised", "dpo"):
@@ -37,16 +45,31 @@ def create_job(body: CreateJob, tenant_id: JobsWriter, uow: UoW) -> JobObject:
         hyper = settings.hyperparameters
     if kind == "dpo" and not isinstance(hyper, RequestedDpoHyperparameters):
         hyper = RequestedDpoHyperparameters(**(hyper.model_dump() if hyper else {}))
-    req = job_service.JobRequest(
-        model=body.model, training_file=body.training_file,
+    base, parent = lineage.continue_from(session, tenant_id, body.model)
+    return job_service.JobRequest(
+        model=base, parent=parent, training_file=body.training_file,
         validation_file=body.validation_file, method=kind,
-        hyperparameters=hyper or RequestedHyperparameters(), lora=body.lora or LoraSpec(),
+        hyperparameters=hyper or RequestedHyperparameters(), lora=body.lora,
         suffix=body.suffix or None, seed=body.seed, metadata=body.metadata,
         max_seq_len=body.max_seq_len,
     )
-    job = job_service.create(uow.session, tenant_id, req)
+
+
+@router.post("", response_model=JobObject)
+def create_job(body: CreateJob, tenant_id: JobsWriter, uow: UoW) -> JobObject:
+    job = job_service.create(uow.session, tenant_id, job_request(body, tenant_id,
+                                                                  uow.session))
     uow.after_commit(queue.wake_dispatcher)
     return JobObject.of(job)
+
+
+@estimates.post("", response_model=EstimateObject)
+def estimate_job(body: CreateJob, tenant_id: CurrentTenant, uow: UoW) -> EstimateObject:
+    """What a job with this body would train, on which GPU class, for how long and at
+    what cost: every check job creation makes, nothing queued."""
+    found = estimate.estimate(uow.session, get_storage(), tenant_id,
+                              job_request(body, tenant_id, uow.session))
+    return EstimateObject.model_validate(estimate.shown(found))
 
 
 def _metadata_filter(request: Request) -> dict[str, str]:

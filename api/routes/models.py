@@ -6,12 +6,16 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import CurrentTenant, JobsWriter, UoW
+from api.schemas.adapters import DownloadFile, DownloadObject
 from api.schemas.common import ListPage, ts
 from core.adapters import repository as adapter_repo
+from core.adapters import service as adapter_service
 from core.adapters.models import AdapterVersion
 from core.base_models import repository as model_repo
 from core.base_models.models import BaseModel as BaseModelRow
-from core.kit.errors import NotFound
+from core.kit.errors import InvalidRequest, NotFound
+from core.kit.storage import get_storage
+from core.lineage import service as lineage
 from core.serving import service as serving
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -59,6 +63,26 @@ def list_models(tenant_id: CurrentTenant, uow: UoW) -> ListPage[ModelObject]:
     return ListPage.of(base + tuned, False)
 
 
+@router.get("/{model_id:path}/download", response_model=DownloadObject)
+def download_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> DownloadObject:
+    """Presigned downloads of the adapter behind a fine-tuned model (its version's files
+    and manifest) or a checkpoint model (the checkpoint's adapter files), with sha256s."""
+    found = lineage.source(uow.session, tenant_id, model_id)
+    if found is None:
+        if model_repo.get_enabled(uow.session, model_id) is not None:
+            raise InvalidRequest(f"{model_id} is a base model; only fine-tuned and "
+                                 "checkpoint models have adapters to download",
+                                 param="model", code="not_an_adapter")
+        raise NotFound(f"no model with id {model_id!r}", param="model")
+    expires, files = adapter_service.download_urls(get_storage(), found.object_prefix,
+                                                   found.files)
+    return DownloadObject(
+        adapter=found.version.manifest.get("adapter") if found.version else None,
+        version=found.version.version if found.version else None, model=model_id,
+        checkpoint_step=found.checkpoint.step if found.checkpoint else None,
+        expires_at=expires, files=[DownloadFile.model_validate(f) for f in files])
+
+
 @router.get("/{model_id:path}", response_model=ModelObject)
 def get_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> ModelObject:
     model = model_repo.get_enabled(uow.session, model_id)
@@ -67,7 +91,7 @@ def get_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> ModelObject:
     tuned = adapter_repo.by_fine_tuned_model(uow.session, tenant_id, model_id)
     if tuned is not None:
         return ModelObject.of_fine_tuned(tuned)
-    checkpoint = serving.checkpoint_model(uow.session, tenant_id, model_id)
+    checkpoint = lineage.checkpoint_model(uow.session, tenant_id, model_id)
     if checkpoint is None:
         raise NotFound(f"no model with id {model_id!r}", param="model")
     row = checkpoint.row

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from api.schemas.common import ts
 from core.adapters.models import Adapter, AdapterVersion
 from core.checkpoints.models import JobCheckpoint
+from core.lineage.service import checkpoint_name
 
 
 class CheckpointObject(BaseModel):
@@ -23,8 +24,7 @@ class CheckpointObject(BaseModel):
         keep = ("step", "train_loss", "valid_loss", "learning_rate", "trained_tokens")
         return cls(
             id=row.id, created_at=ts(row.created_at) or 0,
-            fine_tuned_model_checkpoint=f"ft:{base_model}:{row.tenant_id}:{row.job_id}:"
-                                        f"ckpt-step-{row.step}",
+            fine_tuned_model_checkpoint=checkpoint_name(base_model, row),
             fine_tuning_job_id=row.job_id, step_number=row.step,
             metrics={k: row.metrics[k] for k in keep if k in row.metrics},
         )
@@ -77,7 +77,9 @@ class DownloadFile(AdapterFile):
 
 class DownloadObject(BaseModel):
     object: Literal["adapter.download"] = "adapter.download"
-    adapter: str
-    version: int
+    adapter: str | None  # a published version's adapter and number; None for a checkpoint
+    version: int | None
     expires_at: int
     files: list[DownloadFile]
+    model: str | None = None  # through /v1/models/{id}/download: the model asked for
+    checkpoint_step: int | None = None

@@ -139,13 +139,14 @@ class TenantObject(BaseModel):
     max_queued_jobs: int
     max_file_bytes: int
     storage_bytes: int
+    prices: dict[str, Any] | None = None  # the tenant's own table; None: the default
 
     @classmethod
     def of(cls, t: Tenant) -> TenantObject:
         return cls(id=t.id, name=t.name, created_at=ts(t.created_at) or 0,
                    suspended_at=ts(t.suspended_at), max_running_jobs=t.max_running_jobs,
                    max_queued_jobs=t.max_queued_jobs, max_file_bytes=t.max_file_bytes,
-                   storage_bytes=t.storage_bytes)
+                   storage_bytes=t.storage_bytes, prices=t.prices)
 
 
 class AuditObject(BaseModel):

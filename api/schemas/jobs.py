@@ -109,17 +109,22 @@ class JobObject(BaseModel):
     # loramill extensions
     lora: dict[str, Any]
     max_seq_len: int | None = None
+    base_model: str | None = None  # the base model; ``model`` is the parent for a continued job
+    parent: dict[str, Any] | None = None  # model, job_id, adapter, adapter_version,
+    # checkpoint_step: what a continued job started from
 
     @classmethod
     def of(cls, job: FineTuningJob) -> JobObject:
         spec = JobSpec.of(job.method)
         return cls(
             id=job.id, created_at=ts(job.created_at) or 0, finished_at=ts(job.finished_at),
-            model=job.model, fine_tuned_model=job.fine_tuned_model,
+            model=spec.parent.model if spec.parent else job.model, base_model=job.model,
+            parent=spec.parent.lineage() if spec.parent else None,
+            fine_tuned_model=job.fine_tuned_model,
             organization_id=job.tenant_id, result_files=list(job.result_files or []),
             status=job.status, training_file=job.training_file,
             validation_file=job.validation_file,
-            hyperparameters=spec.hyperparameters.model_dump(),
+            hyperparameters=spec.hyperparameters.shown(),
             trained_tokens=job.trained_tokens,
             error=JobError(**job.error) if job.error else None,
             user_provided_suffix=job.suffix, seed=job.seed,
@@ -144,3 +149,42 @@ class EventObject(BaseModel):
             id=event.id, created_at=ts(event.created_at) or 0, level=event.level,
             message=event.message, type=event.type, data=event.data,
         )
+
+
+class EstimateTokens(BaseModel):
+    per_epoch: int
+    trainable_per_epoch: int | None  # what the loss is taken on; None when approximate
+    total: int  # per_epoch x n_epochs
+    counted: Literal["exact", "sampled", "approximate"]
+    counted_examples: int
+
+
+class EstimateDuration(BaseModel):
+    gpu_class: str
+    gpus: int
+    seconds: float
+    tokens_per_second: float
+    basis: Literal["measured", "nominal"]  # finished jobs on this base model, or nominal
+    measured_jobs: int
+    cost: float | None
+
+
+class EstimateObject(BaseModel):
+    """``POST /v1/fine_tuning/estimates``: a job body answered without queueing it."""
+
+    object: Literal["fine_tuning.estimate"] = "fine_tuning.estimate"
+    model: str
+    base_model: str
+    method: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    lora: dict[str, Any]
+    max_seq_len: int | None
+    examples: int
+    tokens: EstimateTokens
+    total_steps: int
+    gpu_class: str
+    predicted_memory_gib: float | None  # a GPU of gpu_class, headroom included
+    estimated_seconds: float | None  # on gpu_class
+    estimated_cost: float | None  # on gpu_class, from the tenant's price table
+    currency: str | None
+    durations: list[EstimateDuration]  # each class this deployment runs that can hold it

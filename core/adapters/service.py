@@ -58,22 +58,23 @@ def get_version(session: Session, tenant_id: TenantId, name: str,
     return adapter, row
 
 
-def download_urls(storage: Storage, row: AdapterVersion,
+def download_urls(storage: Storage, prefix: str, entries: list[dict[str, Any]],
                   seconds: int = DOWNLOAD_SECONDS) -> tuple[int, list[dict[str, object]]]:
     """One presigned GET per file; each URL covers that object only and expires."""
     expires = int((utcnow() + timedelta(seconds=seconds)).timestamp())
-    files = [{**f, "url": storage.presigned_get(row.object_prefix + str(f["name"]), seconds,
+    files = [{**f, "url": storage.presigned_get(prefix + str(f["name"]), seconds,
                                                 filename=str(f["name"]))}
-             for f in row.files]
+             for f in entries]
     return expires, files
 
 
 # ----- naming ---------------------------------------------------------------------------
 
 
-def adapter_name(model: str, suffix: str | None) -> str:
-    """The adapter a job publishes to: its suffix, else the base model's last path part."""
-    return suffix or model.rsplit("/", 1)[-1]
+def adapter_name(model: str, suffix: str | None, parent: str | None = None) -> str:
+    """The adapter a job publishes to: its suffix, else the adapter of the version it
+    continues (its next version), else the base model's last path part."""
+    return suffix or parent or model.rsplit("/", 1)[-1]
 
 
 def fine_tuned_name(job: FineTuningJob, name: str) -> str:
@@ -136,7 +137,10 @@ def publish_version(session: Session, storage: Storage, job: FineTuningJob, stag
     ft_name = fine_tuned_name(job, name)
     document = json.dumps({
         "adapter": name, "version": version, "fine_tuned_model": ft_name, "job_id": job.id,
-        "base_model": job.model, "method": job.method, "seed": job.seed, **manifest,
+        "base_model": job.model,
+        # the spec, less where a parent's files are (object keys stay internal)
+        "method": {k: v for k, v in job.method.items() if k != "parent"},
+        "seed": job.seed, **manifest,
         "files": staged.files, "created_at": utcnow().isoformat(),
     }, indent=2).encode()
     for entry in staged.files:

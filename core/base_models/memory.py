@@ -177,10 +177,14 @@ def class_for(params: int, predicted: Estimate | None) -> str | None:
     return None
 
 
+def gpus(gpu_class: str) -> int:
+    """How many GPUs a worker of the class runs a job across (a CPU worker: one)."""
+    return next((n for name, _, n in GPU_CLASSES if name == gpu_class), 1)
+
+
 def needs(predicted: Estimate, gpu_class: str) -> float:
     """Bytes a GPU of ``gpu_class`` needs for the job, headroom included."""
-    gpus = next((n for name, _, n in GPU_CLASSES if name == gpu_class), 1)
-    return predicted.per_gpu(gpus)
+    return predicted.per_gpu(gpus(gpu_class))
 
 
 CLASS_ORDER = ("cpu", *(name for name, _, _ in GPU_CLASSES))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import logging
 import re
 import struct
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from core.base_models.models import BaseModel
 from core.kit.errors import InvalidRequest
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+log = logging.getLogger("loramill.models")
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,20 @@ def register(
         has_chat_template=info.has_chat_template,
         shape=dataclasses.asdict(info.shape) if info.shape else None,
     ))
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(source: str) -> Any | None:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # not on this machine, or unreadable: estimates approximate
+        log.warning("no tokenizer for %s here (%s: %s)", source, type(exc).__name__, exc)
+        return None
+
+
+def tokenizer(base: BaseModel) -> Any | None:
+    """The base model's tokenizer where this process can read the model (cached), else
+    None."""
+    return _tokenizer(base.source_uri)

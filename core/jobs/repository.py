@@ -108,3 +108,17 @@ def cancelled_under(session: Session, job_id: str, lease_token: str) -> FineTuni
         FineTuningJob.id == job_id, FineTuningJob.lease_token == lease_token,
         FineTuningJob.status == JobStatus.CANCELLED)).one_or_none()
     return job
+
+
+def recent_runs(session: Session, model: str, limit: int = 200) -> list[tuple[str, int, float]]:
+    """The newest succeeded jobs on ``model``: (GPU class, trained tokens, seconds from
+    first start to end). Across tenants under the admin role (estimates take the rate,
+    never a job)."""
+    seconds = func.extract("epoch", FineTuningJob.finished_at - FineTuningJob.started_at)
+    rows = session.execute(
+        select(FineTuningJob.gpu_class, FineTuningJob.trained_tokens, seconds)
+        .where(FineTuningJob.model == model, FineTuningJob.status == JobStatus.SUCCEEDED,
+               FineTuningJob.trained_tokens > 0, FineTuningJob.started_at.is_not(None),
+               FineTuningJob.finished_at.is_not(None))
+        .order_by(FineTuningJob.finished_at.desc()).limit(limit)).all()
+    return [(str(c), int(t or 0), float(s)) for c, t, s in rows if s and s > 0]

@@ -22,6 +22,8 @@ from core.jobs.spec import (
     Dpo,
     JobSpec,
     LoraSpec,
+    NeedsValidation,
+    Parent,
     RequestedDpoHyperparameters,
     RequestedHyperparameters,
     Supervised,
@@ -47,12 +49,35 @@ class JobRequest:
     training_file: str
     validation_file: str | None
     hyperparameters: RequestedHyperparameters  # RequestedDpoHyperparameters for dpo
-    lora: LoraSpec
+    lora: LoraSpec | None  # None: the defaults, or a parent's settings
     suffix: str | None
     seed: int | None
     metadata: dict[str, str] | None
     method: str = "supervised"  # or "dpo"
     max_seq_len: int | None = None  # None: DEFAULT_SEQ_LEN; capped by the model's context
+    parent: Parent | None = None  # continuing: ``model`` is then the parent's base model
+
+
+# what a continued job cannot change: its parent's weights have this shape
+LORA_SHAPE = ("r", "target_modules", "quantization")
+
+
+def _lora(req: JobRequest) -> LoraSpec:
+    """The job's LoRA settings: the request's over the defaults, or over the parent's for
+    a continued job, whose shape (rank, target modules, quantization) they must keep."""
+    if req.parent is None:
+        return req.lora or LoraSpec()
+    if req.lora is None:
+        return req.parent.lora
+    given = {name: getattr(req.lora, name) for name in req.lora.model_fields_set}
+    for name in LORA_SHAPE:
+        if name in given and given[name] != getattr(req.parent.lora, name):
+            raise InvalidRequest(
+                f"lora.{name} is {given[name]!r} but {req.parent.model} was trained with "
+                f"{getattr(req.parent.lora, name)!r}; a continued job starts from its "
+                f"parent's weights and keeps their shape: leave lora.{name} out",
+                param=f"lora.{name}", code="lora_mismatch")
+    return req.parent.lora.model_copy(update=given)
 
 
 def _usable_file(session: Session, tenant_id: TenantId, file_id: str, param: str) -> File:
@@ -105,21 +130,72 @@ def _check_fits(file: File, param: str, method: str, base: BaseModel) -> None:
 
 
 def _method(req: JobRequest, examples: int) -> dict[str, Any]:
-    if req.method == "dpo":
-        assert isinstance(req.hyperparameters, RequestedDpoHyperparameters)
-        return {"type": "dpo",
-                "dpo": Dpo(hyperparameters=resolve_dpo(req.hyperparameters, examples))}
-    return {"supervised": Supervised(hyperparameters=resolve(req.hyperparameters, examples))}
+    validation = req.validation_file is not None
+    try:
+        if req.method == "dpo":
+            assert isinstance(req.hyperparameters, RequestedDpoHyperparameters)
+            return {"type": "dpo", "dpo": Dpo(hyperparameters=resolve_dpo(
+                req.hyperparameters, examples, validation=validation))}
+        return {"supervised": Supervised(hyperparameters=resolve(
+            req.hyperparameters, examples, validation=validation))}
+    except NeedsValidation as exc:
+        raise InvalidRequest(
+            f"hyperparameters.{exc.name} works on the validation loss, and the job has no "
+            "validation_file; give one, or leave it out", param=f"hyperparameters.{exc.name}",
+            code="validation_file_required") from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A job as it would run: its files and base model checked, its spec frozen, its GPU
+    class chosen from the predicted memory. What creating and estimating share."""
+
+    base: BaseModel
+    training: File
+    validation: File | None
+    spec: JobSpec
+    gpu_class: str
+    predicted: memory.Estimate | None
 
 
 def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuningJob:
     tenant = tenant_repo.get(session, tenant_id, lock=True)  # serialise the quota
     assert tenant is not None
     check_queued_quota(session, tenant)
+    p = plan(session, tenant_id, req)
+    gpu_class, predicted = p.gpu_class, p.predicted
+    job = job_repo.add(session, FineTuningJob(
+        id=ids.new_id(ids.JOB), tenant_id=tenant_id, model=p.base.id,
+        training_file=p.training.id, validation_file=req.validation_file,
+        method=p.spec.stored(), suffix=req.suffix,
+        seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
+        metadata_=req.metadata, status=JobStatus.QUEUED, gpu_class=gpu_class,
+    ))
+    job_repo.add_event(session, job, f"Created fine-tuning job: {job.id}")
+    if req.parent is not None:
+        job_repo.add_event(session, job, f"Continuing from {req.parent.model} (job "
+                           f"{req.parent.job_id}): training starts from its adapter",
+                           data={"parent": req.parent.lineage()})
+    data: dict[str, Any] = {"gpu_class": job.gpu_class}
+    text = f"Job queued for a {job.gpu_class} worker"
+    if predicted is not None:
+        data["predicted_memory_gib"] = predicted.gib()
+        if gpu_class != "cpu":
+            gib = memory.needs(predicted, gpu_class) / memory.GIB
+            text += f" (predicted peak memory {gib:.1f} GiB a GPU)"
+    job_repo.add_event(session, job, text + "; waiting for a worker", data=data)
+    return job
+
+
+def plan(session: Session, tenant_id: TenantId, req: JobRequest) -> Plan:
+    """Check a job request and resolve it, writing nothing; every 4xx a job creation can
+    meet but the queue quota."""
     base = model_repo.get_enabled(session, req.model)
     if base is None:
         raise InvalidRequest(
-            f"model {req.model!r} is not an available base model; GET /v1/models lists them",
+            f"the base model of {req.parent.model!r}, {req.model!r}, is not available"
+            if req.parent else f"model {req.model!r} is neither an available base model "
+            "nor one of your fine-tuned or checkpoint models; GET /v1/models lists them",
             param="model", code="model_not_found",
         )
     training = _usable_file(session, tenant_id, req.training_file, "training_file")
@@ -137,28 +213,14 @@ def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuning
             _check_fits(file, param, req.method, base)
     spec = JobSpec(
         **_method(req, training.example_count),
-        lora=req.lora,
+        lora=_lora(req), parent=req.parent,
         dataset=DatasetInfo(format=training.format, sha256=training.sha256,
                             examples=training.example_count),
         max_seq_len=resolve_seq_len(req.max_seq_len, base.context_length),
     )
     gpu_class, predicted = _gpu_class(base, spec)
-    job = job_repo.add(session, FineTuningJob(
-        id=ids.new_id(ids.JOB), tenant_id=tenant_id, model=base.id,
-        training_file=training.id, validation_file=req.validation_file, method=spec.stored(),
-        suffix=req.suffix, seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
-        metadata_=req.metadata, status=JobStatus.QUEUED, gpu_class=gpu_class,
-    ))
-    job_repo.add_event(session, job, f"Created fine-tuning job: {job.id}")
-    data: dict[str, Any] = {"gpu_class": job.gpu_class}
-    text = f"Job queued for a {job.gpu_class} worker"
-    if predicted is not None:
-        data["predicted_memory_gib"] = predicted.gib()
-        if gpu_class != "cpu":
-            gib = memory.needs(predicted, gpu_class) / memory.GIB
-            text += f" (predicted peak memory {gib:.1f} GiB a GPU)"
-    job_repo.add_event(session, job, text + "; waiting for a worker", data=data)
-    return job
+    return Plan(base=base, training=training, validation=validation, spec=spec,
+                gpu_class=gpu_class, predicted=predicted)
 
 
 def memory_settings(base: BaseModel, spec: JobSpec) -> memory.Settings:

@@ -58,6 +58,13 @@ class RequestedHyperparameters(BaseModel):
     n_epochs: Auto | Annotated[int, IntRange(1, 50)] = "auto"
     batch_size: Auto | Annotated[int, IntRange(1, 256)] = "auto"
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+    # evaluation (loramill; they need a validation_file): the validation loss every so many
+    # steps ("auto": about EVALUATIONS a run), early stopping after so many evaluations
+    # without an improvement above the threshold, and which checkpoint is published
+    eval_every: Auto | Annotated[int, IntRange(1, 1_000_000)] = "auto"
+    early_stopping_patience: Annotated[int, IntRange(1, 1000)] | None = None
+    early_stopping_threshold: float = Field(0.0, ge=0, le=10)
+    publish_checkpoint: Literal["last", "best"] = "last"
 
 
 class RequestedDpoHyperparameters(RequestedHyperparameters):
@@ -72,26 +79,70 @@ class Hyperparameters(BaseModel):
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    # None without a validation file (jobs stored before it: at epoch ends)
+    eval_every: int | None = None
+    early_stopping_patience: int | None = None
+    early_stopping_threshold: float = 0.0
+    publish_checkpoint: Literal["last", "best"] = "last"
+
+    def shown(self) -> dict[str, Any]:
+        """What the job object shows: the evaluation settings only with a validation
+        file (without one there is nothing to evaluate)."""
+        if self.eval_every is None:
+            return self.model_dump(exclude={*EVALUATION_FIELDS, "early_stopping_threshold"})
+        return self.model_dump()
 
 
-def resolve_dpo(requested: RequestedDpoHyperparameters, examples: int) -> DpoHyperparameters:
-    common = resolve(requested, examples)
+EVALUATIONS = 10  # eval_every "auto": about this many validation passes a run
+EVALUATION_FIELDS = ("eval_every", "early_stopping_patience", "publish_checkpoint")
+
+
+def resolve_dpo(requested: RequestedDpoHyperparameters, examples: int, *,
+                validation: bool = False) -> DpoHyperparameters:
+    common = resolve(requested, examples, validation=validation)
     beta = DEFAULT_BETA if requested.beta == "auto" else float(requested.beta)
     return DpoHyperparameters(**common.model_dump(), beta=beta)
 
 
-def resolve(requested: RequestedHyperparameters, examples: int) -> Hyperparameters:
-    """Turn ``"auto"`` into numbers from the dataset size, so the spec is fixed at
-    creation and the job shows what it will run."""
+def resolve(requested: RequestedHyperparameters, examples: int, *,
+            validation: bool = False) -> Hyperparameters:
+    """Turn ``"auto"`` into numbers from the dataset size (and whether there is a
+    validation file), so the spec is fixed at creation and the job shows what it will
+    run. Evaluation settings without a validation file are a :class:`NeedsValidation`."""
     def pick(value: Any, auto: Any) -> Any:
         return auto if value == "auto" else value
 
     batch_auto = 1 if examples < 16 else 2 if examples < 64 else 4 if examples < 256 else 8
+    epochs = pick(requested.n_epochs, min(10, max(1, math.ceil(100 / max(examples, 1)))))
+    batch_size = pick(requested.batch_size, batch_auto)
+    if not validation:
+        for name in EVALUATION_FIELDS:
+            if name in requested.model_fields_set and getattr(requested, name) not in (
+                    "auto", None, "last"):
+                raise NeedsValidation(name)
+    steps = total_steps(examples, batch_size, epochs)
     return Hyperparameters(
-        n_epochs=pick(requested.n_epochs, min(10, max(1, math.ceil(100 / max(examples, 1))))),
-        batch_size=pick(requested.batch_size, batch_auto),
+        n_epochs=epochs, batch_size=batch_size,
         learning_rate_multiplier=pick(requested.learning_rate_multiplier, 1.0),
+        eval_every=pick(requested.eval_every, max(1, steps // EVALUATIONS))
+        if validation else None,
+        early_stopping_patience=requested.early_stopping_patience,
+        early_stopping_threshold=requested.early_stopping_threshold,
+        publish_checkpoint=requested.publish_checkpoint,
     )
+
+
+def total_steps(examples: int, batch_size: int, epochs: int) -> int:
+    """Optimizer steps of a job (the recipe counts the same from the examples it loads)."""
+    return math.ceil(examples / batch_size) * epochs
+
+
+class NeedsValidation(ValueError):
+    """An evaluation setting on a job without a validation file."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
 
 
 class Supervised(BaseModel):
@@ -126,6 +177,28 @@ class DatasetInfo(BaseModel):
     examples: int
 
 
+class Parent(BaseModel):
+    """The adapter a continued job starts from (OpenAI's semantics: ``model`` is one of
+    the tenant's fine-tuned or checkpoint models): its lineage, its files (the worker
+    checks them against these sha256s) and the LoRA settings it was trained with."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str  # the fine-tuned or checkpoint model id the job was created with
+    job_id: str
+    lora: LoraSpec
+    adapter: str | None = None  # a published version: its adapter and number
+    adapter_version: int | None = None
+    checkpoint_step: int | None = None  # a checkpoint model: its step
+    object_prefix: str
+    files: list[dict[str, Any]]  # name, bytes, sha256
+
+    def lineage(self) -> dict[str, Any]:
+        """What the API and the manifest show (not where the files are)."""
+        return self.model_dump(include={"model", "job_id", "adapter", "adapter_version",
+                                        "checkpoint_step"})
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -136,6 +209,7 @@ class JobSpec(BaseModel):
     lora: LoraSpec
     dataset: DatasetInfo
     max_seq_len: int | None = None
+    parent: Parent | None = None  # a continued job: the adapter it starts from
 
     @property
     def hyperparameters(self) -> Hyperparameters:
@@ -146,7 +220,7 @@ class JobSpec(BaseModel):
     def method(self) -> dict[str, Any]:
         """The OpenAI-style ``method`` object: the type and its settings."""
         return {"type": self.type, self.type: {"hyperparameters":
-                                               self.hyperparameters.model_dump()}}
+                                               self.hyperparameters.shown()}}
 
     @classmethod
     def of(cls, method: dict[str, Any]) -> JobSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     gpu_classes: list[str] = Field(default_factory=lambda: [
         "cpu", "gpu-24gb", "gpu-80gb", "gpu-multi"])
     worker_concurrency: int = 1
+    # estimates' default price table (core/tenants/prices.py), as JSON: {"currency": "USD",
+    # "gpu_classes": {"gpu-24gb": {"per_gpu_hour": 1.2, "per_million_tokens": 0}}};
+    # an operator's per-tenant table replaces it
+    prices: dict[str, Any] | None = None
     # devices one job runs across on this worker (data-parallel ranks): 0 = every GPU it
     # sees, one process on a CPU; 2 on a CPU runs two gloo ranks (how the tests prove it)
     training_devices: int = 0

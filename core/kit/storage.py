@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -74,6 +74,14 @@ def _part_content_type(request: Any, **_: Any) -> None:
     content_type = getattr(_part_type, "value", None)
     if content_type:
         request.headers["Content-Type"] = content_type
+
+
+class ObjectMismatch(Exception):
+    """A stored object whose bytes are not the ones recorded (tampered or corrupted)."""
+
+    def __init__(self, key: str, name: str, found: str, recorded: str):
+        super().__init__(f"{key}: sha256 {found}, recorded {recorded}")
+        self.key, self.name, self.found, self.recorded = key, name, found, recorded
 
 
 def sha256_of(path: Path) -> str:
@@ -143,6 +151,23 @@ class Storage:
     def iter_object(self, key: str, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
         response = self._call("download", self.client.get_object, Bucket=self.bucket, Key=key)
         yield from response["Body"].iter_chunks(chunk_bytes)
+
+    def download_verified(self, prefix: str, entries: Sequence[Mapping[str, Any]],
+                          directory: Path) -> None:
+        """Each entry's object (``prefix + name``) into ``directory``, its sha256 taken as
+        it is written and checked against the entry's: :class:`ObjectMismatch` when they
+        differ (the file stays: callers write into a directory they discard on error)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            name = str(entry["name"])
+            digest = hashlib.sha256()
+            with (directory / name).open("wb") as out:
+                for chunk in self.iter_object(prefix + name):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != entry["sha256"]:
+                raise ObjectMismatch(prefix + name, name, digest.hexdigest(),
+                                     str(entry["sha256"]))
 
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=key)

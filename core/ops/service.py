@@ -22,6 +22,7 @@ from core.ops import repository
 from core.scheduling.models import Worker
 from core.tenants import service as tenant_service
 from core.tenants.models import ApiKey, Tenant
+from core.tenants.prices import PriceTable
 from core.tenants.scope import TenantId
 
 RATE_WINDOW = timedelta(minutes=15)
@@ -205,6 +206,18 @@ def set_quotas(session: Session, actor: str, tenant_id: str,
     session.flush()
     audit.record(session, actor, "tenant.quotas", "tenant", tenant_id, tenant_id=tenant_id,
           details=changes)
+    return tenant
+
+
+def set_prices(session: Session, actor: str, tenant_id: str,
+               table: PriceTable | None) -> Tenant:
+    """The tenant's price table for estimates; None: back to the deployment's default."""
+    tenant = get_tenant(session, tenant_id)
+    before = tenant.prices
+    tenant.prices = table.model_dump() if table is not None else None
+    session.flush()
+    audit.record(session, actor, "tenant.prices", "tenant", tenant_id, tenant_id=tenant_id,
+                 details={"from": before, "to": tenant.prices})
     return tenant
 
 

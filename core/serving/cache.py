@@ -14,7 +14,6 @@ written, like the engine's own disk: whoever can write there can change what is 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from core.kit.errors import LoramillError
-from core.kit.storage import Storage, StorageUnavailable
+from core.kit.storage import ObjectMismatch, Storage, StorageUnavailable
 
 log = logging.getLogger("loramill.serving")
 
@@ -81,26 +80,7 @@ class AdapterCache:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=self.root))
         try:
             for entry in wanted:
-                name = str(entry["name"])
-                digest = hashlib.sha256()
-                try:
-                    with (staging / name).open("wb") as out:
-                        for chunk in storage.iter_object(prefix + name):
-                            digest.update(chunk)
-                            out.write(chunk)
-                except StorageUnavailable as exc:
-                    if _missing(exc):
-                        log.error("adapter file %s%s is missing from the bucket", prefix, name)
-                        raise AdapterIntegrityError(
-                            f"the stored adapter file {name} is missing; it cannot be "
-                            "served. The operators were told (logged)") from exc
-                    raise
-                if digest.hexdigest() != entry["sha256"]:
-                    log.error("adapter file %s%s: sha256 %s, published %s; refused",
-                              prefix, name, digest.hexdigest(), entry["sha256"])
-                    raise AdapterIntegrityError(
-                        f"the stored adapter file {name} does not match the sha256 it was "
-                        "published with; it is not served. The operators were told (logged)")
+                self._fetch_file(storage, prefix, entry, staging)
             try:
                 os.rename(staging, target)
             except OSError:
@@ -108,6 +88,27 @@ class AdapterCache:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _fetch_file(storage: Storage, prefix: str, entry: dict[str, object],
+                    staging: Path) -> None:
+        name = entry["name"]
+        try:
+            storage.download_verified(prefix, [entry], staging)
+        except ObjectMismatch as exc:
+            log.error("adapter file %s: sha256 %s, published %s; refused", exc.key,
+                      exc.found, exc.recorded)
+            raise AdapterIntegrityError(
+                f"the stored adapter file {name} does not match the sha256 it was "
+                "published with; it is not served. The operators were told (logged)"
+            ) from exc
+        except StorageUnavailable as exc:
+            if _missing(exc):
+                log.error("adapter file %s%s is missing from the bucket", prefix, name)
+                raise AdapterIntegrityError(
+                    f"the stored adapter file {name} is missing; it cannot be served. The "
+                    "operators were told (logged)") from exc
+            raise
 
     def _trim(self, keep: Path) -> None:
         """Remove least recently used versions until the cache fits its bound."""

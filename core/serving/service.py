@@ -4,7 +4,6 @@ fine-tuned model, and the usage each call adds to its tenant's account."""
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -13,11 +12,9 @@ from sqlalchemy.orm import Session
 
 from core.adapters import repository as adapter_repo
 from core.base_models import repository as model_repo
-from core.checkpoints import repository as checkpoint_repo
-from core.checkpoints.models import JobCheckpoint
-from core.jobs import repository as job_repo
 from core.kit.errors import InvalidRequest, NotFound, PermissionDenied
 from core.kit.orm import utcnow
+from core.lineage.service import CheckpointModel, checkpoint_model
 from core.serving import repository
 from core.serving.models import UsageDay
 from core.tenants.scope import TenantId
@@ -51,17 +48,6 @@ def _not_found(model: str) -> NotFound:
                     param="model", code="model_not_found")
 
 
-# the checkpoints API's fine_tuned_model_checkpoint: ft:<base>:<tenant>:<job>:ckpt-step-<n>
-CHECKPOINT_MODEL = re.compile(r"^ft:(?P<base>.+):(?P<tenant>[^:]+):(?P<job>[^:]+)"
-                              r":ckpt-step-(?P<step>\d{1,9})$")
-
-
-@dataclass(frozen=True)
-class CheckpointModel:
-    row: JobCheckpoint
-    base_model: str
-
-
 def resolve(session: Session, tenant_id: TenantId, model: str) -> Target:
     """An enabled base model, or one of this tenant's fine-tuned or checkpoint models
     (another tenant's is not found: row-level security and the filter both say so)."""
@@ -76,19 +62,6 @@ def resolve(session: Session, tenant_id: TenantId, model: str) -> Target:
         raise _not_found(model)
     return Target(model=model, base_model=version.base_model, version_id=version.id,
                   object_prefix=version.object_prefix, files=list(version.files))
-
-
-def checkpoint_model(session: Session, tenant_id: TenantId,
-                     model: str) -> CheckpointModel | None:
-    """The checkpoint a checkpoint model id names, if it is one of this tenant's."""
-    found = CHECKPOINT_MODEL.match(model)
-    if found is None or found["tenant"] != tenant_id:
-        return None
-    job = job_repo.get(session, tenant_id, found["job"])
-    if job is None or job.model != found["base"]:
-        return None
-    row = checkpoint_repo.at_step(session, tenant_id, job.id, int(found["step"]))
-    return CheckpointModel(row, job.model) if row is not None else None
 
 
 def _checkpoint_target(session: Session, model: str, checkpoint: CheckpointModel) -> Target:

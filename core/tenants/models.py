@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, String
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.kit.orm import Base, IdString, utcnow
@@ -23,6 +24,8 @@ class Tenant(Base):
     # When the dispatcher last started one of this tenant's jobs: the round-robin
     # tie-breaker between tenants with as many jobs running and the same priority.
     last_dispatched_at: Mapped[datetime | None]
+    # the operator's price table for estimates (core/tenants/prices.py); None: the default
+    prices: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
 
 
 class ApiKey(Base):

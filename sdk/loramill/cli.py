@@ -174,20 +174,52 @@ def _wait(client: Client, args: argparse.Namespace, job_id: str) -> int:
     return OK
 
 
-def jobs_create(client: Client, args: argparse.Namespace) -> int:
+def _job_fields(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """``jobs create`` and ``jobs estimate``: the job's fields from the flags (a local
+    path is checked and uploaded first)."""
     training = _file_id(client, args.training_file, not args.no_check)
     validation = (_file_id(client, args.validation_file, not args.no_check)
                   if args.validation_file else None)
     lora = {"r": args.lora_r} if args.lora_r else None
-    job = client.fine_tuning.jobs.create(
+    return dict(
         model=args.model, training_file=training, validation_file=validation,
         n_epochs=args.epochs if args.epochs else "auto",
         batch_size=args.batch_size if args.batch_size else "auto",
         learning_rate_multiplier=(args.learning_rate_multiplier
                                   if args.learning_rate_multiplier else "auto"),
         suffix=args.suffix, seed=args.seed, lora=lora, method=args.method,
-        beta=args.beta if args.beta else "auto",
+        beta=args.beta if args.beta else "auto", max_seq_len=args.max_seq_len,
+        eval_every=args.eval_every, early_stopping_patience=args.early_stopping_patience,
+        early_stopping_threshold=args.early_stopping_threshold,
+        publish_checkpoint="best" if args.publish_best else None,
     )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def jobs_estimate(client: Client, args: argparse.Namespace) -> int:
+    found = client.fine_tuning.jobs.estimate(**_job_fields(client, args))
+    lines = [f"{found.examples} examples, {found.tokens['total']:,} tokens "
+             f"({found.tokens['counted']}), {found.total_steps} steps",
+             f"GPU class {found.gpu_class}" + (
+                 f", predicted peak memory {found.predicted_memory_gib} GiB a GPU"
+                 if found.predicted_memory_gib is not None else "")]
+    for d in found.durations:
+        cost = f"  {d['cost']:.2f} {found.currency}" if d["cost"] is not None else ""
+        basis = d["basis"] + (f", {d['measured_jobs']} jobs" if d["measured_jobs"] else "")
+        lines.append(f"  {d['gpu_class']:<10} {_duration(d['seconds']):>8}  ({basis}){cost}")
+    _out(args, found, "\n".join(lines))
+    return OK
+
+
+def jobs_create(client: Client, args: argparse.Namespace) -> int:
+    job = client.fine_tuning.jobs.create(**_job_fields(client, args))
     if args.wait:
         print(f"created {job.id}", file=sys.stderr)
         return _wait(client, args, job.id)
@@ -259,6 +291,14 @@ def adapters_download(client: Client, args: argparse.Namespace) -> int:
     client.adapters.download(args.name, version, dest)
     _out(args, {"adapter": args.name, "version": version, "path": str(dest)},
          f"downloaded {args.name} v{version} to {dest} (sha256 verified)")
+    return OK
+
+
+def models_download(client: Client, args: argparse.Namespace) -> int:
+    dest = Path(args.dest or args.model.replace("/", "_").replace(":", "_"))
+    client.models.download(args.model, dest)
+    _out(args, {"model": args.model, "path": str(dest)},
+         f"downloaded {args.model} to {dest} (sha256 verified)")
     return OK
 
 
@@ -423,19 +463,34 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = groups.add_parser("jobs", help="fine-tuning jobs").add_subparsers(dest="cmd",
                                                                              required=True)
     p = command(jobs, "create", jobs_create, "start a fine-tuning job")
-    p.add_argument("--model", required=True)
-    p.add_argument("--training-file", required=True, help="a local .jsonl path or a file id")
-    p.add_argument("--validation-file", help="a local .jsonl path or a file id")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate-multiplier", type=float)
-    p.add_argument("--method", choices=("supervised", "dpo"), default="supervised",
-                   help="dpo: train on a preference file")
-    p.add_argument("--beta", type=float, help="dpo only: how far from the base model")
-    p.add_argument("--suffix")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--lora-r", type=int)
-    p.add_argument("--no-check", action="store_true", help="skip the local dataset check")
+    estimating = command(jobs, "estimate", jobs_estimate, "what a job would train, on "
+                         "which GPU class, how long and at what cost (nothing is queued)")
+    for q in (p, estimating):
+        q.add_argument("--model", required=True, help="a base model, or one of your "
+                       "fine-tuned or checkpoint models to continue from")
+        q.add_argument("--training-file", required=True,
+                       help="a local .jsonl path or a file id")
+        q.add_argument("--validation-file", help="a local .jsonl path or a file id")
+        q.add_argument("--epochs", type=int, help="default: auto, from the dataset size")
+        q.add_argument("--batch-size", type=int, help="default: auto")
+        q.add_argument("--learning-rate-multiplier", type=float, help="default: 1.0")
+        q.add_argument("--method", choices=("supervised", "dpo"), default="supervised",
+                       help="dpo: train on a preference file")
+        q.add_argument("--beta", type=float, help="dpo only: how far from the base model")
+        q.add_argument("--suffix", help="names the adapter the job publishes")
+        q.add_argument("--seed", type=int, help="default: random")
+        q.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
+        q.add_argument("--max-seq-len", type=int, help="longest sequence trained, in tokens")
+        q.add_argument("--eval-every", type=int,
+                       help="steps between validation losses (needs --validation-file)")
+        q.add_argument("--early-stopping-patience", type=int,
+                       help="stop after this many evaluations without improvement")
+        q.add_argument("--early-stopping-threshold", type=float,
+                       help="the improvement that counts (default 0)")
+        q.add_argument("--publish-best", action="store_true",
+                       help="publish the adapter at the best validation loss, not the last")
+        q.add_argument("--no-check", action="store_true",
+                       help="skip the local dataset check")
     p.add_argument("--wait", action="store_true", help="wait for the job, with progress")
     waiter = command(jobs, "wait", jobs_wait, "wait for a job to end")
     waiter.add_argument("id")
@@ -464,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = groups.add_parser("models", help="models").add_subparsers(dest="cmd",
                                                                        required=True)
     command(models, "list", models_list, "base and fine-tuned models")
+    p = command(models, "download", models_download,
+                "download the adapter of a fine-tuned or checkpoint model (sha256 checked)")
+    p.add_argument("model", help="ft:… id, or a checkpoint's ft:…:ckpt-step-N")
+    p.add_argument("--dest", help="directory (default: the id, with / and : as _)")
 
     admin = groups.add_parser(
         "admin", help="operators: queue, workers, jobs of all tenants, tenants, audit log "

@@ -27,6 +27,7 @@ from loramill.types import (
     AdapterVersion,
     Checkpoint,
     DatasetLimits,
+    Estimate,
     File,
     FineTuningJob,
     JobEvent,
@@ -71,26 +72,17 @@ class Jobs:
     def __init__(self, t: Transport):
         self._t = t
 
-    def create(self, *, model: str, training_file: str, validation_file: str | None = None,
-               n_epochs: int | str = "auto", batch_size: int | str = "auto",
-               learning_rate_multiplier: float | str = "auto", suffix: str | None = None,
-               seed: int | None = None, metadata: dict[str, str] | None = None,
-               lora: dict[str, Any] | None = None, method: str = "supervised",
-               beta: float | str = "auto") -> FineTuningJob:
-        """``method="dpo"`` trains on a preference file; ``beta`` is DPO's only."""
-        hyperparameters: dict[str, Any] = {
-            "n_epochs": n_epochs, "batch_size": batch_size,
-            "learning_rate_multiplier": learning_rate_multiplier}
-        if method == "dpo":
-            hyperparameters["beta"] = beta
-        body: dict[str, Any] = {
-            "model": model, "training_file": training_file,
-            "method": {"type": method, method: {"hyperparameters": hyperparameters}},
-        }
-        optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed,
-                    "metadata": metadata, "lora": lora}
-        body.update({k: v for k, v in optional.items() if v is not None})
+    def create(self, *, model: str, training_file: str, **fields: Any) -> FineTuningJob:
+        """Start a job: :func:`job_body`'s fields. ``model`` may be one of your fine-tuned
+        or checkpoint models, to continue from it."""
+        body = job_body(model=model, training_file=training_file, **fields)
         return FineTuningJob.of(self._t.request("POST", "/v1/fine_tuning/jobs", json=body))
+
+    def estimate(self, *, model: str, training_file: str, **fields: Any) -> Estimate:
+        """What a job with these fields would train, on which GPU class, for how long and
+        at what cost; nothing is queued."""
+        body = job_body(model=model, training_file=training_file, **fields)
+        return Estimate.of(self._t.request("POST", "/v1/fine_tuning/estimates", json=body))
 
     def list(self, *, metadata: dict[str, str] | None = None,
              page_size: int = 100) -> Iterator[FineTuningJob]:
@@ -157,6 +149,36 @@ class Jobs:
                                                                    time.monotonic())))
 
 
+def job_body(*, model: str, training_file: str, validation_file: str | None = None,
+             n_epochs: int | str = "auto", batch_size: int | str = "auto",
+             learning_rate_multiplier: float | str = "auto", suffix: str | None = None,
+             seed: int | None = None, metadata: dict[str, str] | None = None,
+             lora: dict[str, Any] | None = None, method: str = "supervised",
+             beta: float | str = "auto", max_seq_len: int | None = None,
+             eval_every: int | str | None = None, early_stopping_patience: int | None = None,
+             early_stopping_threshold: float | None = None,
+             publish_checkpoint: str | None = None) -> dict[str, Any]:
+    """A job's JSON body. ``method="dpo"`` trains on a preference file; ``beta`` is DPO's
+    only. The evaluation fields need a ``validation_file``."""
+    hyperparameters: dict[str, Any] = {
+        "n_epochs": n_epochs, "batch_size": batch_size,
+        "learning_rate_multiplier": learning_rate_multiplier}
+    evaluation = {"eval_every": eval_every, "early_stopping_patience": early_stopping_patience,
+                  "early_stopping_threshold": early_stopping_threshold,
+                  "publish_checkpoint": publish_checkpoint}
+    hyperparameters.update({k: v for k, v in evaluation.items() if v is not None})
+    if method == "dpo":
+        hyperparameters["beta"] = beta
+    body: dict[str, Any] = {
+        "model": model, "training_file": training_file,
+        "method": {"type": method, method: {"hyperparameters": hyperparameters}},
+    }
+    optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed,
+                "metadata": metadata, "lora": lora, "max_seq_len": max_seq_len}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
 class FineTuning:
     def __init__(self, t: Transport):
         self.jobs = Jobs(t)
@@ -180,24 +202,31 @@ class Adapters:
         meta = self._t.request("GET", f"/v1/adapters/{name}/versions/{version}")
         expected = {f["name"]: f["sha256"] for f in meta["manifest"]["files"]}
         expected.update({f["name"]: f["sha256"] for f in meta["files"]})
-        dest = Path(dest)
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in info["files"]:
-            target = dest / f["name"]
-            partial = target.with_suffix(target.suffix + ".part")
-            digest = hashlib.sha256()
-            with httpx.stream("GET", f["url"], timeout=300) as response:
-                response.raise_for_status()
-                with partial.open("wb") as out:
-                    for chunk in response.iter_bytes():
-                        digest.update(chunk)
-                        out.write(chunk)
-            if digest.hexdigest() != expected.get(f["name"], f["sha256"]):
-                partial.unlink()
-                raise ChecksumError(f"{f['name']}: sha256 {digest.hexdigest()} does not "
-                                    f"match the manifest's {expected.get(f['name'])}")
-            partial.replace(target)
-        return dest
+        return _fetch(info["files"], expected, Path(dest))
+
+
+def _fetch(files: list[dict[str, Any]], expected: dict[str, str], dest: Path) -> Path:
+    """Each presigned file into ``dest``, its sha256 checked as it is written (against
+    ``expected``, else the one the API listed); a mismatch raises ChecksumError and leaves
+    that file behind as nothing."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        target = dest / f["name"]
+        partial = target.with_suffix(target.suffix + ".part")
+        digest = hashlib.sha256()
+        with httpx.stream("GET", f["url"], timeout=300) as response:
+            response.raise_for_status()
+            with partial.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+        wanted = expected.get(f["name"], f["sha256"])
+        if digest.hexdigest() != wanted:
+            partial.unlink()
+            raise ChecksumError(f"{f['name']}: sha256 {digest.hexdigest()} does not "
+                                f"match the recorded {wanted}")
+        partial.replace(target)
+    return dest
 
 
 class Models:
@@ -206,6 +235,15 @@ class Models:
 
     def list(self) -> list[Model]:
         return [Model.of(d) for d in self._t.request("GET", "/v1/models")["data"]]
+
+    def retrieve(self, model: str) -> Model:
+        return Model.of(self._t.request("GET", f"/v1/models/{model}"))
+
+    def download(self, model: str, dest: str | Path) -> Path:
+        """The adapter behind a fine-tuned or checkpoint model into ``dest``, each file's
+        sha256 checked against the one recorded when it was saved."""
+        info = self._t.request("GET", f"/v1/models/{model}/download")
+        return _fetch(info["files"], {}, Path(dest))
 
 
 class Client:

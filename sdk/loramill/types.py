@@ -77,6 +77,35 @@ class FineTuningJob:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """``jobs.estimate(...)``: what a job would train, where, how long, at what cost."""
+
+    model: str
+    base_model: str
+    examples: int
+    tokens: dict[str, Any]  # per_epoch, trainable_per_epoch, total, counted, counted_examples
+    total_steps: int
+    gpu_class: str
+    predicted_memory_gib: float | None
+    estimated_seconds: float | None
+    estimated_cost: float | None
+    currency: str | None
+    durations: list[dict[str, Any]]  # per GPU class: seconds, basis, cost, ...
+    hyperparameters: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Estimate:
+        return cls(model=d["model"], base_model=d["base_model"], examples=d["examples"],
+                   tokens=d["tokens"], total_steps=d["total_steps"], gpu_class=d["gpu_class"],
+                   predicted_memory_gib=d.get("predicted_memory_gib"),
+                   estimated_seconds=d.get("estimated_seconds"),
+                   estimated_cost=d.get("estimated_cost"), currency=d.get("currency"),
+                   durations=d.get("durations", []), hyperparameters=d["hyperparameters"],
+                   raw=d)
+
+
+@dataclass(frozen=True)
 class JobEvent:
     id: str
     created_at: int
@@ -142,10 +171,15 @@ class Model:
     id: str
     owned_by: str
     created: int
+    parent: str | None = None  # a fine-tuned or checkpoint model's base model
+    checkpoint_step: int | None = None
+    fine_tuning_job_id: str | None = None
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> Model:
-        return cls(id=d["id"], owned_by=d["owned_by"], created=d["created"])
+        return cls(id=d["id"], owned_by=d["owned_by"], created=d["created"],
+                   parent=d.get("parent"), checkpoint_step=d.get("checkpoint_step"),
+                   fine_tuning_job_id=d.get("fine_tuning_job_id"))
 
 
 # ----- operators (loramill.Client(...).admin) ---------------------------------------------

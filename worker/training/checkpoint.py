@@ -6,6 +6,7 @@ Layout of a checkpoint directory::
     adapter_model.safetensors, adapter_config.json   the LoRA weights (peft)
     optimizer.safetensors                            per-parameter AdamW state tensors
     rng.safetensors                                  torch (and CUDA) RNG states
+    best_adapter.safetensors                         publish_best: the best evaluation's
     state.json                                       position, optimizer groups/steps,
                                                      scheduler, metrics history
 """
@@ -36,6 +37,7 @@ class Position:
 
 FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors",
          "rng.safetensors", "state.json")
+BEST = "best_adapter.safetensors"  # publish_best: the adapter at the best evaluation
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor],
@@ -54,7 +56,8 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
 
 def save(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
          scheduler: torch.optim.lr_scheduler.LRScheduler, position: Position,
-         history: list[dict[str, Any]], *, write: bool = True) -> Path:
+         history: list[dict[str, Any]], *, write: bool = True,
+         best: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the checkpoint; with sharded (FSDP) parameters every rank calls this (the
     shards are gathered) and only the one with ``write`` writes."""
     adapter = adapter_state(model)
@@ -64,6 +67,8 @@ def save(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory), safe_serialization=True, state_dict=adapter)
     save_file(tensors, str(directory / "optimizer.safetensors"))
+    if best is not None:
+        save_file({k: v.contiguous() for k, v in best.items()}, str(directory / BEST))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -91,6 +96,27 @@ def _load_adapter(model: Any, saved: dict[str, torch.Tensor]) -> None:
         for name, param in model.named_parameters():
             if param.requires_grad:
                 param.copy_(shaped_like(param, saved[name.replace(".default.", ".")]))
+
+
+class IncompatibleAdapter(ValueError):
+    """A parent adapter that does not fit the model it should continue on."""
+
+
+def warm_start(directory: Path, model: Any) -> None:
+    """A parent adapter's weights (``adapter_model.safetensors`` in ``directory``) as the
+    start of this run: a continued job. Every LoRA parameter must be there, in its shape."""
+    saved = load_file(str(directory / "adapter_model.safetensors"))
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = name.replace(".default.", ".")
+        if key not in saved:
+            raise IncompatibleAdapter(f"the parent adapter has no weights for {key}")
+        if tuple(saved[key].shape) != tuple(param.shape):  # a sharded one's: global
+            raise IncompatibleAdapter(
+                f"the parent adapter's {key} has shape {tuple(saved[key].shape)}, this "
+                f"model's {tuple(param.shape)}")
+    _load_adapter(model, saved)
 
 
 def load(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
@@ -121,6 +147,12 @@ def load(directory: Path, model: Any, optimizer: torch.optim.Optimizer,
     random.setstate(_tuples(state["python_random"]))
     history[:] = state["history"]
     return Position(**state["position"])
+
+
+def load_best(directory: Path) -> dict[str, torch.Tensor] | None:
+    """The adapter at the best evaluation so far, where the checkpoint kept one."""
+    path = directory / BEST
+    return load_file(str(path)) if path.is_file() else None
 
 
 def _jsonable(value: Any) -> Any:

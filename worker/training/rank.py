@@ -22,11 +22,12 @@ from worker.training.recipe import Recipe, Stopped, TrainSpec
 
 def job_arguments(spec: TrainSpec, model_dir: Path, train_file: Path, *,
                   valid_file: Path | None, work_dir: Path,
-                  resume_from: Path | None) -> dict[str, Any]:
+                  resume_from: Path | None, init_from: Path | None = None) -> dict[str, Any]:
     return {"spec": dataclasses.asdict(spec), "model_dir": str(model_dir),
             "train_file": str(train_file),
             "valid_file": str(valid_file) if valid_file else None,
-            "work_dir": str(work_dir), "resume_from": str(resume_from) if resume_from else None}
+            "work_dir": str(work_dir), "resume_from": str(resume_from) if resume_from else None,
+            "init_from": str(init_from) if init_from else None}
 
 
 def spec_of(values: dict[str, Any]) -> TrainSpec:
@@ -65,7 +66,8 @@ def main(path: str) -> int:
                         Printed(group.leader), work_dir=Path(job["work_dir"]),
                         valid_file=Path(job["valid_file"]) if job["valid_file"] else None,
                         group=group)
-        recipe.setup(resume_from=Path(job["resume_from"]) if job["resume_from"] else None)
+        recipe.setup(resume_from=Path(job["resume_from"]) if job["resume_from"] else None,
+                     init_from=Path(job["init_from"]) if job.get("init_from") else None)
         try:
             result = recipe.train_loop()
         except Stopped:

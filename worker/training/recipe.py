@@ -54,6 +54,36 @@ class TrainSpec:
     gradient_checkpointing: bool | None = None
     method: str = "supervised"  # or "dpo": preference pairs, the base model as reference
     beta: float = 0.1  # dpo only
+    # with a validation file: its loss every so many steps (None: at epoch ends) and at
+    # the last; early stopping after so many evaluations without an improvement above
+    # the threshold; publish_best: the adapter as it was at the best evaluation
+    eval_every: int | None = None
+    early_stopping_patience: int | None = None
+    early_stopping_threshold: float = 0.0
+    publish_best: bool = False
+
+
+@dataclass
+class Evaluation:
+    """The validation losses so far: the best (what ``publish_best`` publishes) and how
+    many evaluations have passed without an improvement above the threshold."""
+
+    best_loss: float | None = None
+    best_step: int | None = None
+    mark: float | None = None  # the last loss that counted as an improvement
+    waited: int = 0
+    stopped_at: int | None = None  # early stopping ended the run here
+
+    def judge(self, step: int, loss: float, threshold: float) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        if self.mark is None or loss < self.mark - threshold:
+            self.mark, self.waited = loss, 0
+        else:
+            self.waited += 1
+        if self.best_loss is None or loss < self.best_loss:
+            self.best_loss, self.best_step = loss, step
+            return True
+        return False
 
 
 def total_steps(examples: int, batch_size: int, epochs: int) -> int:
@@ -94,6 +124,7 @@ class TrainResult:
     valid_loss: float | None
     history: list[dict[str, Any]]
     seconds: float
+    evaluation: dict[str, Any] | None = None  # with a validation file: best, early stop
 
 
 def seed_everything(seed: int) -> None:
@@ -120,10 +151,16 @@ class Recipe:
         self.position = Position()
         self.adapter: dict[str, torch.Tensor] | None = None  # whole, after a sharded run
         self.history: list[dict[str, Any]] = []
+        self.evaluation = Evaluation()
+        self.best_adapter: dict[str, torch.Tensor] | None = None  # publish_best: on CPU
 
     # ----- setup ---------------------------------------------------------------------
 
-    def setup(self, resume_from: Path | None = None) -> None:
+    def setup(self, resume_from: Path | None = None, init_from: Path | None = None) -> None:
+        """Load the model, the data, the optimizer; then the state of a checkpoint
+        (``resume_from``: the same run goes on exactly where it stopped) or the weights of
+        a parent adapter (``init_from``: a continued job starts from them, its optimizer
+        and schedule afresh)."""
         seed_everything(self.spec.seed)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.checkpointing = (self.spec.lora.quantization == "nf4"
@@ -178,6 +215,13 @@ class Recipe:
         if resume_from is not None:
             self.position = checkpoint.load(resume_from, self.model, self.optimizer,
                                             self.scheduler, self.history)
+            for point in self.history:  # the evaluations so far, judged again
+                if point.get("valid_loss") is not None:
+                    self.evaluation.judge(point["step"], point["valid_loss"],
+                                          self.spec.early_stopping_threshold)
+            self.best_adapter = checkpoint.load_best(resume_from)
+        elif init_from is not None:
+            checkpoint.warm_start(init_from, self.model)
         self.last_checkpoint_step = self.position.step
 
     def _load(self, path: Path, name: str) -> data.Dataset:
@@ -319,26 +363,73 @@ class Recipe:
                                                  else (pos.epoch, index + 1))
                 window_tokens += tokens
                 done = pos.step == self.total_steps
-                if pos.step % self.log_every == 0 or done:
+                evaluate = self._evaluation_due(epoch_end=epoch_end, done=done)
+                if pos.step % self.log_every == 0 or done or evaluate:
                     elapsed = max(time.monotonic() - window_start, 1e-9)
-                    metrics = self._metrics(last_loss, window_tokens / elapsed,
-                                            epoch_end=epoch_end)
+                    # rounded as reported, so a resumed run judges the same numbers again
+                    valid = (round(self.evaluate(self.valid), 6) if evaluate and self.valid
+                             else None)
+                    metrics = self._metrics(last_loss, window_tokens / elapsed, valid)
                     window_tokens, window_start = 0, time.monotonic()
                     self.history.append(metrics)
                     self.reporter.metrics(metrics)
+                    if valid is not None and self._judge(valid, last=done):
+                        break
                 if (self.checkpoint_every > 0 and pos.step % self.checkpoint_every == 0
                         and not done):
                     self.save_checkpoint()
-        # the adapter, whole, for save(): sharded, it is gathered while every rank is here
-        self.adapter = checkpoint.adapter_state(self.model) if self.group.shard else None
+            if self.evaluation.stopped_at is not None:
+                break
+        return self._result(last_loss, started)
+
+    def _evaluation_due(self, *, epoch_end: bool, done: bool) -> bool:
+        if self.valid is None:
+            return False
+        if done:
+            return True
+        every_ = self.spec.eval_every
+        return self.position.step % every_ == 0 if every_ else epoch_end
+
+    def _judge(self, valid: float, *, last: bool) -> bool:
+        """Keep the best evaluation (and its adapter, to publish it); True when early
+        stopping ends the run here (before its ``last`` step)."""
+        spec, ev, step = self.spec, self.evaluation, self.position.step
+        if ev.judge(step, valid, spec.early_stopping_threshold) and spec.publish_best:
+            self.best_adapter = {name: value.detach().to("cpu", copy=True) for name, value
+                                 in checkpoint.adapter_state(self.model).items()}
+        patience = spec.early_stopping_patience
+        if patience is None or ev.waited < patience or last:
+            return False
+        ev.stopped_at = step
+        self.reporter.message(
+            f"Early stopping at step {step} of {self.total_steps}: the validation loss has "
+            f"not improved by more than {spec.early_stopping_threshold} for {patience} "
+            f"evaluations (best {ev.best_loss:.4f} at step {ev.best_step})",
+            data={"step": step, "best_step": ev.best_step, "best_valid_loss": ev.best_loss})
+        return True
+
+    def _result(self, last_loss: float, started: float) -> TrainResult:
+        pos, ev = self.position, self.evaluation
+        best = self.spec.publish_best and self.best_adapter is not None
+        if best:
+            self.adapter = self.best_adapter
+        else:  # the adapter, whole, for save(): sharded, gathered while every rank is here
+            self.adapter = checkpoint.adapter_state(self.model) if self.group.shard else None
         valid = next((h["valid_loss"] for h in reversed(self.history)
                       if h.get("valid_loss") is not None), None)
+        evaluation = None
+        if self.valid is not None:
+            evaluation = {
+                "eval_every": self.spec.eval_every, "best_step": ev.best_step,
+                "best_valid_loss": ev.best_loss, "stopped_early_at": ev.stopped_at,
+                "published": "best" if best else "last",
+                "published_step": ev.best_step if best else pos.step}
         return TrainResult(steps=pos.step, trained_tokens=pos.trained_tokens,
                            final_loss=last_loss, valid_loss=valid, history=self.history,
-                           seconds=time.monotonic() - started)
+                           seconds=time.monotonic() - started, evaluation=evaluation)
 
-    def _metrics(self, train_loss: float, tokens_per_second: float, *,
-                 epoch_end: bool) -> dict[str, Any]:
+    def _metrics(self, train_loss: float, tokens_per_second: float,
+                 valid_loss: float | None) -> dict[str, Any]:
         pos = self.position
         metrics: dict[str, Any] = {
             "step": pos.step, "total_steps": self.total_steps, "epoch": pos.epoch,
@@ -347,8 +438,8 @@ class Recipe:
             "tokens_per_second": round(tokens_per_second, 1),
             "trained_tokens": pos.trained_tokens,
         }
-        if self.valid is not None and (epoch_end or pos.step == self.total_steps):
-            metrics["valid_loss"] = round(self.evaluate(self.valid), 6)
+        if valid_loss is not None:
+            metrics["valid_loss"] = valid_loss
         return metrics
 
     @torch.no_grad()
@@ -395,7 +486,8 @@ class Recipe:
             return directory  # every rank holds the same weights: rank 0 writes them
         # sharded, every rank gathers its shards, and rank 0 writes
         checkpoint.save(directory, self.model, self.optimizer, self.scheduler,
-                        self.position, self.history, write=self.group.leader)
+                        self.position, self.history, write=self.group.leader,
+                        best=self.best_adapter)
         if not self.group.leader:
             return directory
         self.reporter.checkpoint(self.position.step, directory,

@@ -41,12 +41,14 @@ def stored_state(tenant_id: str) -> tuple[int, list[str]]:
 
 
 def assert_error(response: httpx.Response, status: int, *, param: str | None = None,
-                 contains: str = "") -> dict[str, Any]:
+                 contains: str = "", code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error: dict[str, Any] = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}, error
     if param is not None:
         assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
     assert contains in error["message"], error
     return error
 

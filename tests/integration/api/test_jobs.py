@@ -86,7 +86,7 @@ def test_pause_and_resume_need_the_right_state(tenant: TenantHandle) -> None:
 
 
 @pytest.mark.parametrize(("fields", "status", "param", "message"), [
-    ({"model": "nope/unknown"}, 400, "model", "not an available base model"),
+    ({"model": "nope/unknown"}, 400, "model", "neither an available base model"),
     ({"training_file": "file-doesnotexist"}, 400, "training_file", "does not exist"),
     ({"validation_file": "file-doesnotexist"}, 400, "validation_file", "does not exist"),
     ({"hyperparameters": {"n_epochs": 0}}, 400, "hyperparameters.n_epochs", ""),
@@ -108,6 +108,20 @@ def test_pause_and_resume_need_the_right_state(tenant: TenantHandle) -> None:
     ({"surprise": 1}, 400, "surprise", "unrecognized request argument"),
     ({"max_seq_len": 63}, 400, "max_seq_len", "64"),
     ({"max_seq_len": "long"}, 400, "max_seq_len", ""),
+    # evaluation settings work on a validation loss: without a validation file, refused
+    ({"hyperparameters": {"early_stopping_patience": 2}}, 400,
+     "hyperparameters.early_stopping_patience", "no validation_file"),
+    ({"hyperparameters": {"publish_checkpoint": "best"}}, 400,
+     "hyperparameters.publish_checkpoint", "no validation_file"),
+    ({"hyperparameters": {"eval_every": 5}}, 400, "hyperparameters.eval_every", ""),
+    ({"hyperparameters": {"eval_every": 0}}, 400, "hyperparameters.eval_every", ""),
+    ({"hyperparameters": {"early_stopping_patience": 0}}, 400,
+     "hyperparameters.early_stopping_patience", ""),
+    ({"hyperparameters": {"early_stopping_threshold": -1}}, 400,
+     "hyperparameters.early_stopping_threshold", ""),
+    ({"hyperparameters": {"publish_checkpoint": "first"}}, 400,
+     "hyperparameters.publish_checkpoint", ""),
+    ({"model": "ft:loramill/tiny-llama:nobody:x:ftjob-1"}, 400, "model", "fine-tuned"),
 ])
 def test_invalid_job_requests_are_4xx_and_create_nothing(
     tenant: TenantHandle, fields: dict[str, Any], status: int, param: str, message: str,
@@ -140,6 +154,21 @@ def test_validation_file_must_match_the_training_format(tenant: TenantHandle) ->
     other = upload_ok(tenant.client, jsonl({"text": "plain"}))["id"]
     assert_error(create(tenant, validation_file=other), 400, param="validation_file",
                  contains="one format")
+
+
+def test_evaluation_settings_resolve_with_a_validation_file(tenant: TenantHandle) -> None:
+    valid = upload_ok(tenant.client)["id"]
+    shown = create(tenant, validation_file=valid, hyperparameters={
+        "n_epochs": 10, "batch_size": 1, "early_stopping_patience": 3,
+        "early_stopping_threshold": 0.01, "publish_checkpoint": "best"}).json()
+    # the default upload has 3 examples: 30 steps, about ten evaluations
+    assert shown["hyperparameters"] == {
+        "n_epochs": 10, "batch_size": 1, "learning_rate_multiplier": 1.0, "eval_every": 3,
+        "early_stopping_patience": 3, "early_stopping_threshold": 0.01,
+        "publish_checkpoint": "best"}
+    fixed = create(tenant, validation_file=valid, hyperparameters={"eval_every": 7}).json()
+    assert fixed["hyperparameters"]["eval_every"] == 7
+    assert fixed["hyperparameters"]["early_stopping_patience"] is None
 
 
 def test_list_paginates_and_filters_by_metadata(tenant: TenantHandle) -> None:

@@ -24,6 +24,11 @@ from devstack.stack import LocalStack
 from tests.conftest import StackInfo, TenantHandle
 from tests.integration.api.helpers import upload_ok
 from worker import runner
+from worker.training.recipe import TrainResult
+
+# what a run hands to publish: no metrics rows, 10 trained tokens
+RESULT = TrainResult(steps=1, trained_tokens=10, final_loss=0.0, valid_loss=None, history=[],
+                     seconds=1.0)
 
 
 def claimed_job(tenant: TenantHandle, suffix: str) -> runner.Claim:
@@ -56,7 +61,7 @@ def version_rows(job_id: str) -> list[AdapterVersion]:
 def test_a_publish_puts_every_file_in_place_and_removes_its_staging(
         stack: StackInfo, tenant: TenantHandle, tmp_path: Path) -> None:
     claim = claimed_job(tenant, "placed")
-    row = runner.publish(claim, adapter_files(tmp_path / "adapter"), [], 10, tmp_path)
+    row = runner.publish(claim, adapter_files(tmp_path / "adapter"), RESULT, tmp_path)
     assert row.version == 1
     names = sorted(k.rsplit("/", 1)[-1] for k in objects(tenant))
     assert names == ["README.md", "adapter_config.json", "adapter_model.safetensors",
@@ -70,7 +75,7 @@ def test_a_cancel_that_came_first_wins_and_nothing_is_published(
     cancelled = tenant.client.post(f"/v1/fine_tuning/jobs/{claim.job_id}/cancel")
     assert cancelled.json()["status"] == "cancelled"
     with pytest.raises(runner.LeaseLost):
-        runner.publish(claim, adapter_files(tmp_path / "adapter"), [], 10, tmp_path)
+        runner.publish(claim, adapter_files(tmp_path / "adapter"), RESULT, tmp_path)
     assert version_rows(claim.job_id) == [] and objects(tenant) == []
     assert tenant.client.get(f"/v1/fine_tuning/jobs/{claim.job_id}").json()["result_files"] == []
 
@@ -98,7 +103,7 @@ def test_an_s3_outage_mid_publish_leaves_no_version_files(
     watcher.start()
     try:
         with pytest.raises(StorageUnavailable) as failed:
-            runner.publish(claim, adapter, [], 10, tmp_path)
+            runner.publish(claim, adapter, RESULT, tmp_path)
     finally:
         watcher.join(90)
     assert "nothing was stored" in failed.value.message
