@@ -12,7 +12,18 @@ from api import errors, idempotency, openapi
 from api.edge import EdgeMiddleware
 from api.idempotency import IdempotencyMiddleware
 from api.request_ids import RequestIdMiddleware
-from api.routes import adapters, admin, files, health, inference, jobs, keys, models, ops
+from api.routes import (
+    adapters,
+    admin,
+    files,
+    health,
+    inference,
+    jobs,
+    keys,
+    models,
+    ops,
+    webhooks,
+)
 from core.kit import logs
 from core.kit.process import mark_clean_exit
 from core.kit.settings import get_settings
@@ -47,7 +58,8 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(EdgeMiddleware)  # refuse bad URLs and bodies before anything parses them
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
-    for module in (health, files, jobs, models, adapters, inference, keys, admin, ops):
+    for module in (health, files, jobs, models, adapters, inference, keys, webhooks, admin,
+                   ops):
         app.include_router(module.router)
     app.include_router(jobs.estimates)
     openapi.install(app)

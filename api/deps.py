@@ -224,6 +224,22 @@ JobsWriter = Annotated[TenantId, Depends(require(keys.JOBS_WRITE))]
 KeysWriter = Annotated[TenantId, Depends(require(keys.KEYS_WRITE))]
 
 
+@dataclass(frozen=True)
+class Actor:
+    """A tenant's key acting: the tenant, and the key's name in the audit log."""
+
+    tenant_id: TenantId
+    name: str
+
+
+async def jobs_actor(principal: Annotated[Principal, Depends(authenticate)],
+                     tenant_id: JobsWriter) -> Actor:
+    return Actor(tenant_id, f"key:{principal.key_id}")
+
+
+JobsActor = Annotated[Actor, Depends(jobs_actor)]
+
+
 async def admin_actor(request: Request,
                       principal: Annotated[Principal, Depends(authenticate)]) -> str:
     """An admin key's audit name; tenant keys are refused. Operators' Idempotency-Keys

@@ -128,7 +128,7 @@ def seed_adapters(count: int, model_dir: Path, prefix: str) -> tuple[str, list[s
                 session.add(AdapterVersion(
                     id=ids.new_id("adpv"), tenant_id=tenant_id, adapter_id=adapter.id,
                     version=1, job_id=job_id, base_model=MODEL, fine_tuned_model=ft,
-                    object_prefix=where, files=files, aliases=[],
+                    object_prefix=where, files=files,
                     manifest={"adapter": name, "files": files}))
                 models.append(ft)
         return key, sorted(models)

@@ -1,7 +1,7 @@
 """Every domain's tables, on one metadata: what Alembic compares the migrations with
 (migrations/env.py). Importing this registers all of them."""
 
-from core.adapters.models import Adapter, AdapterVersion
+from core.adapters.models import Adapter, AdapterAlias, AdapterVersion
 from core.audit.models import AuditEntry
 from core.base_models.models import BaseModel
 from core.checkpoints.models import JobCheckpoint
@@ -12,8 +12,10 @@ from core.kit.orm import Base
 from core.scheduling.models import Worker
 from core.serving.models import UsageDay
 from core.tenants.models import ApiKey, Tenant
+from core.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
-    "Adapter", "AdapterVersion", "ApiKey", "AuditEntry", "Base", "BaseModel", "File",
-    "FineTuningJob", "IdempotencyKey", "JobCheckpoint", "JobEvent", "Tenant", "UsageDay", "Worker",
+    "Adapter", "AdapterAlias", "AdapterVersion", "ApiKey", "AuditEntry", "Base", "BaseModel",
+    "File", "FineTuningJob", "IdempotencyKey", "JobCheckpoint", "JobEvent", "Tenant",
+    "UsageDay", "WebhookDelivery", "WebhookEndpoint", "Worker",
 ]

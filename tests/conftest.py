@@ -89,7 +89,10 @@ def _prepare_env() -> None:
                         ("WORKER_TIMEOUT_SECONDS", "5"), ("DISPATCH_TIMEOUT_SECONDS", "20"),
                         # a crashed request's Idempotency-Key is free after this
                         ("IDEMPOTENCY_LEASE_SECONDS", "3"),
-                        ("STORAGE_JANITOR_SECONDS", "2")):
+                        ("STORAGE_JANITOR_SECONDS", "2"),
+                        # webhook receivers in tests listen on loopback; retries come fast
+                        ("WEBHOOK_ALLOWED_HOSTS", '["127.0.0.1"]'),
+                        ("WEBHOOK_RETRY_SECONDS", "0.3"), ("WEBHOOK_MAX_ATTEMPTS", "3")):
         os.environ.setdefault(f"LORAMILL_{name}", value)
 
 

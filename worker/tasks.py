@@ -114,6 +114,8 @@ class WorkerHeartbeat:
 
 
 _heartbeat: WorkerHeartbeat | None = None
+_webhooks: Ticker | None = None
+WEBHOOK_SECONDS = 1.0  # how often the scheduler looks for due webhook deliveries
 
 
 @signals.setup_logging.connect  # type: ignore[untyped-decorator]
@@ -131,8 +133,12 @@ def _announce(sender: Any = None, **_: Any) -> None:
         metrics.serve(settings.metrics_host, settings.metrics_port)
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
     gpu_queues = [q for q in queues if q.startswith("gpu-")]
-    if not gpu_queues:
-        return  # the scheduler: no training slots
+    if not gpu_queues:  # the scheduler: no training slots; it sends webhooks
+        global _webhooks
+        from core.webhooks.delivery import tick
+
+        _webhooks = Ticker("webhook deliveries", WEBHOOK_SECONDS, tick).start()
+        return
     _heartbeat = WorkerHeartbeat(gpu_queues[0].removeprefix("gpu-"), 1)
     _heartbeat.start()
 
@@ -142,6 +148,8 @@ def _shutting_down(**_: Any) -> None:
     SHUTTING_DOWN.set()
     if _heartbeat is not None:
         _heartbeat.stop()
+    if _webhooks is not None:
+        _webhooks.stop(timeout=30)
 
 
 @signals.worker_shutdown.connect  # type: ignore[untyped-decorator]

@@ -39,10 +39,12 @@ class ModelObject(BaseModel):
     fine_tuning_job_id: str | None = None
 
     @classmethod
-    def of_fine_tuned(cls, v: AdapterVersion) -> ModelObject:
-        return cls(id=v.fine_tuned_model, created=ts(v.created_at) or 0, owned_by=v.tenant_id,
-                   parent=v.base_model, adapter=v.manifest.get("adapter"),
-                   adapter_version=v.version)
+    def of_fine_tuned(cls, v: AdapterVersion, model_id: str | None = None) -> ModelObject:
+        """A fine-tuned model, or an ``adapter@alias`` (``model_id``) naming one."""
+        return cls(id=model_id or v.fine_tuned_model, created=ts(v.created_at) or 0,
+                   owned_by=v.tenant_id, parent=v.base_model,
+                   adapter=v.manifest.get("adapter"), adapter_version=v.version,
+                   fine_tuning_job_id=v.job_id)
 
     @classmethod
     def of_base(cls, m: BaseModelRow) -> ModelObject:
@@ -56,11 +58,14 @@ class ModelObject(BaseModel):
 
 @router.get("", response_model=ListPage[ModelObject])
 def list_models(tenant_id: CurrentTenant, uow: UoW) -> ListPage[ModelObject]:
-    """The enabled base models, then the caller's fine-tuned models (newest first)."""
+    """The enabled base models, the caller's aliases (``adapter@alias``), then its
+    fine-tuned models (newest first)."""
     base = [ModelObject.of_base(m) for m in model_repo.list_enabled(uow.session)]
+    aliases = [ModelObject.of_fine_tuned(v, f"{name}@{alias.name}")
+               for name, alias, v in adapter_repo.all_aliases(uow.session, tenant_id)]
     tuned = [ModelObject.of_fine_tuned(v)
              for v in adapter_repo.fine_tuned_models(uow.session, tenant_id)]
-    return ListPage.of(base + tuned, False)
+    return ListPage.of(base + aliases + tuned, False)
 
 
 @router.get("/{model_id:path}/download", response_model=DownloadObject)
@@ -88,15 +93,15 @@ def get_model(model_id: str, tenant_id: CurrentTenant, uow: UoW) -> ModelObject:
     model = model_repo.get_enabled(uow.session, model_id)
     if model is not None:
         return ModelObject.of_base(model)
-    tuned = adapter_repo.by_fine_tuned_model(uow.session, tenant_id, model_id)
-    if tuned is not None:
-        return ModelObject.of_fine_tuned(tuned)
-    checkpoint = lineage.checkpoint_model(uow.session, tenant_id, model_id)
-    if checkpoint is None:
+    found = lineage.source(uow.session, tenant_id, model_id)
+    if found is None:
         raise NotFound(f"no model with id {model_id!r}", param="model")
-    row = checkpoint.row
+    if found.version is not None:
+        return ModelObject.of_fine_tuned(found.version, model_id)
+    row = found.checkpoint
+    assert row is not None
     return ModelObject(id=model_id, created=ts(row.created_at) or 0, owned_by=tenant_id,
-                       parent=checkpoint.base_model, checkpoint_step=row.step,
+                       parent=found.base_model, checkpoint_step=row.step,
                        fine_tuning_job_id=row.job_id)
 
 

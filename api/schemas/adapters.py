@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from api.schemas.common import ts
-from core.adapters.models import Adapter, AdapterVersion
+from core.adapters.models import Adapter, AdapterAlias, AdapterVersion
 from core.checkpoints.models import JobCheckpoint
+from core.kit.types import MAX_INT32, IntRange
 from core.lineage.service import checkpoint_name
 
 
@@ -36,11 +37,40 @@ class AdapterObject(BaseModel):
     name: str
     created_at: int
     latest_version: int | None
+    aliases: dict[str, int] = {}  # alias -> the version it points at
 
     @classmethod
-    def of(cls, row: Adapter, latest: int | None) -> AdapterObject:
+    def of(cls, row: Adapter, latest: int | None,
+           aliases: dict[str, int] | None = None) -> AdapterObject:
         return cls(id=row.id, name=row.name, created_at=ts(row.created_at) or 0,
-                   latest_version=latest)
+                   latest_version=latest, aliases=aliases or {})
+
+
+class AliasObject(BaseModel):
+    id: str
+    object: Literal["adapter.alias"] = "adapter.alias"
+    adapter: str
+    name: str
+    version: int
+    fine_tuned_model: str  # what it points at; callable as "<adapter>@<alias>"
+    model: str  # "<adapter>@<alias>"
+    history: list[int]  # the versions it pointed at before, newest last
+    previous_version: int | None = None  # in a promotion's or rollback's answer
+    updated_at: int
+
+    @classmethod
+    def of(cls, adapter: str, alias: AdapterAlias, version: AdapterVersion,
+           previous: int | None = None) -> AliasObject:
+        return cls(id=alias.id, adapter=adapter, name=alias.name, version=version.version,
+                   fine_tuned_model=version.fine_tuned_model, model=f"{adapter}@{alias.name}",
+                   history=[int(v) for v in alias.history], previous_version=previous,
+                   updated_at=ts(alias.updated_at) or 0)
+
+
+class SetAlias(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[int, IntRange(1, MAX_INT32)]
 
 
 class AdapterFile(BaseModel):
@@ -60,14 +90,18 @@ class AdapterVersionObject(BaseModel):
     fine_tuned_model: str
     files: list[AdapterFile]
     manifest: dict[str, Any]
+    aliases: list[str] = []  # the aliases pointing at it
+    deleted: bool = False  # in the answer to DELETE
 
     @classmethod
-    def of(cls, row: AdapterVersion, adapter_name: str) -> AdapterVersionObject:
+    def of(cls, row: AdapterVersion, adapter_name: str,
+           aliases: list[str] | None = None) -> AdapterVersionObject:
         return cls(
             id=row.id, adapter=adapter_name, version=row.version,
             created_at=ts(row.created_at) or 0, fine_tuning_job_id=row.job_id,
             base_model=row.base_model, fine_tuned_model=row.fine_tuned_model,
             files=[AdapterFile(**f) for f in row.files], manifest=row.manifest,
+            aliases=aliases or [], deleted=row.deleted_at is not None,
         )
 
 

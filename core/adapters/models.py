@@ -3,8 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.kit.orm import Base, IdString, utcnow
@@ -46,8 +45,33 @@ class AdapterVersion(Base):
     object_prefix: Mapped[str] = mapped_column(String(512))
     files: Mapped[list[Any]]
     manifest: Mapped[dict[str, Any]]
-    aliases: Mapped[list[str]] = mapped_column(ARRAY(String(64)), default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # DELETE /v1/models/{fine_tuned_model}: the model is gone (not listed, not callable);
     # the version's files stay, downloadable through the adapters API
     model_deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # the version itself deleted (by its owner, or pruned by retention): its files are
+    # removed, nothing lists, downloads, calls or continues from it; its number stays used
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AdapterAlias(Base):
+    """A name pointing at one version of an adapter (``production``, ``staging``, ...):
+    serving and downloads take ``adapter@alias``. ``history``: the version numbers it
+    pointed at before, newest last (what a rollback returns to)."""
+
+    __tablename__ = "adapter_aliases"
+    __table_args__ = (UniqueConstraint("adapter_id", "name"),
+                      Index("ix_adapter_aliases_version_id", "version_id"))
+
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    adapter_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("adapters.id", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[str] = mapped_column(IdString(), ForeignKey("adapter_versions.id"))
+    history: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

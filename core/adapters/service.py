@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,14 +24,17 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.adapters import repository as adapter_repo
-from core.adapters.models import Adapter, AdapterVersion
+from core.adapters.models import Adapter, AdapterAlias, AdapterVersion
+from core.audit import service as audit
 from core.files import service as file_service
 from core.files.models import File
 from core.jobs.models import FineTuningJob
 from core.kit import ids
-from core.kit.errors import NotFound
+from core.kit.errors import Conflict, InvalidRequest, NotFound
 from core.kit.orm import utcnow
 from core.kit.storage import (
+    NAME_MAX,
+    NAME_PATTERN,
     Storage,
     adapter_prefix,
     file_entries,
@@ -40,6 +45,7 @@ from core.kit.storage import (
 from core.tenants.scope import TenantId
 
 DOWNLOAD_SECONDS = 15 * 60
+log = logging.getLogger("loramill.adapters")
 
 
 def get(session: Session, tenant_id: TenantId, name: str) -> Adapter:
@@ -152,7 +158,149 @@ def publish_version(session: Session, storage: Storage, job: FineTuningJob, stag
     return adapter_repo.add_version(session, AdapterVersion(
         id=ids.new_id("adpv"), tenant_id=job.tenant_id, adapter_id=adapter.id,
         version=version, job_id=job.id, base_model=job.model, fine_tuned_model=ft_name,
-        object_prefix=prefix, manifest=json.loads(document), aliases=[],
+        object_prefix=prefix, manifest=json.loads(document),
         files=[*staged.files, {"name": "manifest.json", "bytes": len(document),
                                "sha256": hashlib.sha256(document).hexdigest()}],
     ))
+
+
+# ----- aliases and the versions' lifecycle ------------------------------------------------
+
+
+def _alias_name(alias: str) -> str:
+    if len(alias) > NAME_MAX or not re.match(NAME_PATTERN, alias):
+        raise InvalidRequest(
+            f"alias {alias[:80]!r} is not a name: 1 to {NAME_MAX} letters, digits, '-', '_' "
+            "and single dots, starting with a letter or digit", param="alias",
+            code="invalid_alias")
+    return alias
+
+
+def set_alias(session: Session, tenant_id: TenantId, actor: str, name: str, alias: str,
+              version: int) -> tuple[AdapterAlias, int | None]:
+    """Point ``alias`` at ``version`` (promote): created, or moved with the version it
+    pointed at kept for a rollback. Audited. Returns the alias and the version before."""
+    adapter = get(session, tenant_id, name)
+    row = adapter_repo.get_version(session, tenant_id, adapter, version, for_update=True)
+    if row is None:
+        raise NotFound(f"adapter {name!r} has no version {version}", param="version")
+    current = adapter_repo.alias(session, adapter, _alias_name(alias), for_update=True)
+    before = None
+    if current is None:
+        current = AdapterAlias(id=ids.new_id("alias"), tenant_id=tenant_id,
+                               adapter_id=adapter.id, name=alias, version_id=row.id,
+                               history=[])
+        session.add(current)
+    elif current.version_id != row.id:
+        before = _number(session, current.version_id)
+        current.history = [*current.history, before][-100:]
+        current.version_id, current.updated_at = row.id, utcnow()
+    else:
+        before = version
+    session.flush()
+    audit.record(session, actor, "adapter.alias.set", "adapter", adapter.id,
+                 tenant_id=tenant_id, details={"adapter": name, "alias": alias,
+                                               "from": before, "to": version})
+    return current, before
+
+
+def rollback_alias(session: Session, tenant_id: TenantId, actor: str, name: str,
+                   alias: str) -> tuple[AdapterAlias, int, int]:
+    """Point ``alias`` back at the version it pointed at before the last promotion (one
+    that still exists). Audited. Returns the alias, the version left and the one now."""
+    adapter = get(session, tenant_id, name)
+    current = adapter_repo.alias(session, adapter, alias, for_update=True)
+    if current is None:
+        raise NotFound(f"adapter {name!r} has no alias {alias!r}", param="alias")
+    left = _number(session, current.version_id)
+    history = list(current.history)
+    while history:
+        target = adapter_repo.get_version(session, tenant_id, adapter, int(history.pop()),
+                                          for_update=True)
+        if target is not None:
+            current.version_id, current.history = target.id, history
+            current.updated_at = utcnow()
+            session.flush()
+            audit.record(session, actor, "adapter.alias.rollback", "adapter", adapter.id,
+                         tenant_id=tenant_id, details={"adapter": name, "alias": alias,
+                                                       "from": left, "to": target.version})
+            return current, left, target.version
+    raise InvalidRequest(f"alias {alias!r} of {name!r} has no earlier version to roll back "
+                         "to", param="alias", code="nothing_to_roll_back")
+
+
+def delete_alias(session: Session, tenant_id: TenantId, actor: str, name: str,
+                 alias: str) -> None:
+    adapter = get(session, tenant_id, name)
+    current = adapter_repo.alias(session, adapter, alias, for_update=True)
+    if current is None:
+        raise NotFound(f"adapter {name!r} has no alias {alias!r}", param="alias")
+    version = _number(session, current.version_id)
+    session.delete(current)
+    session.flush()
+    audit.record(session, actor, "adapter.alias.delete", "adapter", adapter.id,
+                 tenant_id=tenant_id, details={"adapter": name, "alias": alias,
+                                               "version": version})
+
+
+def by_alias(session: Session, tenant_id: TenantId, model: str) -> AdapterVersion | None:
+    """The version ``adapter@alias`` names, if it is one of this tenant's."""
+    name, _, alias = model.rpartition("@")
+    adapter = adapter_repo.get(session, tenant_id, name) if name and alias else None
+    current = adapter_repo.alias(session, adapter, alias) if adapter else None
+    if current is None:
+        return None
+    row = session.get(AdapterVersion, current.version_id)
+    return row if row is not None and row.deleted_at is None else None
+
+
+def _number(session: Session, version_id: str) -> int:
+    row = session.get(AdapterVersion, version_id)
+    assert row is not None
+    return row.version
+
+
+def delete_version(session: Session, tenant_id: TenantId, actor: str, name: str,
+                   version: int) -> AdapterVersion:
+    """Delete a version: refused while an alias points at it (move or delete the alias
+    first). Its fine-tuned model goes with it; the caller removes its files
+    (:func:`remove_files`) once this commits. Audited."""
+    adapter, row = get_version(session, tenant_id, name, version)
+    row = adapter_repo.get_version(session, tenant_id, adapter, version, for_update=True) or row
+    pointing = adapter_repo.aliases_of_versions(session, [row.id]).get(row.id)
+    if pointing:
+        raise Conflict(f"version {version} of {name!r} is what alias "
+                       f"{', '.join(pointing)} points at; promote another version to it or "
+                       "delete the alias first", param="version", code="version_aliased")
+    _retire(row)
+    audit.record(session, actor, "adapter.version.delete", "adapter", adapter.id,
+                 tenant_id=tenant_id, details={"adapter": name, "version": version})
+    return row
+
+
+def _retire(row: AdapterVersion) -> None:
+    now = utcnow()
+    row.deleted_at = now
+    row.model_deleted_at = row.model_deleted_at or now
+
+
+def remove_files(storage: Storage, row: AdapterVersion) -> None:
+    """A deleted version's objects (after its deletion committed; a failure is logged and
+    the objects stay, unreachable through the API)."""
+    storage.delete_quietly(*(row.object_prefix + str(f["name"]) for f in row.files))
+
+
+def prune(session: Session, keep: int) -> list[AdapterVersion]:
+    """Retention: delete each adapter's versions older than its newest ``keep`` that no
+    alias points at (the scheduler's janitor, under the admin role; the caller removes
+    their files once this commits); 0 keeps all."""
+    if keep <= 0:
+        return []
+    rows = adapter_repo.prunable(session, keep)
+    for row in rows:
+        _retire(row)
+        audit.record(session, "retention", "adapter.version.prune", "adapter",
+                     row.adapter_id, tenant_id=row.tenant_id,
+                     details={"version": row.version, "keep": keep})
+    session.flush()
+    return rows

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.jobs.models import FineTuningJob
 from core.kit.orm import utcnow
+from core.webhooks import service as webhooks
 
 
 class JobStatus(StrEnum):
@@ -86,4 +87,6 @@ def transition(
     if lease_token is not None:
         stmt = stmt.where(FineTuningJob.lease_token == lease_token)
     job: FineTuningJob | None = session.execute(stmt).scalar_one_or_none()
+    if job is not None and target in TERMINAL:  # the tenant's webhooks, in this transaction
+        webhooks.enqueue(session, job.tenant_id, f"fine_tuning.job.{target}", {"id": job.id})
     return job

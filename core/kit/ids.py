@@ -45,3 +45,6 @@ CHECKPOINT = "ftckpt"
 TENANT = "tenant"
 KEY = "key"
 AUDIT = "audit"
+WEBHOOK = "we"
+DELIVERY = "msg"  # a delivery's id is the Standard Webhooks message id (webhook-id)
+EVENT_OUT = "evt"  # the event a delivery carries (OpenAI's webhook payloads)

@@ -49,6 +49,10 @@ LEASE_EXPIRIES = Counter(
 )
 
 # Serving (core/serving/gateway.py); kind: base | fine_tuned
+WEBHOOK_DELIVERIES = Counter(
+    "loramill_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retried (will be tried again), "
+    "failed (given up)", ["outcome"])
 INFERENCE_REQUESTS = Counter(
     "loramill_inference_requests", "Inference requests by endpoint, model kind and outcome.",
     ["endpoint", "kind", "outcome"],

@@ -37,6 +37,9 @@ def downgrade(database_url: str, revision: str = "base") -> None:
 
 # Tables the app role must not touch: Alembic's bookkeeping and the operators' audit log.
 ADMIN_ONLY_TABLES = ("alembic_version", "audit_log")
+# ... of which the app role may append its tenant's own entries (a tenant's promotion of
+# an alias is audited in its own transaction), never read or change any
+APPEND_ONLY_TABLES = ("audit_log",)
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -78,5 +81,8 @@ def ensure_app_role(admin_url: str, app_url: str) -> str | None:
             conn.execute(sql.SQL(statement).format(db=sql.Identifier(database[0]), role=ident))
         for table in ADMIN_ONLY_TABLES:
             conn.execute(sql.SQL("revoke all on {} from {}").format(sql.Identifier(table),
+                                                                    ident))
+        for table in APPEND_ONLY_TABLES:
+            conn.execute(sql.SQL("grant insert on {} to {}").format(sql.Identifier(table),
                                                                     ident))
     return role

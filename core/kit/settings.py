@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     max_attempts: int = 3  # worker losses before a job fails with worker_lost
     stale_upload_hours: float = 24.0  # unfinished multipart uploads older: aborted
     storage_janitor_seconds: float = 600.0  # how often the sweep cleans storage up
+    # retention: each adapter keeps its newest N versions (and any an alias points at);
+    # the janitor deletes the rest. 0 keeps every version
+    adapter_keep_versions: int = Field(0, ge=0)
+
+    # Webhooks (docs/api.md#webhooks): endpoints on private, loopback or link-local
+    # addresses are refused unless their host, address or network (CIDR) is listed here
+    webhook_allowed_hosts: list[str] = Field(default_factory=list)
+    webhook_retry_seconds: float = 10.0  # the first retry's wait; each next waits 4 times
+    webhook_max_attempts: int = 8  # then the delivery is failed (about 16 hours)
+    webhook_timeout_seconds: float = 10.0  # one attempt, connect to answer
 
     # Scheduler
     dispatch_interval_seconds: float = 1.0

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.adapters import repository as adapter_repo
+from core.adapters import service as adapter_service
 from core.adapters.models import AdapterVersion
 from core.checkpoints import repository as checkpoint_repo
 from core.checkpoints.models import JobCheckpoint
@@ -64,7 +65,8 @@ class Source:
 
 
 def source(session: Session, tenant_id: TenantId, model: str) -> Source | None:
-    """The adapter ``model`` names, if it is one of this tenant's (not a base model)."""
+    """The adapter ``model`` names, if it is one of this tenant's (not a base model): a
+    checkpoint model, a fine-tuned model, or ``adapter@alias``."""
     checkpoint = checkpoint_model(session, tenant_id, model)
     if checkpoint is not None:
         row = checkpoint.row
@@ -72,6 +74,8 @@ def source(session: Session, tenant_id: TenantId, model: str) -> Source | None:
                       object_prefix=row.object_prefix, checkpoint=row,
                       files=[f for f in row.files if f["name"] in ADAPTER_FILES])
     version = adapter_repo.by_fine_tuned_model(session, tenant_id, model)
+    if version is None and "@" in model:
+        version = adapter_service.by_alias(session, tenant_id, model)
     if version is None:
         return None
     return Source(model=model, base_model=version.base_model, job_id=version.job_id,

@@ -27,10 +27,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from core.adapters import service as adapter_service
 from core.idempotency import repository as idempotency_repo
 from core.jobs import repository as job_repo
 from core.jobs import state as jobstate
 from core.jobs.state import JobStatus
+from core.kit.db import admin_scope
 from core.kit.settings import Settings
 from core.kit.storage import Storage, staging_root
 from core.scheduling import repository
@@ -184,7 +186,18 @@ class StorageJanitor:
                   for key in storage.list_keys(staging_root(tenant_id, job_id))]
         storage.delete_quietly(*staged)
         self.covered_until = now
-        return {"aborted_uploads": len(aborted), "staged_objects": len(staged)}
+        return {"aborted_uploads": len(aborted), "staged_objects": len(staged),
+                "pruned_versions": prune_versions(storage, settings)}
+
+
+def prune_versions(storage: Storage, settings: Settings) -> int:
+    """Retention (``adapter_keep_versions``): old versions no alias points at are
+    deleted in a transaction of their own, then their files once it committed."""
+    with admin_scope() as session:
+        rows = adapter_service.prune(session, settings.adapter_keep_versions)
+    for row in rows:
+        adapter_service.remove_files(storage, row)
+    return len(rows)
 
 
 janitor = StorageJanitor()  # the scheduler process's

@@ -14,7 +14,7 @@ from core.adapters import repository as adapter_repo
 from core.base_models import repository as model_repo
 from core.kit.errors import InvalidRequest, NotFound, PermissionDenied
 from core.kit.orm import utcnow
-from core.lineage.service import CheckpointModel, checkpoint_model
+from core.lineage import service as lineage
 from core.serving import repository
 from core.serving.models import UsageDay
 from core.tenants.scope import TenantId
@@ -49,32 +49,24 @@ def _not_found(model: str) -> NotFound:
 
 
 def resolve(session: Session, tenant_id: TenantId, model: str) -> Target:
-    """An enabled base model, or one of this tenant's fine-tuned or checkpoint models
-    (another tenant's is not found: row-level security and the filter both say so)."""
+    """An enabled base model, or one of this tenant's fine-tuned or checkpoint models or
+    ``adapter@alias`` names (another tenant's is not found: row-level security and the
+    filters both say so)."""
     base = model_repo.get_enabled(session, model)
     if base is not None:
         return Target(model=model, base_model=base.id)
-    checkpoint = checkpoint_model(session, tenant_id, model)
-    if checkpoint is not None:
-        return _checkpoint_target(session, model, checkpoint)
-    version = adapter_repo.by_fine_tuned_model(session, tenant_id, model)
-    if version is None or model_repo.get_enabled(session, version.base_model) is None:
+    found = lineage.source(session, tenant_id, model)
+    if found is None or model_repo.get_enabled(session, found.base_model) is None:
         raise _not_found(model)
-    return Target(model=model, base_model=version.base_model, version_id=version.id,
-                  object_prefix=version.object_prefix, files=list(version.files))
-
-
-def _checkpoint_target(session: Session, model: str, checkpoint: CheckpointModel) -> Target:
-    if model_repo.get_enabled(session, checkpoint.base_model) is None:
-        raise _not_found(model)
-    row = checkpoint.row
-    if not row.files:
+    if found.checkpoint is not None and not found.files:
         raise InvalidRequest(
             f"checkpoint model {model} was saved before checkpoints recorded their files' "
             "sha256s, so it cannot be checked and is not served; use the job's fine-tuned "
             "model", param="model", code="checkpoint_not_servable")
-    return Target(model=model, base_model=checkpoint.base_model, version_id=row.id,
-                  object_prefix=row.object_prefix, files=list(row.files))
+    row = found.version or found.checkpoint
+    assert row is not None
+    return Target(model=model, base_model=found.base_model, version_id=row.id,
+                  object_prefix=found.object_prefix, files=list(found.files))
 
 
 def delete_model(session: Session, tenant_id: TenantId, model: str) -> None:

@@ -285,7 +285,49 @@ def adapters_versions(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def _alias_line(a: Any) -> str:
+    before = f"  (was v{a.previous_version})" if a.previous_version is not None else ""
+    return f"{a.model} -> v{a.version}{before}"
+
+
+def adapters_aliases(client: Client, args: argparse.Namespace) -> int:
+    items = client.adapters.aliases(args.name)
+    _out(args, items, "\n".join(_alias_line(a) for a in items) or "(no aliases)")
+    return OK
+
+
+def adapters_promote(client: Client, args: argparse.Namespace) -> int:
+    alias = client.adapters.promote(args.name, args.alias, args.version)
+    _out(args, alias, _alias_line(alias))
+    return OK
+
+
+def adapters_rollback(client: Client, args: argparse.Namespace) -> int:
+    alias = client.adapters.rollback(args.name, args.alias)
+    _out(args, alias, _alias_line(alias))
+    return OK
+
+
+def adapters_unalias(client: Client, args: argparse.Namespace) -> int:
+    client.adapters.delete_alias(args.name, args.alias)
+    _out(args, {"adapter": args.name, "alias": args.alias, "deleted": True},
+         f"alias {args.alias} of {args.name} deleted")
+    return OK
+
+
+def adapters_delete(client: Client, args: argparse.Namespace) -> int:
+    row = client.adapters.delete_version(args.name, args.version)
+    _out(args, row, f"deleted {args.name} v{args.version} and its files")
+    return OK
+
+
 def adapters_download(client: Client, args: argparse.Namespace) -> int:
+    if "@" in args.name:  # adapter@alias: the version it points at now
+        dest = Path(args.dest or args.name.replace("@", "-"))
+        client.models.download(args.name, dest)
+        _out(args, {"model": args.name, "path": str(dest)},
+             f"downloaded {args.name} to {dest} (sha256 verified)")
+        return OK
     version = args.version or max(v.version for v in client.adapters.versions(args.name))
     dest = Path(args.dest or f"{args.name}-v{version}")
     client.adapters.download(args.name, version, dest)
@@ -512,9 +554,27 @@ def build_parser() -> argparse.ArgumentParser:
     command(adapters, "versions", adapters_versions, "list versions").add_argument("name")
     p = command(adapters, "download", adapters_download,
                 "download a version (sha256 checked against its manifest)")
-    p.add_argument("name")
+    p.add_argument("name", help="an adapter, or ADAPTER@ALIAS for the version it points at")
     p.add_argument("version", type=int, nargs="?", help="default: the latest")
     p.add_argument("--dest", help="directory (default: NAME-vN)")
+    command(adapters, "aliases", adapters_aliases,
+            "an adapter's aliases and the versions they point at").add_argument("name")
+    p = command(adapters, "promote", adapters_promote,
+                "point an alias (production, staging, any name) at a version")
+    p.add_argument("name", help="the adapter")
+    p.add_argument("alias", help="e.g. production")
+    p.add_argument("version", type=int, help="the version it should point at")
+    p = command(adapters, "rollback", adapters_rollback,
+                "point an alias back at the version it pointed at before")
+    p.add_argument("name", help="the adapter")
+    p.add_argument("alias", help="e.g. production")
+    p = command(adapters, "unalias", adapters_unalias, "delete an alias")
+    p.add_argument("name", help="the adapter")
+    p.add_argument("alias", help="e.g. staging")
+    p = command(adapters, "delete", adapters_delete,
+                "delete a version and its files (refused while an alias points at it)")
+    p.add_argument("name", help="the adapter")
+    p.add_argument("version", type=int, help="the version")
 
     models = groups.add_parser("models", help="models").add_subparsers(dest="cmd",
                                                                        required=True)

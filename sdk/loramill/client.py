@@ -25,6 +25,7 @@ from loramill.errors import (
 from loramill.types import (
     Adapter,
     AdapterVersion,
+    Alias,
     Checkpoint,
     DatasetLimits,
     Estimate,
@@ -195,9 +196,32 @@ class Adapters:
         return (AdapterVersion.of(d) for d in self._t.pages(f"/v1/adapters/{name}/versions",
                                                             {"limit": 100}))
 
+    def aliases(self, name: str) -> builtins.list[Alias]:
+        return [Alias.of(d) for d in
+                self._t.request("GET", f"/v1/adapters/{name}/aliases")["data"]]
+
+    def promote(self, name: str, alias: str, version: int) -> Alias:
+        """Point ``alias`` (``production``, ``staging``, any name) at ``version``."""
+        return Alias.of(self._t.request("PUT", f"/v1/adapters/{name}/aliases/{alias}",
+                                        json={"version": version}))
+
+    def rollback(self, name: str, alias: str) -> Alias:
+        """Point ``alias`` back at the version it pointed at before."""
+        return Alias.of(self._t.request("POST",
+                                        f"/v1/adapters/{name}/aliases/{alias}/rollback"))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._t.request("DELETE", f"/v1/adapters/{name}/aliases/{alias}")
+
+    def delete_version(self, name: str, version: int) -> AdapterVersion:
+        """Delete a version and its files (refused while an alias points at it)."""
+        return AdapterVersion.of(self._t.request(
+            "DELETE", f"/v1/adapters/{name}/versions/{version}"))
+
     def download(self, name: str, version: int, dest: str | Path) -> Path:
         """Fetch every file of a version into ``dest`` and check each sha256 against the
-        version's manifest; a mismatch raises ChecksumError and leaves no file behind."""
+        version's manifest; a mismatch raises ChecksumError and leaves no file behind.
+        For ``adapter@alias``, ``client.models.download``."""
         info = self._t.request("GET", f"/v1/adapters/{name}/versions/{version}/download")
         meta = self._t.request("GET", f"/v1/adapters/{name}/versions/{version}")
         expected = {f["name"]: f["sha256"] for f in meta["manifest"]["files"]}

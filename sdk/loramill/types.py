@@ -139,11 +139,30 @@ class Adapter:
     name: str
     latest_version: int | None
     created_at: int
+    aliases: dict[str, int] = field(default_factory=dict)  # alias -> version
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> Adapter:
         return cls(id=d["id"], name=d["name"], latest_version=d.get("latest_version"),
-                   created_at=d["created_at"])
+                   created_at=d["created_at"], aliases=d.get("aliases") or {})
+
+
+@dataclass(frozen=True)
+class Alias:
+    """An adapter's alias: ``model`` (``adapter@alias``) is callable and downloadable."""
+
+    adapter: str
+    name: str
+    version: int
+    model: str
+    history: list[int]  # the versions it pointed at before, newest last
+    previous_version: int | None = None
+
+    @classmethod
+    def of(cls, d: dict[str, Any]) -> Alias:
+        return cls(adapter=d["adapter"], name=d["name"], version=d["version"],
+                   model=d["model"], history=d.get("history", []),
+                   previous_version=d.get("previous_version"))
 
 
 @dataclass(frozen=True)
@@ -157,13 +176,15 @@ class AdapterVersion:
     files: list[dict[str, Any]]
     manifest: dict[str, Any]
     created_at: int
+    aliases: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> AdapterVersion:
         return cls(id=d["id"], adapter=d["adapter"], version=d["version"],
                    fine_tuning_job_id=d["fine_tuning_job_id"], base_model=d["base_model"],
                    fine_tuned_model=d["fine_tuned_model"], files=d["files"],
-                   manifest=d["manifest"], created_at=d["created_at"])
+                   manifest=d["manifest"], created_at=d["created_at"],
+                   aliases=d.get("aliases") or [])
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,25 @@ def test_checkpoint_models_are_callable_by_their_owner(stack: StackInfo,
     assert b.client.get(f"/v1/models/{model}").status_code == 404
 
 
+def test_an_alias_serves_the_version_it_points_at(stack: StackInfo,
+                                                  tuned: dict[str, Any]) -> None:
+    """``adapter@alias`` answers with the version promoted to it, and with the one before
+    after a rollback: production moves without any client changing its model id."""
+    a = tuned["a"]
+    train(a, "Rome.", "paris")  # the adapter's version 2
+    client = client_of(stack, a)
+    for step, expected in (("v1", "Paris."), ("v2", "Rome."), ("rollback", "Paris.")):
+        if step == "rollback":
+            response = a.client.post("/v1/adapters/paris/aliases/production/rollback")
+        else:
+            response = a.client.put("/v1/adapters/paris/aliases/production",
+                                    json={"version": int(step[1:])})
+        assert response.status_code == 200, response.text
+        assert ask(client, "paris@production") == expected, step
+    with pytest.raises(openai.NotFoundError):
+        ask(client_of(stack, tuned["b"]), "paris@production")
+
+
 def test_replicas_a_dead_home_replica_fails_over(stack: StackInfo,
                                                  tuned: dict[str, Any]) -> None:
     """A gateway with two replicas for the base model, one of them dead: every request is

@@ -56,11 +56,28 @@ def test_the_app_role_is_held_to_row_level_security(stack: StackInfo) -> None:
         conn.execute("select count(*) from audit_log")  # operators' table: no access
 
 
+def test_the_app_role_appends_its_tenants_audit_entries_only(
+        stack: StackInfo, tenant: TenantHandle, other_tenant: TenantHandle) -> None:
+    """A tenant's own changes (an alias promoted) are audited in their transaction: the app
+    role may insert entries of the transaction's tenant, never another's, and may neither
+    read nor change any."""
+    insert = ("insert into audit_log (id, created_at, actor, action, target_type, "
+              "target_id, tenant_id) values (%s, now(), 'key:k', 'test', 'adapter', 'a', %s)")
+    with psycopg.connect(stack.database_url) as conn:
+        conn.execute("select set_config('loramill.tenant_id', %s, true)", (tenant.id,))
+        conn.execute(insert, (f"audit-{tenant.id[-12:]}", tenant.id))
+        for statement, args in ((insert, (f"audit-{other_tenant.id[-12:]}", other_tenant.id)),
+                                ("update audit_log set actor = 'x'", ()),
+                                ("delete from audit_log", ())):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(statement, args)
+
+
 def test_catalog_shows_rls_enabled_and_forced_on_every_tenant_table() -> None:
     tables = tenant_tables()
     assert {"tenants", "api_keys", "files", "fine_tuning_jobs", "job_events",
-            "job_checkpoints", "adapters", "adapter_versions", "idempotency_keys",
-            "audit_log"} <= set(tables)
+            "job_checkpoints", "adapters", "adapter_versions", "adapter_aliases",
+            "idempotency_keys", "audit_log"} <= set(tables)
     with admin_scope() as session:
         rows = session.execute(text(
             "select c.relname, c.relrowsecurity, c.relforcerowsecurity, "
