@@ -58,10 +58,12 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(EdgeMiddleware)  # refuse bad URLs and bodies before anything parses them
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
-    for module in (health, files, jobs, models, adapters, inference, keys, webhooks, admin,
-                   ops):
+    for module in (health, files, jobs, models, adapters, inference, keys, admin, ops):
         app.include_router(module.router)
     app.include_router(jobs.estimates)
+    app.include_router(webhooks.router, prefix=webhooks.PREFIX)
+    # the same API under a shorter name, kept out of the schema (one surface, two paths)
+    app.include_router(webhooks.router, prefix=webhooks.SHORT_PREFIX, include_in_schema=False)
     openapi.install(app)
     return app
 

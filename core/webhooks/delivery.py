@@ -28,7 +28,7 @@ from core.kit.db import admin_scope
 from core.kit.orm import utcnow
 from core.kit.settings import Settings, get_settings
 from core.webhooks.models import WebhookDelivery, WebhookEndpoint
-from core.webhooks.service import UnsafeURL, check_url
+from core.webhooks.service import UnsafeURL, check_url, signing_secrets
 
 log = logging.getLogger("loramill.webhooks")
 BATCH = 32
@@ -40,7 +40,7 @@ MAX_WAIT = timedelta(hours=6)
 class Attempt:
     delivery_id: str
     url: str
-    secret: str
+    secrets: list[str]  # each signs: the current one, and a rotated one kept for a day
     body: bytes
 
 
@@ -81,7 +81,7 @@ def _claim(settings: Settings) -> list[Attempt]:
             .with_for_update(of=WebhookDelivery, skip_locked=True)).all()
         for delivery, _ in rows:
             delivery.next_attempt_at = now + lease
-        return [Attempt(d.id, e.url, e.secret, json.dumps(d.payload).encode())
+        return [Attempt(d.id, e.url, signing_secrets(e), json.dumps(d.payload).encode())
                 for d, e in rows]
 
 
@@ -95,8 +95,9 @@ def send(attempt: Attempt, settings: Settings) -> Outcome:
     headers = {
         "content-type": "application/json", "user-agent": "loramill-webhooks",
         "webhook-id": attempt.delivery_id, "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Webhook(attempt.secret).sign(attempt.delivery_id, now,
-                                                          attempt.body)}
+        "webhook-signature": " ".join(Webhook(secret).sign(attempt.delivery_id, now,
+                                                           attempt.body)
+                                      for secret in attempt.secrets)}
     try:
         response = httpx.post(attempt.url, content=attempt.body, headers=headers,
                               timeout=settings.webhook_timeout_seconds,

@@ -21,11 +21,16 @@ class WebhookEndpoint(Base):
         IdString(), ForeignKey("tenants.id", ondelete="CASCADE")
     )
     url: Mapped[str] = mapped_column(String(2048))
-    events: Mapped[list[Any]]
-    description: Mapped[str] = mapped_column(String(200), default="")
-    # HMAC key: needed in the clear to sign, so stored as such (like a key's hash is not)
+    event_types: Mapped[list[Any]]
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # HMAC key: needed in the clear to sign, so stored as such (an API key is hashed)
     secret: Mapped[str] = mapped_column(String(100))
+    # after a rotation that keeps the old secret for a day: deliveries carry both
+    # signatures until then (Standard Webhooks' space-separated list)
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
 
 

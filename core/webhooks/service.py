@@ -1,7 +1,8 @@
-"""Webhooks: tenants register endpoints; a job's end (``fine_tuning.job.succeeded``,
-``.failed``, ``.cancelled``, OpenAI's event names) becomes a delivery for each endpoint
-that takes it, written in the transaction that ended the job (an outbox), and sent by the
-scheduler (:mod:`core.webhooks.delivery`) signed the Standard Webhooks way.
+"""Webhooks, in the shape of OpenAI's webhook-endpoints API: tenants register endpoints;
+a job's end (``fine_tuning.job.succeeded``, ``.failed``, ``.cancelled``, OpenAI's event
+names) becomes a delivery for each endpoint that takes it, written in the transaction
+that ended the job (an outbox), and sent by the scheduler (:mod:`core.webhooks.delivery`)
+signed the Standard Webhooks way.
 
 Endpoints may not point into the deployment's own network: a URL whose host resolves to a
 private, loopback, link-local or otherwise non-global address is refused, at registration
@@ -15,6 +16,7 @@ import base64
 import ipaddress
 import secrets
 import socket
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,28 +72,87 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def create(session: Session, tenant_id: str, url: str, events: list[str] | None,
-           description: str) -> WebhookEndpoint:
+def _checked_url(url: str) -> str:
     try:
         check_url(url, get_settings().webhook_allowed_hosts)
     except UnsafeURL as exc:
         raise InvalidRequest(f"url {url[:200]!r} {exc}", param="url",
                              code="invalid_webhook_url") from None
-    chosen = list(dict.fromkeys(events or EVENTS))
-    for event in chosen:
-        if event not in EVENTS:
-            raise InvalidRequest(f"unknown event {event!r}; one of {', '.join(EVENTS)}",
-                                 param="events", code="invalid_event")
+    return url
+
+
+def check_event_type(event_type: str, param: str = "event_type") -> str:
+    if event_type not in EVENTS:
+        raise InvalidRequest(f"loramill sends {', '.join(EVENTS)}; not {event_type!r}",
+                             param=param, code="invalid_event_type")
+    return event_type
+
+
+def _checked_events(event_types: list[str]) -> list[str]:
+    return [check_event_type(e, "event_types") for e in dict.fromkeys(event_types)]
+
+
+def create(session: Session, tenant_id: str, url: str, event_types: list[str] | None,
+           name: str) -> WebhookEndpoint:
     count = len(list(session.scalars(select(WebhookEndpoint.id).where(
         WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.deleted_at.is_(None)))))
     if count >= MAX_ENDPOINTS:
         raise InvalidRequest(f"at most {MAX_ENDPOINTS} webhook endpoints; delete one first",
                              param="url", code="too_many_webhooks")
-    endpoint = WebhookEndpoint(id=ids.new_id(ids.WEBHOOK), tenant_id=tenant_id, url=url,
-                               events=chosen, description=description, secret=new_secret())
+    endpoint = WebhookEndpoint(
+        id=ids.new_id(ids.WEBHOOK), tenant_id=tenant_id, url=_checked_url(url),
+        event_types=_checked_events(event_types or list(EVENTS)), name=name,
+        secret=new_secret())
     session.add(endpoint)
     session.flush()
     return endpoint
+
+
+def update(session: Session, tenant_id: str, endpoint_id: str, *, url: str | None,
+           event_types: list[str] | None, name: str | None) -> WebhookEndpoint:
+    endpoint = get(session, tenant_id, endpoint_id)
+    if url is not None:
+        endpoint.url = _checked_url(url)
+    if event_types is not None:
+        endpoint.event_types = _checked_events(event_types)
+    if name is not None:
+        endpoint.name = name
+    endpoint.updated_at = utcnow()
+    session.flush()
+    return endpoint
+
+
+def rotate_secret(session: Session, tenant_id: str, endpoint_id: str, *,
+                  keep_old: bool) -> WebhookEndpoint:
+    """A new secret; the old one stops signing at once, or after a day (``keep_old``:
+    deliveries carry both signatures until then, so receivers can switch over)."""
+    endpoint = get(session, tenant_id, endpoint_id)
+    now = utcnow()
+    endpoint.previous_secret = endpoint.secret if keep_old else None
+    endpoint.previous_secret_expires_at = now + timedelta(hours=24) if keep_old else None
+    endpoint.secret, endpoint.updated_at = new_secret(), now
+    session.flush()
+    return endpoint
+
+
+def signing_secrets(endpoint: WebhookEndpoint) -> list[str]:
+    """The secrets a delivery is signed with now: the current one, and the previous one
+    while a rotation keeps it."""
+    kept = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret and kept is not None and kept > utcnow():
+        return [endpoint.secret, endpoint.previous_secret]
+    return [endpoint.secret]
+
+
+def hint(secret: str) -> str:
+    """What an endpoint shows of its secret after it was made: enough to tell two apart."""
+    return f"{secret[:10]}…{secret[-4:]}"
+
+
+def event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A webhook payload as OpenAI sends them."""
+    return {"id": ids.new_id(ids.EVENT_OUT), "object": "event",
+            "created_at": int(utcnow().timestamp()), "type": event_type, "data": data}
 
 
 def get(session: Session, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
@@ -99,7 +160,8 @@ def get(session: Session, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
         WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.id == endpoint_id,
         WebhookEndpoint.deleted_at.is_(None))).one_or_none()
     if endpoint is None:
-        raise NotFound(f"no webhook endpoint with id {endpoint_id!r}", param="webhook_id")
+        raise NotFound(f"no webhook endpoint with id {endpoint_id!r}",
+                       param="webhook_endpoint_id")
     return endpoint
 
 
@@ -127,7 +189,8 @@ def deliveries(session: Session, tenant_id: str, endpoint_id: str, *, after: str
         WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.id == endpoint_id)
     ).one_or_none()
     if endpoint is None:
-        raise NotFound(f"no webhook endpoint with id {endpoint_id!r}", param="webhook_id")
+        raise NotFound(f"no webhook endpoint with id {endpoint_id!r}",
+                       param="webhook_endpoint_id")
     stmt = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
     return newest_first(session, stmt, WebhookDelivery.id, after=after, limit=limit)
 
@@ -137,14 +200,12 @@ def enqueue(session: Session, tenant_id: str, event_type: str, data: dict[str, A
     it, in the caller's transaction. Returns how many."""
     endpoints = session.scalars(select(WebhookEndpoint).where(
         WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.deleted_at.is_(None))).all()
-    event_id = ids.new_id(ids.EVENT_OUT)
+    payload = event(event_type, data)
     now = utcnow()
-    payload = {"id": event_id, "object": "event", "created_at": int(now.timestamp()),
-               "type": event_type, "data": data}
-    wanted = [e for e in endpoints if event_type in e.events]
+    wanted = [e for e in endpoints if event_type in e.event_types]
     for endpoint in wanted:
         session.add(WebhookDelivery(
             id=ids.new_id(ids.DELIVERY), tenant_id=tenant_id, endpoint_id=endpoint.id,
-            event_id=event_id, event_type=event_type, payload=payload, status="pending",
-            attempts=0, next_attempt_at=now, created_at=now))
+            event_id=payload["id"], event_type=event_type, payload=payload,
+            status="pending", attempts=0, next_attempt_at=now, created_at=now))
     return len(wanted)

@@ -4,7 +4,8 @@ Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-07 06:00:00
 
-``webhook_endpoints``: a tenant's URL, the events it takes and its signing secret.
+``webhook_endpoints``: a tenant's URL, the event types it takes and its signing secret
+(and, for a day after a rotation that asked for it, the previous one).
 ``webhook_deliveries``: one event for one endpoint, written in the transaction that ended
 the job (an outbox), sent by the scheduler with exponential retries; the endpoint's
 delivery log. Row-level security as on every tenant table.
@@ -30,10 +31,13 @@ def upgrade() -> None:
         sa.Column('id', ID, nullable=False),
         sa.Column('tenant_id', ID, nullable=False),
         sa.Column('url', sa.String(length=2048), nullable=False),
-        sa.Column('events', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column('description', sa.String(length=200), nullable=False),
+        sa.Column('event_types', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column('name', sa.String(length=200), nullable=False),
         sa.Column('secret', sa.String(length=100), nullable=False),
+        sa.Column('previous_secret', sa.String(length=100), nullable=True),
+        sa.Column('previous_secret_expires_at', sa.DateTime(timezone=True), nullable=True),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE',
                                 name=op.f('fk_webhook_endpoints_tenant_id_tenants')),

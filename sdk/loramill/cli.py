@@ -52,7 +52,8 @@ def _out(args: argparse.Namespace, value: Any, text: str) -> None:
         if is_dataclass(value) and not isinstance(value, type):
             value = getattr(value, "raw", None) or asdict(value)
         elif isinstance(value, list):
-            value = [getattr(v, "raw", None) or asdict(v) for v in value]
+            value = [v if isinstance(v, dict) else getattr(v, "raw", None) or asdict(v)
+                     for v in value]
         print(json.dumps(value, indent=2, default=str))
     else:
         print(text)
@@ -344,6 +345,47 @@ def models_download(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def webhooks_create(client: Client, args: argparse.Namespace) -> int:
+    made = client.webhooks.create(args.url, event_types=args.event_type, name=args.name)
+    _out(args, made, f"{made['id']}  {made['url']}  {','.join(made['event_types'])}\n"
+                     f"signing secret (shown once): {made['signing_secret']}")
+    return OK
+
+
+def webhooks_list(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.webhooks.list())
+    _out(args, items, "\n".join(f"{e['id']}  {e['url']}  {','.join(e['event_types'])}"
+                                for e in items) or "(no webhook endpoints)")
+    return OK
+
+
+def webhooks_delete(client: Client, args: argparse.Namespace) -> int:
+    client.webhooks.delete(args.id)
+    _out(args, {"id": args.id, "deleted": True}, f"deleted {args.id}")
+    return OK
+
+
+def webhooks_rotate(client: Client, args: argparse.Namespace) -> int:
+    made = client.webhooks.rotate_secret(args.id, keep_old=args.keep_old)
+    _out(args, made, f"new signing secret (shown once): {made['signing_secret']}")
+    return OK
+
+
+def webhooks_test(client: Client, args: argparse.Namespace) -> int:
+    found = client.webhooks.test(args.id, args.event_type)
+    _out(args, found, f"{args.event_type} sent: the endpoint answered {found['status_code']}")
+    return OK if 200 <= found["status_code"] < 300 else FAILED
+
+
+def webhooks_deliveries(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.webhooks.deliveries(args.id))
+    _out(args, items, "\n".join(
+        f"{d['id']}  {d['event_type']:<26} {d['status']:<9} attempts {d['attempts']}"
+        f"{'  ' + d['last_error'] if d['last_error'] else ''}" for d in items)
+        or "(no deliveries)")
+    return OK
+
+
 def models_list(client: Client, args: argparse.Namespace) -> int:
     items = client.models.list()
     _out(args, items, "\n".join(f"{m.id}  ({m.owned_by})" for m in items))
@@ -583,6 +625,29 @@ def build_parser() -> argparse.ArgumentParser:
                 "download the adapter of a fine-tuned or checkpoint model (sha256 checked)")
     p.add_argument("model", help="ft:… id, or a checkpoint's ft:…:ckpt-step-N")
     p.add_argument("--dest", help="directory (default: the id, with / and : as _)")
+
+    hooks = groups.add_parser(
+        "webhooks", help="endpoints that receive your jobs' ends (signed)").add_subparsers(
+        dest="cmd", required=True)
+    p = command(hooks, "create", webhooks_create, "register an endpoint (prints its secret)")
+    p.add_argument("url", help="https://… that receives the events")
+    p.add_argument("--event-type", action="append",
+                   choices=("fine_tuning.job.succeeded", "fine_tuning.job.failed",
+                            "fine_tuning.job.cancelled"),
+                   help="repeat for several (default: all three)")
+    p.add_argument("--name", default="", help="a name for it")
+    command(hooks, "list", webhooks_list, "your endpoints")
+    command(hooks, "delete", webhooks_delete, "delete an endpoint").add_argument("id")
+    p = command(hooks, "rotate-secret", webhooks_rotate, "a new signing secret")
+    p.add_argument("id")
+    p.add_argument("--keep-old", action="store_true",
+                   help="the old secret signs too for 24 hours")
+    p = command(hooks, "test", webhooks_test, "send one signed example event now")
+    p.add_argument("id")
+    p.add_argument("--event-type", default="fine_tuning.job.succeeded",
+                   help="default: fine_tuning.job.succeeded")
+    command(hooks, "deliveries", webhooks_deliveries,
+            "an endpoint's delivery log, newest first").add_argument("id")
 
     admin = groups.add_parser(
         "admin", help="operators: queue, workers, jobs of all tenants, tenants, audit log "

@@ -253,6 +253,45 @@ def _fetch(files: list[dict[str, Any]], expected: dict[str, str], dest: Path) ->
     return dest
 
 
+class Webhooks:
+    """Webhook endpoints (``/v1/webhook_endpoints``, OpenAI's shape) and delivery logs."""
+
+    def __init__(self, t: Transport):
+        self._t = t
+
+    def create(self, url: str, *, event_types: builtins.list[str] | None = None,
+               name: str = "") -> dict[str, Any]:
+        """The endpoint, with its ``signing_secret`` (shown this once)."""
+        body: dict[str, Any] = {"url": url, "name": name}
+        if event_types:
+            body["event_types"] = event_types
+        found: dict[str, Any] = self._t.request("POST", "/v1/webhook_endpoints", json=body)
+        return found
+
+    def list(self) -> Iterator[dict[str, Any]]:
+        return self._t.pages("/v1/webhook_endpoints", {"limit": 100})
+
+    def delete(self, endpoint_id: str) -> None:
+        self._t.request("DELETE", f"/v1/webhook_endpoints/{endpoint_id}")
+
+    def rotate_secret(self, endpoint_id: str, *, keep_old: bool = False) -> dict[str, Any]:
+        found: dict[str, Any] = self._t.request(
+            "POST", f"/v1/webhook_endpoints/{endpoint_id}/rotate_secret",
+            json={"keep_old_secret_active_for_24_hours": keep_old})
+        return found
+
+    def test(self, endpoint_id: str, event_type: str = "fine_tuning.job.succeeded",
+             ) -> dict[str, Any]:
+        found: dict[str, Any] = self._t.request(
+            "POST", f"/v1/webhook_endpoints/{endpoint_id}/test",
+            json={"event_type": event_type})
+        return found
+
+    def deliveries(self, endpoint_id: str) -> Iterator[dict[str, Any]]:
+        return self._t.pages(f"/v1/webhook_endpoints/{endpoint_id}/deliveries",
+                             {"limit": 100})
+
+
 class Models:
     def __init__(self, t: Transport):
         self._t = t
@@ -290,6 +329,7 @@ class Client:
         self.fine_tuning = FineTuning(self._t)
         self.adapters = Adapters(self._t)
         self.models = Models(self._t)
+        self.webhooks = Webhooks(self._t)
         self.admin = Admin(self._t)  # operators: needs an admin key
 
     def close(self) -> None:
