@@ -18,6 +18,7 @@ from api.routes import (
     files,
     health,
     inference,
+    integrations,
     jobs,
     keys,
     models,
@@ -58,7 +59,8 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(EdgeMiddleware)  # refuse bad URLs and bodies before anything parses them
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer gets an id
-    for module in (health, files, jobs, models, adapters, inference, keys, admin, ops):
+    for module in (health, files, jobs, models, adapters, inference, integrations, keys,
+                   admin, ops):
         app.include_router(module.router)
     app.include_router(jobs.estimates)
     app.include_router(webhooks.router, prefix=webhooks.PREFIX)

@@ -92,7 +92,9 @@ def _prepare_env() -> None:
                         ("STORAGE_JANITOR_SECONDS", "2"),
                         # webhook receivers in tests listen on loopback; retries come fast
                         ("WEBHOOK_ALLOWED_HOSTS", '["127.0.0.1"]'),
-                        ("WEBHOOK_RETRY_SECONDS", "0.3"), ("WEBHOOK_MAX_ATTEMPTS", "3")):
+                        ("WEBHOOK_RETRY_SECONDS", "0.3"), ("WEBHOOK_MAX_ATTEMPTS", "3"),
+                        # W&B runs are written to disk only, where the tests read them
+                        ("WANDB_MODE", "offline"), ("WANDB_DIR", str(TEST_HOME / "wandb"))):
         os.environ.setdefault(f"LORAMILL_{name}", value)
 
 

@@ -51,9 +51,13 @@ from core.kit.storage import (
     StorageUnavailable,
     get_storage,
 )
+from core.tenants import integrations
+from core.tenants import repository as tenant_repo
+from core.tenants.integrations import Wandb
 from worker.ticker import Stop, Ticker
 
 if TYPE_CHECKING:
+    from worker.integrations import Integration
     from worker.training.recipe import TrainResult, TrainSpec
 
 log = logging.getLogger("loramill.worker")
@@ -104,6 +108,7 @@ class Claim:
     resume_step: int | None = None
     resume_prefix: str | None = None
     trained_tokens: int = 0  # as last reported, so a resumed run counts only new tokens
+    wandb: Wandb | None = None  # the tenant's W&B credentials, for a job that logs there
 
 
 @outage_tolerant
@@ -124,7 +129,10 @@ def claim(job_id: str, tenant_id: str, worker_id: str) -> Claim | None:
         job_repo.add_event(session, job, f"Fine-tuning job started on {worker_id} "
                            f"(attempt {job.attempt})", data={"worker": worker_id})
         latest = checkpoint_service.latest(session, job.id)
+        tenant = tenant_repo.get(session, job.tenant_id)
+        assert tenant is not None
         return Claim(
+            wandb=integrations.wandb_for(tenant, get_settings()),
             resume_step=latest.step if latest else None,
             resume_prefix=latest.object_prefix if latest else None,
             job_id=job.id, tenant_id=job.tenant_id, lease_token=token, attempt=job.attempt,
@@ -183,6 +191,8 @@ class JobReporter:
         self.started = time.monotonic()
         self._polled = 0.0
         self._tokens = c.trained_tokens
+        self.integrations: list[Integration] = []  # worker/integrations.py
+        self.last_metrics: dict[str, Any] = {}
 
     @outage_tolerant
     def message(self, text: str, *, level: str = "info",
@@ -202,6 +212,27 @@ class JobReporter:
         new_tokens = values["trained_tokens"] - self._tokens
         self._tokens = values["trained_tokens"]
         metrics.TRAINED_TOKENS.labels(get_settings().gpu_class).inc(max(new_tokens, 0))
+        self.last_metrics = values
+        for integration in list(self.integrations):
+            try:
+                integration.log(values, step)
+            except Exception as exc:  # never the job's failure: that integration stops
+                log.warning("job %s: %s logging failed", self.claim.job_id, integration.kind,
+                            exc_info=True)
+                self.integrations.remove(integration)
+                self.message(f"Logging to {integration.kind} failed ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); training goes on without it", level="warn")
+
+    def finish_integrations(self, outcome: str) -> None:
+        summary = {k: v for k, v in self.last_metrics.items()
+                   if k in ("step", "train_loss", "valid_loss", "trained_tokens")}
+        for integration in self.integrations:
+            try:
+                integration.finish(outcome, summary)
+            except Exception:
+                log.warning("job %s: %s did not finish cleanly", self.claim.job_id,
+                            integration.kind, exc_info=True)
+        self.integrations = []
 
     @outage_tolerant
     def _report_metrics(self, values: dict[str, Any], text: str, finish_at: Any) -> None:
@@ -449,77 +480,90 @@ def hand_back(c: Claim, target: str, message: str) -> None:
 def run_job(job_id: str, tenant_id: str, worker_id: str, *,
             shutting_down: threading.Event | None = None) -> str:
     """Run one job to an end state, a pause or a hand-back; returns what happened."""
-    from worker.training import distributed
-    from worker.training.rank import job_arguments
-    from worker.training.recipe import Recipe, Stopped
-
     c = claim(job_id, tenant_id, worker_id)
     if c is None:
         return "not-claimed"
     with tempfile.TemporaryDirectory(prefix=f"{job_id}-") as tmp, Heartbeat(c) as heartbeat:
-        work = Path(tmp)
         reporter = JobReporter(c, heartbeat, shutting_down)
-        recipe: Recipe | None = None
+        outcome = "failed"
         try:
-            storage = get_storage()
-            train_path = work / "train.jsonl"
-            storage.download_file(c.training_key, train_path)
-            valid_path = None
-            if c.validation_key:
-                valid_path = work / "valid.jsonl"
-                storage.download_file(c.validation_key, valid_path)
-            spec = train_spec(c)
-            settings = get_settings()
-            world = distributed.world_size(settings.training_devices)
-            shard = world > 1 and (settings.training_shard if settings.training_shard
-                                   is not None else settings.gpu_class == "gpu-multi")
-            reporter.message(f"Loading base model {c.model} "
-                             f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
-            resume = _download_checkpoint(c, work)
-            parent = None if resume else _download_parent(c, work)
-            ranks = job_arguments(spec, c.model_path, train_path, valid_file=valid_path,
-                                  work_dir=work, resume_from=resume, init_from=parent)
-            with distributed.started(world, ranks, work, shard=shard) as group:
-                recipe = Recipe(spec, c.model_path, train_path, reporter,
-                                valid_file=valid_path, work_dir=work, group=group)
-                recipe.setup(resume_from=resume, init_from=parent)
-                if not recipe.position.step:
-                    on = recipe.device.type + (f" x {world}" if world > 1 else "") + (
-                        " (FSDP)" if shard else "")
-                    reporter.message(
-                        f"Training started: {len(recipe.train.examples)} examples, "
-                        f"{recipe.total_steps} steps ({spec.n_epochs} epochs of "
-                        f"{recipe.steps_per_epoch}) on {on}",
-                        data={"total_steps": recipe.total_steps,
-                              "device": recipe.device.type, "devices": world,
-                              "sharded": shard,
-                              "trainable_tokens": recipe.train.trainable_tokens})
-                result = recipe.train_loop()
-            adapter_dir = work / "adapter"
-            recipe.save(adapter_dir)
-            publish(c, adapter_dir, result, work)
-            return "succeeded"
-        except Stopped as stop:
-            return _stopped(c, recipe, stop)
+            outcome = _run_claimed(c, Path(tmp), reporter)
+            return outcome
+        finally:
+            reporter.finish_integrations(outcome)
+
+
+def _run_claimed(c: Claim, work: Path, reporter: JobReporter) -> str:
+    from worker.integrations import open_all
+    from worker.training import distributed
+    from worker.training.rank import job_arguments
+    from worker.training.recipe import Recipe, Stopped
+
+    job_id = c.job_id
+    recipe: Recipe | None = None
+    try:
+        reporter.integrations = open_all(
+            c.job_id, c.model, JobSpec.of(c.method), c.wandb, work,
+            get_settings().wandb_dir, lambda text: reporter.message(text, level="warn"))
+        storage = get_storage()
+        train_path = work / "train.jsonl"
+        storage.download_file(c.training_key, train_path)
+        valid_path = None
+        if c.validation_key:
+            valid_path = work / "valid.jsonl"
+            storage.download_file(c.validation_key, valid_path)
+        spec = train_spec(c)
+        settings = get_settings()
+        world = distributed.world_size(settings.training_devices)
+        shard = world > 1 and (settings.training_shard if settings.training_shard
+                               is not None else settings.gpu_class == "gpu-multi")
+        reporter.message(f"Loading base model {c.model} "
+                         f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
+        resume = _download_checkpoint(c, work)
+        parent = None if resume else _download_parent(c, work)
+        ranks = job_arguments(spec, c.model_path, train_path, valid_file=valid_path,
+                              work_dir=work, resume_from=resume, init_from=parent)
+        with distributed.started(world, ranks, work, shard=shard) as group:
+            recipe = Recipe(spec, c.model_path, train_path, reporter,
+                            valid_file=valid_path, work_dir=work, group=group)
+            recipe.setup(resume_from=resume, init_from=parent)
+            if not recipe.position.step:
+                on = recipe.device.type + (f" x {world}" if world > 1 else "") + (
+                    " (FSDP)" if shard else "")
+                reporter.message(
+                    f"Training started: {len(recipe.train.examples)} examples, "
+                    f"{recipe.total_steps} steps ({spec.n_epochs} epochs of "
+                    f"{recipe.steps_per_epoch}) on {on}",
+                    data={"total_steps": recipe.total_steps,
+                          "device": recipe.device.type, "devices": world,
+                          "sharded": shard,
+                          "trainable_tokens": recipe.train.trainable_tokens})
+            result = recipe.train_loop()
+        adapter_dir = work / "adapter"
+        recipe.save(adapter_dir)
+        publish(c, adapter_dir, result, work)
+        return "succeeded"
+    except Stopped as stop:
+        return _stopped(c, recipe, stop)
+    except LeaseLost:
+        return _lease_gone(c, recipe.position.step if recipe else None)
+    except DB_DOWN:  # for longer than the lease: not the job's fault
+        log.exception("job %s: database unreachable", job_id)
+        try:
+            hand_back(c, JobStatus.QUEUED, "The database was unreachable for too long: "
+                      "job returned to the queue; it resumes from its last checkpoint")
         except LeaseLost:
             return _lease_gone(c, recipe.position.step if recipe else None)
-        except DB_DOWN:  # for longer than the lease: not the job's fault
-            log.exception("job %s: database unreachable", job_id)
-            try:
-                hand_back(c, JobStatus.QUEUED, "The database was unreachable for too long: "
-                          "job returned to the queue; it resumes from its last checkpoint")
-            except LeaseLost:
-                return _lease_gone(c, recipe.position.step if recipe else None)
-            return "handed-back"
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            error = explain(exc)
-            try:
-                finish(c, JobStatus.FAILED, f"Fine-tuning job failed: {error['message']}",
-                       level="error", values={"error": error})
-            except LeaseLost:
-                return _lease_gone(c, recipe.position.step if recipe else None)
-            return "failed"
+        return "handed-back"
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        error = explain(exc)
+        try:
+            finish(c, JobStatus.FAILED, f"Fine-tuning job failed: {error['message']}",
+                   level="error", values={"error": error})
+        except LeaseLost:
+            return _lease_gone(c, recipe.position.step if recipe else None)
+        return "failed"
 
 
 @outage_tolerant

@@ -51,7 +51,7 @@ def job_request(body: CreateJob, tenant_id: TenantId, session: Session,
         validation_file=body.validation_file, method=kind,
         hyperparameters=hyper or RequestedHyperparameters(), lora=body.lora,
         suffix=body.suffix or None, seed=body.seed, metadata=body.metadata,
-        max_seq_len=body.max_seq_len,
+        max_seq_len=body.max_seq_len, integrations=tuple(body.integrations or ()),
     )
 
 

@@ -9,6 +9,7 @@ from core.jobs.models import FineTuningJob, JobEvent
 from core.jobs.spec import (
     MAX_SEQ_LEN,
     MIN_SEQ_LEN,
+    Integration,
     JobSpec,
     LoraSpec,
     RequestedDpoHyperparameters,
@@ -51,7 +52,7 @@ class CreateJob(BaseModel):
                                            "starts with a letter or digit")
     seed: Annotated[int, IntRange(0, MAX_INT32)] | None = None
     metadata: dict[str, str] | None = None
-    integrations: list[Any] | None = None
+    integrations: list[Integration] | None = Field(None, max_length=5)
     lora: LoraSpec | None = None
     max_seq_len: Annotated[int, IntRange(MIN_SEQ_LEN, MAX_SEQ_LEN)] | None = Field(
         None, description="the longest sequence trained on, in tokens (default 4,096, "
@@ -71,12 +72,18 @@ class CreateJob(BaseModel):
                 raise ValueError(f"value of {key!r} is longer than 512 characters")
         return value
 
-    @field_validator("integrations")
+    @field_validator("integrations", mode="before")
     @classmethod
-    def _integrations(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise ValueError("integrations are not supported by loramill")
+    def _integrations(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list) else []:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind not in INTEGRATION_TYPES:
+                raise ValueError(f"integration type {kind!r} is not supported; one of: "
+                                 f"{', '.join(INTEGRATION_TYPES)}")
         return value
+
+
+INTEGRATION_TYPES = ("wandb",)
 
 
 class JobError(BaseModel):
@@ -129,7 +136,7 @@ class JobObject(BaseModel):
             error=JobError(**job.error) if job.error else None,
             user_provided_suffix=job.suffix, seed=job.seed,
             estimated_finish=ts(job.estimated_finish), metadata=job.metadata_,
-            method=spec.method(),
+            method=spec.method(), integrations=[i.model_dump() for i in spec.integrations],
             lora=spec.lora.model_dump(), max_seq_len=spec.max_seq_len,
         )
 

@@ -20,6 +20,7 @@ from core.jobs.models import FineTuningJob
 from core.jobs.spec import (
     DatasetInfo,
     Dpo,
+    Integration,
     JobSpec,
     LoraSpec,
     NeedsValidation,
@@ -36,6 +37,7 @@ from core.kit import ids
 from core.kit.errors import InvalidRequest, NotFound, RateLimited
 from core.kit.orm import utcnow
 from core.kit.settings import get_settings
+from core.tenants import integrations
 from core.tenants import repository as tenant_repo
 from core.tenants.models import Tenant
 from core.tenants.scope import TenantId
@@ -56,6 +58,7 @@ class JobRequest:
     method: str = "supervised"  # or "dpo"
     max_seq_len: int | None = None  # None: DEFAULT_SEQ_LEN; capped by the model's context
     parent: Parent | None = None  # continuing: ``model`` is then the parent's base model
+    integrations: tuple[Integration, ...] = ()
 
 
 # what a continued job cannot change: its parent's weights have this shape
@@ -162,6 +165,7 @@ def create(session: Session, tenant_id: TenantId, req: JobRequest) -> FineTuning
     tenant = tenant_repo.get(session, tenant_id, lock=True)  # serialise the quota
     assert tenant is not None
     check_queued_quota(session, tenant)
+    integrations.check_usable(tenant, get_settings(), [i.type for i in req.integrations])
     p = plan(session, tenant_id, req)
     gpu_class, predicted = p.gpu_class, p.predicted
     job = job_repo.add(session, FineTuningJob(
@@ -213,7 +217,7 @@ def plan(session: Session, tenant_id: TenantId, req: JobRequest) -> Plan:
             _check_fits(file, param, req.method, base)
     spec = JobSpec(
         **_method(req, training.example_count),
-        lora=_lora(req), parent=req.parent,
+        lora=_lora(req), parent=req.parent, integrations=list(req.integrations),
         dataset=DatasetInfo(format=training.format, sha256=training.sha256,
                             examples=training.example_count),
         max_seq_len=resolve_seq_len(req.max_seq_len, base.context_length),

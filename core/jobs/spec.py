@@ -199,6 +199,30 @@ class Parent(BaseModel):
                                         "checkpoint_step"})
 
 
+class WandbSettings(BaseModel):
+    """OpenAI's ``{"type": "wandb", "wandb": {...}}`` settings: where the job's metrics
+    are logged in Weights & Biases."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str = Field(min_length=1, max_length=128)
+    name: str | None = Field(None, max_length=128)  # default: the job's id
+    entity: str | None = Field(None, max_length=128)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=20)
+
+
+class WandbIntegration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
+# the one kind so far; the worker's integration point (worker/integrations.py) takes any
+Integration = WandbIntegration
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -210,6 +234,7 @@ class JobSpec(BaseModel):
     dataset: DatasetInfo
     max_seq_len: int | None = None
     parent: Parent | None = None  # a continued job: the adapter it starts from
+    integrations: list[Integration] = Field(default_factory=list)  # metrics also go there
 
     @property
     def hyperparameters(self) -> Hyperparameters:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     # retention: each adapter keeps its newest N versions (and any an alias points at);
     # the janitor deletes the rest. 0 keeps every version
     adapter_keep_versions: int = Field(0, ge=0)
+
+    # Integrations (docs/training.md#integrations): Weights & Biases runs of jobs that ask
+    # for one. offline: written under wandb_dir only (air-gapped sites; the tests);
+    # disabled: not at all. A tenant's own key (PUT /v1/integrations/wandb) comes first
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    wandb_api_key: str | None = None
+    wandb_base_url: str | None = None  # a self-hosted W&B server
+    wandb_dir: Path | None = None  # default: the job's work directory (gone after it)
 
     # Webhooks (docs/api.md#webhooks): endpoints on private, loopback or link-local
     # addresses are refused unless their host, address or network (CIDR) is listed here

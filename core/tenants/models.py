@@ -26,6 +26,8 @@ class Tenant(Base):
     last_dispatched_at: Mapped[datetime | None]
     # the operator's price table for estimates (core/tenants/prices.py); None: the default
     prices: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    # credentials the tenant set for its jobs' integrations, by type ({"wandb": {...}})
+    integrations: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
 
 
 class ApiKey(Base):

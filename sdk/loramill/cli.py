@@ -193,6 +193,8 @@ def _job_fields(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         eval_every=args.eval_every, early_stopping_patience=args.early_stopping_patience,
         early_stopping_threshold=args.early_stopping_threshold,
         publish_checkpoint="best" if args.publish_best else None,
+        integrations=[{"type": "wandb", "wandb": {"project": args.wandb_project}}]
+        if args.wandb_project else None,
     )
 
 
@@ -386,6 +388,23 @@ def webhooks_deliveries(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def integrations_list(client: Client, args: argparse.Namespace) -> int:
+    items = client.integrations.list()
+    _out(args, items, "\n".join(f"{i['type']}  key {i['key_hint']}" for i in items)
+         or "(none)")
+    return OK
+
+
+def integrations_wandb(client: Client, args: argparse.Namespace) -> int:
+    key = args.api_key or os.environ.get("WANDB_API_KEY")
+    if not key:
+        print("error: give --api-key or set WANDB_API_KEY", file=sys.stderr)
+        return USAGE
+    client.integrations.set_wandb(key, args.base_url)
+    _out(args, {"type": "wandb", "set": True}, "W&B key set for your jobs")
+    return OK
+
+
 def models_list(client: Client, args: argparse.Namespace) -> int:
     items = client.models.list()
     _out(args, items, "\n".join(f"{m.id}  ({m.owned_by})" for m in items))
@@ -573,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the improvement that counts (default 0)")
         q.add_argument("--publish-best", action="store_true",
                        help="publish the adapter at the best validation loss, not the last")
+        q.add_argument("--wandb-project",
+                       help="log the job's metrics to this Weights & Biases project")
         q.add_argument("--no-check", action="store_true",
                        help="skip the local dataset check")
     p.add_argument("--wait", action="store_true", help="wait for the job, with progress")
@@ -625,6 +646,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "download the adapter of a fine-tuned or checkpoint model (sha256 checked)")
     p.add_argument("model", help="ft:… id, or a checkpoint's ft:…:ckpt-step-N")
     p.add_argument("--dest", help="directory (default: the id, with / and : as _)")
+
+    grouped = groups.add_parser(
+        "integrations", help="credentials for jobs' integrations (Weights & Biases)"
+    ).add_subparsers(dest="cmd", required=True)
+    command(grouped, "list", integrations_list, "what is set (keys shown by their end)")
+    p = command(grouped, "wandb", integrations_wandb,
+                "set the W&B API key your jobs' runs log with")
+    p.add_argument("--api-key", help="default: $WANDB_API_KEY")
+    p.add_argument("--base-url", help="a self-hosted W&B server")
 
     hooks = groups.add_parser(
         "webhooks", help="endpoints that receive your jobs' ends (signed)").add_subparsers(

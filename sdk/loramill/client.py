@@ -158,7 +158,8 @@ def job_body(*, model: str, training_file: str, validation_file: str | None = No
              beta: float | str = "auto", max_seq_len: int | None = None,
              eval_every: int | str | None = None, early_stopping_patience: int | None = None,
              early_stopping_threshold: float | None = None,
-             publish_checkpoint: str | None = None) -> dict[str, Any]:
+             publish_checkpoint: str | None = None,
+             integrations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A job's JSON body. ``method="dpo"`` trains on a preference file; ``beta`` is DPO's
     only. The evaluation fields need a ``validation_file``."""
     hyperparameters: dict[str, Any] = {
@@ -175,7 +176,8 @@ def job_body(*, model: str, training_file: str, validation_file: str | None = No
         "method": {"type": method, method: {"hyperparameters": hyperparameters}},
     }
     optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed,
-                "metadata": metadata, "lora": lora, "max_seq_len": max_seq_len}
+                "metadata": metadata, "lora": lora, "max_seq_len": max_seq_len,
+                "integrations": integrations}
     body.update({k: v for k, v in optional.items() if v is not None})
     return body
 
@@ -292,6 +294,25 @@ class Webhooks:
                              {"limit": 100})
 
 
+class Integrations:
+    """Credentials for jobs' integrations (a W&B API key), set once for the account."""
+
+    def __init__(self, t: Transport):
+        self._t = t
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        found: builtins.list[dict[str, Any]] = self._t.request("GET", "/v1/integrations")[
+            "data"]
+        return found
+
+    def set_wandb(self, api_key: str, base_url: str | None = None) -> None:
+        body = {"api_key": api_key, **({"base_url": base_url} if base_url else {})}
+        self._t.request("PUT", "/v1/integrations/wandb", json=body)
+
+    def delete_wandb(self) -> None:
+        self._t.request("DELETE", "/v1/integrations/wandb")
+
+
 class Models:
     def __init__(self, t: Transport):
         self._t = t
@@ -330,6 +351,7 @@ class Client:
         self.adapters = Adapters(self._t)
         self.models = Models(self._t)
         self.webhooks = Webhooks(self._t)
+        self.integrations = Integrations(self._t)
         self.admin = Admin(self._t)  # operators: needs an admin key
 
     def close(self) -> None:
