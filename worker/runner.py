@@ -208,6 +208,8 @@ class JobReporter:
         text = f"Step {step}/{total}: training loss={values['train_loss']:.4f}"
         if values.get("valid_loss") is not None:
             text += f", validation loss={values['valid_loss']:.4f}"
+        if values.get("valid_preference_accuracy") is not None:
+            text += f", validation preference accuracy={values['valid_preference_accuracy']:.2f}"
         self._report_metrics(values, text, utcnow() + timedelta(seconds=remaining))
         new_tokens = values["trained_tokens"] - self._tokens
         self._tokens = values["trained_tokens"]
@@ -345,6 +347,8 @@ def _library_versions() -> dict[str, str]:
 def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
     columns = ["step", "epoch", "train_loss", "valid_loss", "learning_rate",
                "tokens_per_second", "trained_tokens"]
+    if any("train_preference_accuracy" in h for h in history):  # a DPO job's
+        columns += ["train_preference_accuracy", "valid_preference_accuracy"]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -164,14 +164,25 @@ def test_tool_calling_and_dpo_jobs_train_through_the_worker(tenant: TenantHandle
               "preferred_output": [{"role": "assistant", "content": a}],
               "non_preferred_output": [{"role": "assistant", "content": "I do not know."}]}
              for c, a in CAPITALS]
-    dpo_job = start(tenant, jsonl(*pairs), method={"type": "dpo", "dpo": {"hyperparameters": {
-        "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 10, "beta": 0.5}}})
+    # the DPO job through the official client, as OpenAI's DPO jobs are made
+    import openai
+
+    client = openai.OpenAI(api_key=tenant.key, base_url=f"{tenant.client.base_url}/v1",
+                           max_retries=0)
+    dpo_job = client.fine_tuning.jobs.create(
+        model=MODEL, training_file=upload_ok(tenant.client, jsonl(*pairs))["id"], seed=7,
+        method={"type": "dpo", "dpo": {"hyperparameters": {
+            "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 10, "beta": 0.5}}},
+        extra_body={"lora": {"r": 32, "alpha": 64}}).to_dict()
     for job in (tools_job, dpo_job):
         done = wait_for(tenant.client, job["id"])
         assert done["status"] == "succeeded", done["error"]
         assert done["fine_tuned_model"]
-    losses = [p["train_loss"] for p in metrics(tenant.client, dpo_job["id"])]
+    points = metrics(tenant.client, dpo_job["id"])
+    losses = [p["train_loss"] for p in points]
     assert abs(losses[0] - 0.6931) < 0.05 and losses[-1] < losses[0] - 0.1, losses
+    accuracy = [p["train_preference_accuracy"] for p in points]
+    assert accuracy[0] == 0.0 and accuracy[-1] == 1.0, accuracy  # the preference learnt
 
 
 def test_cancel_stops_a_running_job_within_ten_seconds(tenant: TenantHandle) -> None:

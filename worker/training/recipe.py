@@ -153,6 +153,10 @@ class Recipe:
         self.history: list[dict[str, Any]] = []
         self.evaluation = Evaluation()
         self.best_adapter: dict[str, torch.Tensor] | None = None  # publish_best: on CPU
+        # what the last step and the last evaluation measured besides the loss (DPO:
+        # preference accuracy), reported in the metrics
+        self.step_stats: dict[str, float] = {}
+        self.eval_stats: dict[str, float] = {}
 
     # ----- setup ---------------------------------------------------------------------
 
@@ -325,14 +329,18 @@ class Recipe:
 
     def _dpo_step(self, indices: list[int]) -> tuple[float, int, int]:
         pairs = [self.train.examples[i] for i in indices]
-        total = 0.0
+        total, preferred = 0.0, 0.0
         self.model.train()
         chunks = self._pair_chunks(pairs)
         for chunk, real in self.group.turns(chunks, [sum(len(p) for p in c) for c in chunks]):
-            losses, _ = self._dpo_losses(chunk)
+            losses, prefers = self._dpo_losses(chunk)
             (losses.sum() * (1 / len(pairs) if real else 0.0)).backward()  # type: ignore[no-untyped-call]
             total += float(losses.detach().sum()) if real else 0.0
-        (total,) = self._apply_gradients(total)
+            preferred += float(prefers.sum()) if real else 0.0
+        total, preferred = self._apply_gradients(total, preferred)
+        # the share of the step's pairs the adapter prefers as labelled, by more than the
+        # base model does (TRL's rewards/accuracies)
+        self.step_stats = {"preference_accuracy": preferred / len(pairs)}
         return (total / len(pairs), sum(p.trainable for p in pairs),
                 sum(len(p) for p in pairs))
 
@@ -438,8 +446,10 @@ class Recipe:
             "tokens_per_second": round(tokens_per_second, 1),
             "trained_tokens": pos.trained_tokens,
         }
+        metrics.update({f"train_{k}": round(v, 6) for k, v in self.step_stats.items()})
         if valid_loss is not None:
             metrics["valid_loss"] = valid_loss
+            metrics.update({f"valid_{k}": round(v, 6) for k, v in self.eval_stats.items()})
         return metrics
 
     @torch.no_grad()
@@ -459,10 +469,16 @@ class Recipe:
         total, count = 0.0, 0
         if self.spec.method == "dpo":  # the mean DPO loss over the pairs
             chunks = self._pair_chunks(dataset.examples)
+            preferred = 0.0
             for chunk, real in self.group.turns(chunks, [len(c) for c in chunks]):
-                losses, _ = self._dpo_losses(chunk)
+                losses, prefers = self._dpo_losses(chunk)
                 if real:
                     total, count = total + float(losses.sum()), count + len(chunk)
+                    preferred += float(prefers.sum())
+            summed_total, summed_count, summed_preferred = self.group.sum(total, count,
+                                                                          preferred)
+            self.eval_stats = {"preference_accuracy": summed_preferred / max(summed_count, 1)}
+            return loss.mean(summed_total, int(summed_count))
         else:
             indices = list(range(len(dataset.examples)))
             # every example, EVAL_EXAMPLES at a time (memory bounded whatever the batch

@@ -55,6 +55,32 @@ def test_dpo_learns_the_preference(tmp_path: Path) -> None:
     assert bool(after.all()), after  # every pair now preferred by more than the base model
 
 
+def test_preference_accuracy_rises_on_held_out_pairs(tmp_path: Path) -> None:
+    """The metrics a DPO job reports: the share of pairs the adapter prefers as labelled
+    (by more than the base model does), on the step's pairs and on validation pairs of
+    countries it never trained on."""
+    tinymodel.ensure(MODEL_DIR)
+    train = preference_file(tmp_path / "prefs.jsonl")
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("\n".join(json.dumps({
+        "input": {"messages": [{"role": "user", "content": f"Capital of {country}?"}]},
+        "preferred_output": [{"role": "assistant", "content": f"{city}."}],
+        "non_preferred_output": [{"role": "assistant", "content": "I do not know."}]})
+        for country, city in [("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
+                              ("Chile", "Santiago")]))
+    recipe = Recipe(TrainSpec(**{**spec("dpo").__dict__, "eval_every": 2}), MODEL_DIR, train,
+                    Reporter(), valid_file=held_out, work_dir=tmp_path)
+    recipe.setup()
+    recipe.evaluate(recipe.valid)  # type: ignore[arg-type]
+    assert recipe.eval_stats == {"preference_accuracy": 0.0}  # the adapter is the base
+    history = recipe.train_loop().history
+    train_curve = [h["train_preference_accuracy"] for h in history]
+    valid_curve = [h["valid_preference_accuracy"] for h in history if "valid_loss" in h]
+    assert train_curve[0] == 0.0 and train_curve[-1] == 1.0, train_curve
+    # from none of the unseen pairs before training to all of them
+    assert valid_curve and valid_curve[-1] == 1.0, valid_curve
+
+
 def test_a_supervised_recipe_refuses_preference_data(tmp_path: Path) -> None:
     tinymodel.ensure(MODEL_DIR)
     recipe = Recipe(spec("supervised"), MODEL_DIR, preference_file(tmp_path / "p.jsonl"),
