@@ -41,10 +41,10 @@ T = TypeVar("T")
 @dataclass
 class UnitOfWork:
     session: Session
-    _after_commit: list[Callable[[], None]] = field(default_factory=list)
-    _on_rollback: list[Callable[[], None]] = field(default_factory=list)
+    _after_commit: list[Callable[[], object]] = field(default_factory=list)
+    _on_rollback: list[Callable[[], object]] = field(default_factory=list)
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
+    def after_commit(self, fn: Callable[[], object]) -> None:
         self._after_commit.append(fn)
 
     def peek(self, fn: Callable[..., T], *args: Any) -> T:
@@ -59,7 +59,7 @@ class UnitOfWork:
         """Undo outside the database (an uploaded object) if the transaction fails."""
         self._on_rollback.append(fn)
 
-    def _run(self, hooks: list[Callable[[], None]], what: str) -> None:
+    def _run(self, hooks: list[Callable[[], object]], what: str) -> None:
         for hook in hooks:
             try:
                 hook()

@@ -1,7 +1,7 @@
 """Every domain's tables, on one metadata: what Alembic compares the migrations with
 (migrations/env.py). Importing this registers all of them."""
 
-from core.adapters.models import Adapter, AdapterAlias, AdapterVersion
+from core.adapters.models import Adapter, AdapterAlias, AdapterExport, AdapterVersion
 from core.audit.models import AuditEntry
 from core.base_models.models import BaseModel
 from core.checkpoints.models import JobCheckpoint
@@ -15,7 +15,7 @@ from core.tenants.models import ApiKey, Tenant
 from core.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
-    "Adapter", "AdapterAlias", "AdapterVersion", "ApiKey", "AuditEntry", "Base", "BaseModel",
-    "File", "FineTuningJob", "IdempotencyKey", "JobCheckpoint", "JobEvent", "Tenant",
-    "UsageDay", "WebhookDelivery", "WebhookEndpoint", "Worker",
+    "Adapter", "AdapterAlias", "AdapterExport", "AdapterVersion", "ApiKey", "AuditEntry",
+    "Base", "BaseModel", "File", "FineTuningJob", "IdempotencyKey", "JobCheckpoint",
+    "JobEvent", "Tenant", "UsageDay", "WebhookDelivery", "WebhookEndpoint", "Worker",
 ]

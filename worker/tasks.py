@@ -13,7 +13,7 @@ from celery.exceptions import WorkerShutdown
 
 from core.kit import logs, metrics, queue
 from core.kit.db import admin_scope, session_scope
-from core.kit.queue import DISPATCH_TASK, SWEEP_TASK, TRAIN_TASK
+from core.kit.queue import DISPATCH_TASK, EXPORT_TASK, SWEEP_TASK, TRAIN_TASK
 from core.kit.settings import get_settings
 from core.kit.storage import StorageUnavailable, get_storage
 from core.scheduling import repository as worker_repo
@@ -50,6 +50,18 @@ def train_job(job_id: str, tenant_id: str | None = None) -> None:
         # The job is checkpointed and back in the queue; stop now rather than wait for the
         # solo pool's event loop to notice the warm shutdown.
         raise WorkerShutdown()
+
+
+@app.task(name=EXPORT_TASK)  # type: ignore[untyped-decorator]
+def export_adapter(export_id: str, tenant_id: str) -> None:
+    """Build a version's export (merged model, GGUF adapter) as its tenant."""
+    from worker.exports import run_export
+
+    token = logs.start(tenant_id=tenant_id)
+    try:
+        log.info("export %s: %s", export_id, run_export(export_id, tenant_id))
+    finally:
+        logs.end(token)
 
 
 @app.task(name=DISPATCH_TASK)  # type: ignore[untyped-decorator]

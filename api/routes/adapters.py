@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Path
 
 from api.deps import CurrentTenant, JobsActor, UoW
@@ -7,18 +9,25 @@ from api.schemas.adapters import (
     AdapterObject,
     AdapterVersionObject,
     AliasObject,
+    CreateExport,
     DownloadFile,
     DownloadObject,
+    ExportObject,
     SetAlias,
 )
 from api.schemas.common import Limit, ListPage, Version
+from core.adapters import exports
 from core.adapters import repository as adapter_repo
 from core.adapters import service as adapter_service
 from core.adapters.models import AdapterAlias, AdapterVersion
+from core.base_models import repository as model_repo
+from core.kit import queue
+from core.kit.errors import Conflict
 from core.kit.storage import get_storage
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 AliasName = Path(description="an alias: production, staging or any name")
+ExportFormat = Literal["merged", "gguf"]
 
 
 @router.get("", response_model=ListPage[AdapterObject])
@@ -69,6 +78,56 @@ def download(name: str, version: Version, tenant_id: CurrentTenant, uow: UoW) ->
                                                    row.files)
     return DownloadObject(adapter=adapter.name, version=row.version, expires_at=expires,
                           files=[DownloadFile.model_validate(f) for f in files])
+
+
+@router.post("/{name}/versions/{version}/exports", response_model=ExportObject)
+def request_export(name: str, version: Version, body: CreateExport, actor: JobsActor,
+                   uow: UoW) -> ExportObject:
+    """Ask for the version as a merged model or a GGUF LoRA adapter, built by a worker;
+    asking again answers the same export (and re-queues one that failed or was lost)."""
+    row, send = exports.request(uow.session, actor.tenant_id, name, version, body.format)
+    if send:
+        base = model_repo.get(uow.session, _version(uow, row.version_id).base_model)
+        assert base is not None
+        gpu_class = base.gpu_class
+        uow.after_commit(lambda: queue.enqueue_export(row.id, actor.tenant_id, gpu_class))
+    return ExportObject.of(row, name, version)
+
+
+@router.get("/{name}/versions/{version}/exports", response_model=ListPage[ExportObject])
+def list_exports(name: str, version: Version, tenant_id: CurrentTenant,
+                 uow: UoW) -> ListPage[ExportObject]:
+    return ListPage.of([ExportObject.of(e, name, version) for e in
+                        exports.of_version(uow.session, tenant_id, name, version)], False)
+
+
+@router.get("/{name}/versions/{version}/exports/{format}", response_model=ExportObject)
+def get_export(name: str, version: Version, format: ExportFormat, tenant_id: CurrentTenant,
+               uow: UoW) -> ExportObject:
+    return ExportObject.of(exports.get(uow.session, tenant_id, name, version, format), name,
+                           version)
+
+
+@router.get("/{name}/versions/{version}/exports/{format}/download",
+            response_model=DownloadObject)
+def download_export(name: str, version: Version, format: ExportFormat,
+                    tenant_id: CurrentTenant, uow: UoW) -> DownloadObject:
+    row = exports.get(uow.session, tenant_id, name, version, format)
+    if row.status != "succeeded":
+        raise Conflict(f"the {format} export of {name!r} v{version} is {row.status}"
+                       + (", not ready yet" if row.status in ("queued", "running") else
+                          "; POST it again to retry"), param="format",
+                       code="export_not_ready")
+    expires, files = adapter_service.download_urls(get_storage(), row.object_prefix,
+                                                   row.files)
+    return DownloadObject(adapter=name, version=version, expires_at=expires,
+                          files=[DownloadFile.model_validate(f) for f in files])
+
+
+def _version(uow: UoW, version_id: str) -> AdapterVersion:
+    found = uow.session.get(AdapterVersion, version_id)
+    assert found is not None
+    return found
 
 
 @router.get("/{name}/aliases", response_model=ListPage[AliasObject])

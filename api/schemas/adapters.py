@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from api.schemas.common import ts
-from core.adapters.models import Adapter, AdapterAlias, AdapterVersion
+from core.adapters.models import Adapter, AdapterAlias, AdapterExport, AdapterVersion
 from core.checkpoints.models import JobCheckpoint
 from core.kit.types import MAX_INT32, IntRange
 from core.lineage.service import checkpoint_name
@@ -117,3 +117,29 @@ class DownloadObject(BaseModel):
     files: list[DownloadFile]
     model: str | None = None  # through /v1/models/{id}/download: the model asked for
     checkpoint_step: int | None = None
+
+
+class CreateExport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["merged", "gguf"]
+
+
+class ExportObject(BaseModel):
+    id: str
+    object: Literal["adapter.export"] = "adapter.export"
+    adapter: str
+    version: int
+    format: str  # merged | gguf
+    status: Literal["queued", "running", "succeeded", "failed"]
+    files: list[AdapterFile]  # with export_manifest.json, once succeeded
+    error: dict[str, Any] | None
+    created_at: int
+    finished_at: int | None
+
+    @classmethod
+    def of(cls, row: AdapterExport, adapter: str, version: int) -> ExportObject:
+        return cls(id=row.id, adapter=adapter, version=version, format=row.format,
+                   status=row.status,
+                   files=[AdapterFile(**f) for f in row.files], error=row.error,
+                   created_at=ts(row.created_at) or 0, finished_at=ts(row.finished_at))

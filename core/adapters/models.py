@@ -75,3 +75,27 @@ class AdapterAlias(Base):
     history: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdapterExport(Base):
+    """A version in another form, made on request by a worker: ``merged`` (the base with
+    the adapter folded in) or ``gguf`` (a llama.cpp LoRA adapter)."""
+
+    __tablename__ = "adapter_exports"
+    __table_args__ = (UniqueConstraint("version_id", "format"),)
+
+    id: Mapped[str] = mapped_column(IdString(), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    version_id: Mapped[str] = mapped_column(
+        IdString(), ForeignKey("adapter_versions.id", ondelete="CASCADE")
+    )
+    format: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    object_prefix: Mapped[str] = mapped_column(String(512))
+    files: Mapped[list[Any]] = mapped_column(default=list)  # name, bytes, sha256
+    error: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -21,6 +21,7 @@ log = logging.getLogger("loramill.queue")
 TRAIN_TASK = "loramill.train_job"
 DISPATCH_TASK = "loramill.dispatch"
 SWEEP_TASK = "loramill.sweep"
+EXPORT_TASK = "loramill.export"
 SCHEDULER_QUEUE = "loramill-scheduler"
 
 
@@ -46,6 +47,18 @@ def enqueue(job_id: str, tenant_id: str, gpu_class: str) -> bool:
                               queue=queue_for(gpu_class), retry=False)
     except Exception as exc:
         log.warning("could not send job %s to the broker: %s", job_id, exc)
+        return False
+    return True
+
+
+def enqueue_export(export_id: str, tenant_id: str, gpu_class: str) -> bool:
+    """Send an adapter export to a worker of its base model's class (it needs the base
+    model's weights and the ML stack, as training does)."""
+    try:
+        _producer().send_task(EXPORT_TASK, args=[export_id, tenant_id],
+                              queue=queue_for(gpu_class), retry=False)
+    except Exception as exc:
+        log.warning("could not send export %s to the broker: %s", export_id, exc)
         return False
     return True
 

@@ -324,6 +324,28 @@ def adapters_delete(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def adapters_export(client: Client, args: argparse.Namespace) -> int:
+    found = client.adapters.export(args.name, args.version, args.format)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    while args.wait and found["status"] in ("queued", "running"):
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"timed out: the export is still {found['status']}", file=sys.stderr)
+            return TIMED_OUT
+        time.sleep(2)
+        found = client.adapters.get_export(args.name, args.version, args.format)
+    if found["status"] == "failed":
+        print(f"export failed: {found['error']['message']}", file=sys.stderr)
+        return FAILED
+    if found["status"] == "succeeded" and args.dest:
+        client.adapters.download_export(args.name, args.version, args.format, args.dest)
+        _out(args, found, f"{args.format} export of {args.name} v{args.version} in "
+                          f"{args.dest} (sha256 verified)")
+        return OK
+    _out(args, found, f"{args.format} export of {args.name} v{args.version}: "
+                      f"{found['status']}")
+    return OK
+
+
 def adapters_download(client: Client, args: argparse.Namespace) -> int:
     if "@" in args.name:  # adapter@alias: the version it points at now
         dest = Path(args.dest or args.name.replace("@", "-"))
@@ -396,11 +418,11 @@ def integrations_list(client: Client, args: argparse.Namespace) -> int:
 
 
 def integrations_wandb(client: Client, args: argparse.Namespace) -> int:
-    key = args.api_key or os.environ.get("WANDB_API_KEY")
+    key = args.key or os.environ.get("WANDB_API_KEY")
     if not key:
-        print("error: give --api-key or set WANDB_API_KEY", file=sys.stderr)
+        print("error: give --key or set WANDB_API_KEY", file=sys.stderr)
         return USAGE
-    client.integrations.set_wandb(key, args.base_url)
+    client.integrations.set_wandb(key, args.wandb_url)
     _out(args, {"type": "wandb", "set": True}, "W&B key set for your jobs")
     return OK
 
@@ -620,6 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="an adapter, or ADAPTER@ALIAS for the version it points at")
     p.add_argument("version", type=int, nargs="?", help="default: the latest")
     p.add_argument("--dest", help="directory (default: NAME-vN)")
+    p = command(adapters, "export", adapters_export,
+                "a version as a merged model or a GGUF LoRA adapter for llama.cpp")
+    p.add_argument("name", help="the adapter")
+    p.add_argument("version", type=int, help="the version")
+    p.add_argument("--format", choices=("merged", "gguf"), required=True)
+    p.add_argument("--wait", action="store_true", help="until it is built")
+    p.add_argument("--timeout", type=float, help="seconds to wait (exit 4 after)")
+    p.add_argument("--dest", help="download it here once built (sha256 checked)")
     command(adapters, "aliases", adapters_aliases,
             "an adapter's aliases and the versions they point at").add_argument("name")
     p = command(adapters, "promote", adapters_promote,
@@ -653,8 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     command(grouped, "list", integrations_list, "what is set (keys shown by their end)")
     p = command(grouped, "wandb", integrations_wandb,
                 "set the W&B API key your jobs' runs log with")
-    p.add_argument("--api-key", help="default: $WANDB_API_KEY")
-    p.add_argument("--base-url", help="a self-hosted W&B server")
+    p.add_argument("--key", help="the W&B API key (default: $WANDB_API_KEY)")
+    p.add_argument("--wandb-url", help="a self-hosted W&B server")
 
     hooks = groups.add_parser(
         "webhooks", help="endpoints that receive your jobs' ends (signed)").add_subparsers(

@@ -220,6 +220,25 @@ class Adapters:
         return AdapterVersion.of(self._t.request(
             "DELETE", f"/v1/adapters/{name}/versions/{version}"))
 
+    def export(self, name: str, version: int, format: str) -> dict[str, Any]:
+        """Ask for a version as a ``merged`` model or a ``gguf`` LoRA adapter (built by a
+        worker; asking again answers the same export)."""
+        found: dict[str, Any] = self._t.request(
+            "POST", f"/v1/adapters/{name}/versions/{version}/exports", json={"format": format})
+        return found
+
+    def get_export(self, name: str, version: int, format: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._t.request(
+            "GET", f"/v1/adapters/{name}/versions/{version}/exports/{format}")
+        return found
+
+    def download_export(self, name: str, version: int, format: str,
+                        dest: str | Path) -> Path:
+        """An export's files into ``dest``, each sha256 checked against the API's list."""
+        info = self._t.request(
+            "GET", f"/v1/adapters/{name}/versions/{version}/exports/{format}/download")
+        return _fetch(info["files"], {}, Path(dest))
+
     def download(self, name: str, version: int, dest: str | Path) -> Path:
         """Fetch every file of a version into ``dest`` and check each sha256 against the
         version's manifest; a mismatch raises ChecksumError and leaves no file behind.

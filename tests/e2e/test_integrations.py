@@ -60,3 +60,17 @@ def test_integrations_that_cannot_be_used_are_400(tenant: TenantHandle) -> None:
                                      "key_hint": "…abcd", "base_url": None}]
     assert tenant.client.delete("/v1/integrations/wandb").json()["data"] == []
     assert_error(tenant.client.delete("/v1/integrations/wandb"), 404)
+    # and from the CLI
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "LORAMILL_BASE_URL": str(tenant.client.base_url),
+           "LORAMILL_API_KEY": tenant.key, "WANDB_API_KEY": "y" * 36 + "wxyz"}
+    for args, shown in ((["integrations", "wandb"], "W&B key set for your jobs"),
+                        (["integrations", "list"], "wandb  key …wxyz")):
+        done = subprocess.run([sys.executable, "-m", "loramill.cli", *args], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == shown, done.stderr

@@ -1,0 +1,87 @@
+"""Building an export a tenant asked for (core/adapters/exports.py), on a worker of the
+base model's class: the version's adapter files fetched and sha256-checked, the export
+built (worker/training/export.py), uploaded beside the version with an export manifest,
+and the row marked ``succeeded``; any failure marks it ``failed`` with the reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from core.adapters.exports import MANIFEST
+from core.adapters.models import AdapterExport, AdapterVersion
+from core.base_models import repository as model_repo
+from core.kit.db import tenant_scope
+from core.kit.orm import utcnow
+from core.kit.storage import file_entries, get_storage
+from worker.runner import public
+
+log = logging.getLogger("loramill.worker")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def run_export(export_id: str, tenant_id: str) -> str:
+    with tenant_scope(tenant_id) as session:
+        row = session.get(AdapterExport, export_id, with_for_update=True)
+        if row is None or row.status != "queued":
+            return "not-queued"  # done, or taken by another worker
+        version = session.get(AdapterVersion, row.version_id)
+        base = model_repo.get(session, version.base_model) if version else None
+        if version is None or version.deleted_at is not None or base is None:
+            row.status, row.finished_at = "failed", utcnow()
+            row.error = {"code": "version_gone", "message": "the version was deleted"}
+            return "failed"
+        row.status, row.started_at = "running", utcnow()
+        job = {"format": row.format, "prefix": row.object_prefix, "version": version.version,
+               "version_prefix": version.object_prefix, "files": list(version.files),
+               "base_dir": base.source_uri, "base_model": base.id,
+               "adapter": version.manifest.get("adapter")}
+    try:
+        files = _build(job)
+    except Exception as exc:
+        log.exception("export %s failed", export_id)
+        _finish(export_id, tenant_id, status="failed", error={
+            "code": "export_failed", "message": public(f"{type(exc).__name__}: {exc}")})
+        return "failed"
+    _finish(export_id, tenant_id, status="succeeded", files=files)
+    return "succeeded"
+
+
+def _build(job: dict[str, Any]) -> list[dict[str, Any]]:
+    from worker.training.export import gguf_adapter, merge
+
+    storage = get_storage()
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        work = Path(tmp)
+        adapter = work / "adapter"
+        storage.download_verified(job["version_prefix"], [
+            f for f in job["files"] if f["name"] in ADAPTER_FILES], adapter)
+        out = work / "out"
+        out.mkdir()
+        if job["format"] == "merged":
+            paths = merge(Path(job["base_dir"]), adapter, out)
+        else:
+            paths = [gguf_adapter(Path(job["base_dir"]), adapter, out / "adapter.gguf")]
+        entries = file_entries(paths)
+        manifest = json.dumps({
+            "format": job["format"], "adapter": job["adapter"], "version": job["version"],
+            "base_model": job["base_model"], "files": entries,
+            "created_at": utcnow().isoformat()}, indent=2)
+        (out / MANIFEST).write_text(manifest)
+        uploaded = [*paths, out / MANIFEST]
+        for path in uploaded:
+            storage.upload_file(path, job["prefix"] + path.name)
+        return file_entries(uploaded)
+
+
+def _finish(export_id: str, tenant_id: str, *, status: str,
+            files: list[dict[str, Any]] | None = None,
+            error: dict[str, Any] | None = None) -> None:
+    with tenant_scope(tenant_id) as session:
+        row = session.get(AdapterExport, export_id, with_for_update=True)
+        if row is None or row.status != "running":
+            return  # asked again meanwhile (stale): that attempt decides
+        row.status, row.files, row.error, row.finished_at = status, files or [], error, utcnow()
