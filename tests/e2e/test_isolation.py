@@ -98,6 +98,6 @@ def test_presigned_url_covers_one_object_and_expires(owner: dict[str, Any]) -> N
     with admin_scope() as session:
         row = session.scalars(select(AdapterVersion).where(
             AdapterVersion.job_id == owner["job"])).one()
-        _, files = download_urls(get_storage(), row, seconds=1)
+        _, files = download_urls(get_storage(), row.object_prefix, row.files, seconds=1)
     time.sleep(2.5)
     assert httpx.get(str(files[0]["url"])).status_code == 403  # expired

@@ -71,7 +71,14 @@ def test_a_job_continues_from_a_fine_tuned_or_checkpoint_model(
 
     # from the fine-tuned model: it starts where the parent ended, and publishes the
     # adapter's next version with its lineage
-    child = start(tenant, DATA, model=ft, **{**hyper(1), "lora": {"dropout": 0.0}})
+    # (through the official client: OpenAI's way of continuing a fine-tuned model)
+    import openai
+
+    client = openai.OpenAI(api_key=tenant.key, base_url=f"{stack.api_url}/v1", max_retries=0)
+    child = client.fine_tuning.jobs.create(
+        model=ft, training_file=upload_ok(tenant.client, DATA)["id"], seed=7,
+        method=hyper(1)["method"],  # type: ignore[arg-type]
+        extra_body={"lora": {"dropout": 0.0}}).to_dict()
     assert child["model"] == ft and child["base_model"] == "loramill/tiny-llama"
     assert child["parent"] == {"model": ft, "job_id": parent["id"], "adapter": "capitals",
                                "adapter_version": 1, "checkpoint_step": None}
