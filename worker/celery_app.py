@@ -6,7 +6,7 @@ correctness never rests on the broker's visibility timeout, and a duplicate or r
 message is a no-op.
 
 Training workers run ``--pool solo`` (one job per process; one process per GPU), listen
-on ``gpu-<class>`` and announce their capacity in the ``workers`` table. The scheduler is
+on ``train-<class>`` and announce their capacity in the ``workers`` table. The scheduler is
 a worker on ``loramill-scheduler`` with beat embedded (``-B``), running dispatch and sweep.
 """
 

@@ -144,14 +144,14 @@ def _announce(sender: Any = None, **_: Any) -> None:
     if settings.metrics_port:
         metrics.serve(settings.metrics_host, settings.metrics_port)
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
-    gpu_queues = [q for q in queues if q.startswith("gpu-")]
-    if not gpu_queues:  # the scheduler: no training slots; it sends webhooks
+    classes = [c for c in (queue.class_of(q) for q in queues) if c is not None]
+    if not classes:  # the scheduler: no training slots; it sends webhooks
         global _webhooks
         from core.webhooks.delivery import tick
 
         _webhooks = Ticker("webhook deliveries", WEBHOOK_SECONDS, tick).start()
         return
-    _heartbeat = WorkerHeartbeat(gpu_queues[0].removeprefix("gpu-"), 1)
+    _heartbeat = WorkerHeartbeat(classes[0], 1)
     _heartbeat.start()
 
 

@@ -25,9 +25,17 @@ EXPORT_TASK = "loramill.export"
 SCHEDULER_QUEUE = "loramill-scheduler"
 
 
+TRAIN_PREFIX = "train-"
+
+
 def queue_for(gpu_class: str) -> str:
-    """The queue a GPU class's workers listen on."""
-    return f"gpu-{gpu_class}"
+    """The queue a GPU class's workers listen on: ``train-cpu``, ``train-gpu-24gb``…"""
+    return f"{TRAIN_PREFIX}{gpu_class}"
+
+
+def class_of(queue: str) -> str | None:
+    """The GPU class a training queue is for; None for another queue (the scheduler's)."""
+    return queue.removeprefix(TRAIN_PREFIX) if queue.startswith(TRAIN_PREFIX) else None
 
 
 def broker_url() -> str:

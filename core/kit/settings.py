@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     admin_database_url: str | None = None
     redis_url: str | None = None
     s3_endpoint_url: str | None = None
+    # where users (CLI, SDK, browsers) reach the store, when not at s3_endpoint_url (in
+    # compose, the services use http://minio:9000): presigned download URLs name it
+    s3_public_endpoint_url: str | None = None
     s3_bucket: str = "loramill"
     s3_access_key: str = "loramill"
     s3_secret_key: str = "loramill-local-secret"

@@ -97,10 +97,10 @@ def file_entries(paths: list[Path]) -> list[dict[str, Any]]:
     return [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in paths]
 
 
-def make_client(settings: Settings) -> S3Client:
+def make_client(settings: Settings, endpoint: str | None = None) -> S3Client:
     client = boto3.client(
         "s3",
-        endpoint_url=settings.require_s3_endpoint(),
+        endpoint_url=endpoint or settings.require_s3_endpoint(),
         aws_access_key_id=settings.s3_access_key,
         aws_secret_access_key=settings.s3_secret_key,
         region_name=settings.s3_region,
@@ -133,9 +133,12 @@ class StorageUnavailable(ServiceUnavailable):
 
 
 class Storage:
-    def __init__(self, client: S3Client, bucket: str):
+    def __init__(self, client: S3Client, bucket: str, public: S3Client | None = None):
         self.client = client
         self.bucket = bucket
+        # presigned URLs are signed for the address their users reach the store by
+        # (LORAMILL_S3_PUBLIC_ENDPOINT_URL), which may not be the services' own
+        self.public = public or client
 
     def ensure_bucket(self) -> None:
         try:
@@ -221,7 +224,7 @@ class Storage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        url: str = self.client.generate_presigned_url("get_object", Params=params,
+        url: str = self.public.generate_presigned_url("get_object", Params=params,
                                                       ExpiresIn=expires_in)
         return url
 
@@ -337,5 +340,10 @@ class MultipartWriter:
 
 @lru_cache(maxsize=1)
 def get_storage() -> Storage:
-    settings = get_settings()
-    return Storage(make_client(settings), settings.s3_bucket)
+    return storage_for(get_settings())
+
+
+def storage_for(settings: Settings) -> Storage:
+    public = settings.s3_public_endpoint_url
+    return Storage(make_client(settings), settings.s3_bucket,
+                   make_client(settings, public) if public else None)
