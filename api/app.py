@@ -25,7 +25,7 @@ from api.routes import (
     ops,
     webhooks,
 )
-from core.kit import logs
+from core.kit import logs, metrics
 from core.kit.process import mark_clean_exit
 from core.kit.settings import get_settings
 from core.kit.storage import get_storage
@@ -35,6 +35,7 @@ from core.serving.gateway import Gateway
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     logs.configure()  # when a server runs the app; importing it configures nothing
+    metrics.announce_build()
     # the threads that run blocking work; the database pools are sized against them
     anyio.to_thread.current_default_thread_limiter().total_tokens = (
         get_settings().api_threads)

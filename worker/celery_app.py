@@ -33,6 +33,9 @@ def make_app() -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 12 * 3600},
         worker_hijack_root_logger=False,
+        # task events, so Flower (or `celery events`) can attach to a running fleet
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         beat_schedule={
             "dispatch": {"task": DISPATCH_TASK, "schedule": settings.dispatch_interval_seconds,
                          "options": {"expires": max(settings.dispatch_interval_seconds, 1)}},

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from celery import signals
@@ -64,8 +67,22 @@ def export_adapter(export_id: str, tenant_id: str) -> None:
         logs.end(token)
 
 
+@contextlib.contextmanager
+def _tick(task: str) -> Iterator[None]:
+    """A scheduler tick, timed; its end is the scheduler's liveness."""
+    started = time.monotonic()
+    yield
+    metrics.SCHEDULER_TICKS.labels(task).observe(time.monotonic() - started)
+    metrics.SCHEDULER_LAST_TICK.labels(task).set(time.time())
+
+
 @app.task(name=DISPATCH_TASK)  # type: ignore[untyped-decorator]
 def dispatch_jobs() -> None:
+    with _tick("dispatch"):
+        _dispatch()
+
+
+def _dispatch() -> None:
     settings = get_settings()
     with admin_scope() as session:  # the scheduler spans tenants
         picks = scheduler.dispatch_tick(session, settings)
@@ -78,6 +95,11 @@ def dispatch_jobs() -> None:
 
 @app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
 def sweep_jobs() -> None:
+    with _tick("sweep"):
+        _sweep()
+
+
+def _sweep() -> None:
     settings = get_settings()
     with admin_scope() as session:
         result = scheduler.sweep(session, settings)

@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core.jobs.models import FineTuningJob
+from core.kit import metrics
 from core.kit.orm import utcnow
 from core.webhooks import service as webhooks
 
@@ -89,4 +90,5 @@ def transition(
     job: FineTuningJob | None = session.execute(stmt).scalar_one_or_none()
     if job is not None and target in TERMINAL:  # the tenant's webhooks, in this transaction
         webhooks.enqueue(session, job.tenant_id, f"fine_tuning.job.{target}", {"id": job.id})
+        metrics.JOBS_FINISHED.labels(job.gpu_class, target).inc()
     return job

@@ -20,6 +20,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     start_http_server,
 )
@@ -49,6 +50,20 @@ LEASE_EXPIRIES = Counter(
 )
 
 # Serving (core/serving/gateway.py); kind: base | fine_tuned
+JOBS_FINISHED = Counter(
+    "loramill_jobs_finished", "Jobs that ended, by GPU class and outcome (succeeded, "
+    "failed, cancelled): counted where the state machine ends them.", ["gpu_class", "status"])
+# The scheduler: each tick of dispatch and sweep, how long it took, and when the last one
+# ran (its liveness: a scheduler that stopped ticking is down, whatever its process says)
+SCHEDULER_TICKS = Histogram(
+    "loramill_scheduler_tick_seconds", "Duration of a scheduler tick.", ["task"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SCHEDULER_LAST_TICK = Gauge(
+    "loramill_scheduler_last_tick_timestamp_seconds", "When the scheduler last finished a "
+    "tick (Unix time).", ["task"], multiprocess_mode="max")
+BUILD_INFO = Gauge(
+    "loramill_build_info", "1, labelled with the running version of loramill and Python.",
+    ["version", "python"], multiprocess_mode="max")
 WEBHOOK_DELIVERIES = Counter(
     "loramill_webhook_deliveries",
     "Webhook delivery attempts by outcome: delivered, retried (will be tried again), "
@@ -81,6 +96,18 @@ ADAPTER_LOAD_SECONDS = Histogram(
 )
 
 
+def announce_build() -> None:
+    """Set ``loramill_build_info`` for this process (its version and Python)."""
+    import importlib.metadata as md
+    import platform
+
+    try:
+        version = md.version("loramill-server")
+    except md.PackageNotFoundError:
+        version = "unknown"
+    BUILD_INFO.labels(version, platform.python_version()).set(1)
+
+
 def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -100,5 +127,6 @@ def registry(*extra: Collector) -> CollectorRegistry:
 
 def serve(host: str, port: int) -> None:
     """Expose this process's metrics on ``host:port`` (workers and the scheduler)."""
+    announce_build()
     start_http_server(port, addr=host, registry=registry())
     log.info("metrics on %s:%s", host, port)

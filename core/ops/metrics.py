@@ -1,6 +1,8 @@
 """The queue as Prometheus gauges, read from PostgreSQL at scrape time by the API's
-/metrics (so every API replica reports the same numbers): jobs by status and GPU class,
-the oldest queued job's age, live workers."""
+/metrics (so every API replica reports the same numbers): jobs by status and GPU class
+(the demand signal an autoscaler reads: jobs reach Redis only once a worker has a free
+slot), the oldest queued job's age, live workers, and per tenant its queued jobs and
+their oldest's age."""
 
 from __future__ import annotations
 
@@ -38,14 +40,21 @@ class QueueCollector(Collector):
             GaugeMetricFamily("loramill_workers_alive",
                               "Training workers heard from within the worker timeout.",
                               labels=["gpu_class"]),
+            GaugeMetricFamily("loramill_tenant_queued_jobs",
+                              "Queued jobs of each tenant that has some, by GPU class.",
+                              labels=["tenant_id", "gpu_class"]),
+            GaugeMetricFamily("loramill_tenant_oldest_queued_job_age_seconds",
+                              "Age of each tenant's oldest queued job, by GPU class.",
+                              labels=["tenant_id", "gpu_class"]),
         ]
 
     def collect(self) -> Iterator[Metric]:
-        up, depth, oldest, alive = self.describe()
+        up, depth, oldest, alive, tenant_depth, tenant_oldest = self.describe()
         try:
             with admin_scope() as session:  # counts across tenants
                 counts = repository.active_jobs_by_class(session)
                 ages = repository.oldest_queued_age_by_class(session)
+                by_tenant = repository.queued_by_tenant(session)
                 workers = repository.workers_alive_by_class(
                     session, timedelta(seconds=self.worker_timeout))
         except Exception:
@@ -68,4 +77,7 @@ class QueueCollector(Collector):
         live = workers
         for gpu_class in classes:
             alive.add_metric([gpu_class], live.get(gpu_class, 0))
-        yield from (up, depth, oldest, alive)
+        for tenant_id, gpu_class, n, age in by_tenant:
+            tenant_depth.add_metric([tenant_id, gpu_class], n)
+            tenant_oldest.add_metric([tenant_id, gpu_class], age)
+        yield from (up, depth, oldest, alive, tenant_depth, tenant_oldest)

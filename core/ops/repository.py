@@ -136,6 +136,16 @@ def oldest_queued_age_by_class(session: Session) -> dict[str, float]:
         .group_by(FineTuningJob.gpu_class))}
 
 
+def queued_by_tenant(session: Session) -> list[tuple[str, str, int, float]]:
+    """(tenant, GPU class, queued jobs, the oldest one's age in seconds), for the tenants
+    that have queued jobs."""
+    return [(str(t), str(g), int(n), float(age)) for t, g, n, age in session.execute(
+        select(FineTuningJob.tenant_id, FineTuningJob.gpu_class, func.count(),
+               func.extract("epoch", func.now() - func.min(FineTuningJob.created_at)))
+        .where(FineTuningJob.status == JobStatus.QUEUED)
+        .group_by(FineTuningJob.tenant_id, FineTuningJob.gpu_class))]
+
+
 def workers_alive_by_class(session: Session, timeout: timedelta) -> dict[str, int]:
     return {g: int(n) for g, n in session.execute(
         select(Worker.gpu_class, func.count())

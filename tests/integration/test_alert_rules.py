@@ -14,10 +14,12 @@ from tests.conftest import ROOT
 def exported() -> set[str]:
     names = {family.name for family in QueueCollector(30, "cpu").describe()}
     for metric in (metrics.HTTP_LATENCY, metrics.JOB_DURATION, metrics.TRAINED_TOKENS,
-                   metrics.LEASE_EXPIRIES):
+                   metrics.LEASE_EXPIRIES, metrics.JOBS_FINISHED, metrics.SCHEDULER_TICKS,
+                   metrics.SCHEDULER_LAST_TICK):
         for family in metric.collect():
             names |= {s.name for s in family.samples} | {family.name}
-    names |= {f"{metrics.HTTP_LATENCY._name}_count", f"{metrics.LEASE_EXPIRIES._name}_total"}
+    names |= {f"{metrics.HTTP_LATENCY._name}_count", f"{metrics.LEASE_EXPIRIES._name}_total",
+              f"{metrics.JOBS_FINISHED._name}_total"}
     return names
 
 
