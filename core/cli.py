@@ -93,13 +93,15 @@ def cmd_register_model(args: argparse.Namespace) -> int:
 
     with admin_session() as session:
         try:
-            model = base_models.register(session, args.id, args.path, gpu_class=args.gpu_class)
+            model = base_models.register(session, args.id, args.path, gpu_class=args.gpu_class,
+                                         upload=args.upload)
         except LoramillError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 2
         session.commit()
         print(f"registered {model.id}: {model.architecture}, {model.params:,} parameters, "
-              f"context {model.context_length}, gpu class {model.gpu_class}")
+              f"context {model.context_length}, gpu class {model.gpu_class}, from "
+              f"{model.source_uri}")
     return 0
 
 
@@ -107,7 +109,8 @@ COMMANDS = """
     migrate                apply database migrations and create the S3 bucket
     create-tenant NAME     create a tenant and print its first key
     create-key             a new key for a tenant (--tenant NAME) or an admin key (--admin)
-    register-model ID PATH register a base model directory (safetensors only)
+    register-model ID PATH register a base model directory (safetensors only); --upload
+                           puts it in the bucket; PATH may be s3://<bucket>/<prefix>
 """
 Command = tuple[str, Callable[[argparse.Namespace], int], str]  # name, function, help
 
@@ -131,7 +134,11 @@ def build_parser(description: str = COMMANDS,
     p.set_defaults(fn=cmd_create_key)
     p = sub.add_parser("register-model", help="register a base model directory")
     p.add_argument("id", help="model id, e.g. acme/llama-3-8b")
-    p.add_argument("path", help="directory with config.json and *.safetensors")
+    p.add_argument("path", help="directory with config.json and *.safetensors, or "
+                   "s3://<bucket>/<prefix> holding one")
+    p.add_argument("--upload", action="store_true",
+                   help="copy the directory to the bucket (models/<id>/): machines fetch "
+                        "it from there, sha256-checked, instead of needing the path")
     p.add_argument("--gpu-class", help="override the GPU class derived from the size")
     p.set_defaults(fn=cmd_register_model)
     return parser

@@ -83,12 +83,14 @@ def _ensure_tiny_model(settings: Settings) -> None:
 
 
 def _model_paths(settings: Settings) -> dict[str, str]:
-    """Where the served base models' weights are (their registered paths)."""
+    """Where the served base models' weights are on this machine: their registered paths,
+    or for models in the bucket the local cache (fetched, sha256-checked, once)."""
     from core.base_models import repository as model_repo
+    from core.base_models.service import local_dir
 
     with cli.admin_session() as session:
-        rows = (model_repo.get(session, m) for m in settings.serving_models)
-        return {row.id: row.source_uri for row in rows if row is not None}
+        rows = [model_repo.get(session, m) for m in settings.serving_models]
+    return {row.id: str(local_dir(row)) for row in rows if row is not None}
 
 
 def cmd_down(args: argparse.Namespace) -> int:

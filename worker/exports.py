@@ -37,7 +37,7 @@ def run_export(export_id: str, tenant_id: str) -> str:
         row.status, row.started_at = "running", utcnow()
         job = {"format": row.format, "prefix": row.object_prefix, "version": version.version,
                "version_prefix": version.object_prefix, "files": list(version.files),
-               "base_dir": base.source_uri, "base_model": base.id,
+               "base_uri": base.source_uri, "base_files": base.files, "base_model": base.id,
                "adapter": version.manifest.get("adapter")}
     try:
         files = _build(job)
@@ -51,9 +51,13 @@ def run_export(export_id: str, tenant_id: str) -> str:
 
 
 def _build(job: dict[str, Any]) -> list[dict[str, Any]]:
+    from core.base_models.models import BaseModel
+    from core.base_models.service import local_dir
     from worker.training.export import gguf_adapter, merge
 
     storage = get_storage()
+    base_dir = local_dir(BaseModel(id=job["base_model"], source_uri=job["base_uri"],
+                                   files=job["base_files"]), storage=storage)
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         work = Path(tmp)
         adapter = work / "adapter"
@@ -62,9 +66,9 @@ def _build(job: dict[str, Any]) -> list[dict[str, Any]]:
         out = work / "out"
         out.mkdir()
         if job["format"] == "merged":
-            paths = merge(Path(job["base_dir"]), adapter, out)
+            paths = merge(base_dir, adapter, out)
         else:
-            paths = [gguf_adapter(Path(job["base_dir"]), adapter, out / "adapter.gguf")]
+            paths = [gguf_adapter(base_dir, adapter, out / "adapter.gguf")]
         entries = file_entries(paths)
         manifest = json.dumps({
             "format": job["format"], "adapter": job["adapter"], "version": job["version"],

@@ -98,7 +98,7 @@ class Claim:
     lease_token: str
     attempt: int
     model: str
-    model_path: Path
+    model_path: Path  # the registered path (a model in the bucket: see model_uri)
     training_key: str
     validation_key: str | None
     method: dict[str, Any]
@@ -109,6 +109,8 @@ class Claim:
     resume_prefix: str | None = None
     trained_tokens: int = 0  # as last reported, so a resumed run counts only new tokens
     wandb: Wandb | None = None  # the tenant's W&B credentials, for a job that logs there
+    model_files: list[dict[str, Any]] | None = None  # a model in the bucket: its sha256s
+    model_uri: str = ""  # ... and where it is (s3://bucket/prefix/)
 
 
 @outage_tolerant
@@ -136,7 +138,8 @@ def claim(job_id: str, tenant_id: str, worker_id: str) -> Claim | None:
             resume_step=latest.step if latest else None,
             resume_prefix=latest.object_prefix if latest else None,
             job_id=job.id, tenant_id=job.tenant_id, lease_token=token, attempt=job.attempt,
-            model=job.model, model_path=Path(base.source_uri),
+            model=job.model, model_path=Path(base.source_uri), model_files=base.files,
+            model_uri=base.source_uri,
             training_key=training.object_key,
             validation_key=validation.object_key if validation else None,
             method=dict(job.method), seed=job.seed, suffix=job.suffix,
@@ -289,6 +292,10 @@ def explain(exc: BaseException) -> dict[str, Any]:
 
     if isinstance(exc, ParentUnusable | IncompatibleAdapter):
         return {"code": "parent_unusable", "message": public(str(exc)), "param": "model"}
+    if isinstance(exc, ObjectMismatch):
+        return {"code": "base_model_unreadable", "param": "model",
+                "message": f"the stored base model file {exc.name} does not match the "
+                           "sha256 it was registered with; the job does not train on it"}
     if isinstance(exc, NoTrainableTokens):
         return {"code": "no_trainable_tokens", "message": str(exc), "param": "training_file"}
     if isinstance(exc, UnreadableModel):
@@ -455,6 +462,21 @@ def _download_parent(c: Claim, work: Path) -> Path | None:
     return directory
 
 
+def _model_dir(c: Claim, reporter: JobReporter) -> Path:
+    """The base model on this machine: its registered path, or a model in the bucket
+    fetched into the local cache (every file's sha256 checked) the first time."""
+    from core.base_models.models import BaseModel
+    from core.base_models.service import local_dir
+
+    if c.model_files is None:
+        return c.model_path
+    base = BaseModel(id=c.model, source_uri=c.model_uri, files=c.model_files)
+    size = sum(int(f["bytes"]) for f in c.model_files)
+    reporter.message(f"Fetching base model {c.model} from object storage ({size / 1e9:.2f} "
+                     "GB, sha256-checked) unless it is cached here")
+    return local_dir(base)
+
+
 class ParentUnusable(Exception):
     """A continued job's parent adapter cannot be trained on (tampered, or not fitting)."""
 
@@ -525,10 +547,11 @@ def _run_claimed(c: Claim, work: Path, reporter: JobReporter) -> str:
                          f"({spec.lora.quantization} weights, LoRA r={spec.lora.r})")
         resume = _download_checkpoint(c, work)
         parent = None if resume else _download_parent(c, work)
-        ranks = job_arguments(spec, c.model_path, train_path, valid_file=valid_path,
+        model_dir = _model_dir(c, reporter)
+        ranks = job_arguments(spec, model_dir, train_path, valid_file=valid_path,
                               work_dir=work, resume_from=resume, init_from=parent)
         with distributed.started(world, ranks, work, shard=shard) as group:
-            recipe = Recipe(spec, c.model_path, train_path, reporter,
+            recipe = Recipe(spec, model_dir, train_path, reporter,
                             valid_file=valid_path, work_dir=work, group=group)
             recipe.setup(resume_from=resume, init_from=parent)
             if not recipe.position.step:

@@ -33,4 +33,7 @@ class BaseModel(Base):
     # chat and preference data are rendered with it; a base without one trains only
     # prompt/completion and text data
     has_chat_template: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
+    # a model in object storage (source_uri s3://bucket/prefix/): its files' name, bytes
+    # and sha256, which local caches check downloads against; None for a local path
+    files: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
 
     # Workers
     gpu_class: str = "cpu"
+    # base models registered in the bucket are fetched here once, sha256-checked
+    model_cache_dir: Path | None = None  # default: $LORAMILL_HOME/models
     # the classes this deployment runs workers for (a JSON list): a job whose predicted
     # memory needs another is refused at creation instead of waiting forever
     gpu_classes: list[str] = Field(default_factory=lambda: [

@@ -8,6 +8,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -82,6 +85,13 @@ class ObjectMismatch(Exception):
     def __init__(self, key: str, name: str, found: str, recorded: str):
         super().__init__(f"{key}: sha256 {found}, recorded {recorded}")
         self.key, self.name, self.found, self.recorded = key, name, found, recorded
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` as (bucket, ``some/prefix/``)."""
+    rest = uri.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    return bucket, prefix.rstrip("/") + "/" if prefix else ""
 
 
 def sha256_of(path: Path) -> str:
@@ -171,6 +181,27 @@ class Storage:
             if digest.hexdigest() != entry["sha256"]:
                 raise ObjectMismatch(prefix + name, name, digest.hexdigest(),
                                      str(entry["sha256"]))
+
+    def materialize(self, prefix: str, entries: Sequence[Mapping[str, Any]],
+                    target: Path) -> Path:
+        """``target`` holding each entry's object, every sha256 checked, or nothing: the
+        files land in a temporary directory beside it, renamed into place only when all
+        are there and verified (so a crash or a bad byte leaves no half directory, and
+        two processes filling it at once both end with the same one)."""
+        if target.is_dir():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            self.download_verified(prefix, entries, staging)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not target.is_dir():  # else another process put the same files there
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
 
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=key)
