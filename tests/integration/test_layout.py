@@ -32,3 +32,14 @@ def test_core_never_reaches_up() -> None:
                 if re.search(r"^\s*(from (worker|api|devstack)\b|import (worker|api|devstack)\b)",
                              line)]
     assert reaching == []
+
+
+def test_the_api_imports_no_ml_library() -> None:
+    """The API (and the scheduler's code it shares) runs without torch: an API image
+    needs none of the training stack (estimates load only a tokenizer, lazily)."""
+    heavy = ("torch", "transformers", "peft", "bitsandbytes", "wandb", "gguf", "vllm")
+    done = subprocess.run([sys.executable, "-c", "import sys, api.app, worker.celery_app; "
+                           f"print(sorted(m for m in {heavy!r} if m in sys.modules))"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
