@@ -38,3 +38,29 @@ def test_the_image_copies_every_package_the_project_installs() -> None:
     dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
     missing = [p for p in packages if f"COPY {p} ./{p}" not in dockerfile]
     assert packages and missing == [], missing
+
+
+def test_the_gpu_profile_gives_each_worker_one_gpu_a_home_and_its_class_queue() -> None:
+    """Read without Docker: every worker of the gpu profile reserves one GPU no other
+    worker reserves, has a home and metrics port of its own, and listens on the queue of
+    the class it announces (never the cpu one)."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    workers = {name: s for name, s in compose["services"].items()
+               if "gpu" in s.get("profiles", [])}
+    assert len(workers) >= 2
+    devices, homes, ports = [], set(), set()
+    for name, service in workers.items():
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"], name
+        devices += device["device_ids"]
+        env = service["environment"]
+        homes.add(env["LORAMILL_HOME"])
+        ports.add(env["LORAMILL_METRICS_PORT"])
+        queue = service["command"][service["command"].index("-Q") + 1]
+        gpu_class = env["LORAMILL_GPU_CLASS"]
+        assert queue == f"train-{gpu_class}" and "cpu" not in queue, (name, queue)
+        assert service["build"]["args"]["PIP_TORCH_ARGS"], name  # a CUDA build of torch
+    assert len(devices) == len(set(devices)) == len(workers)
+    assert len(homes) == len(ports) == len(workers)
