@@ -422,15 +422,23 @@ class LocalStack:
         self._wait("api", lambda: httpx.get(url, timeout=2).status_code == 200, 60)
 
     def _start_worker(self) -> None:
+        self.start_worker()
+
+    def start_worker(self, name: str = "worker", gpu_class: str | None = None,
+                     env: dict[str, str] | None = None) -> int:
+        """A training worker process named ``name`` for ``gpu_class`` (default: the
+        stack's), listening on its class's queue, with ``env`` over the stack's; its pid.
+        The tests run more of them (a fleet, a multi-device worker) beside the stack's."""
         from core.kit.queue import queue_for
 
+        gpu_class = gpu_class or self.settings.gpu_class
         # solo pool: one job per process, and SIGTERM reaches the job (graceful hand-back)
-        self._spawn("worker", [
+        return self._spawn(name, [
             sys.executable, "-m", "celery", "--quiet", "-A", "worker.celery_app", "worker",
-            "-Q", queue_for(self.settings.gpu_class), "--loglevel", "INFO",
-            "--hostname", f"worker-{self.settings.gpu_class}-{os.getpid()}@%h",
+            "-Q", queue_for(gpu_class), "--loglevel", "INFO",
+            "--hostname", f"{name}-{gpu_class}-{os.getpid()}@%h",
             "--pool", "solo", *QUIET_CELERY,
-        ], env=self._python_env("worker"))
+        ], env={**self._python_env(name), "LORAMILL_GPU_CLASS": gpu_class, **(env or {})})
 
     def _start_scheduler(self) -> None:
         from core.kit.queue import SCHEDULER_QUEUE

@@ -17,10 +17,10 @@ from core.base_models import repository as model_repo
 from core.kit.db import tenant_scope
 from core.kit.orm import utcnow
 from core.kit.storage import file_entries, get_storage
+from core.lineage.service import ADAPTER_FILES
 from worker.runner import public
 
 log = logging.getLogger("loramill.worker")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def run_export(export_id: str, tenant_id: str) -> str:

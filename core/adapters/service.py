@@ -55,10 +55,12 @@ def get(session: Session, tenant_id: TenantId, name: str) -> Adapter:
     return adapter
 
 
-def get_version(session: Session, tenant_id: TenantId, name: str,
-                version: int) -> tuple[Adapter, AdapterVersion]:
+def get_version(session: Session, tenant_id: TenantId, name: str, version: int, *,
+                for_update: bool = False) -> tuple[Adapter, AdapterVersion]:
+    """A version not deleted (locked until the transaction ends, with ``for_update``)."""
     adapter = get(session, tenant_id, name)
-    row = adapter_repo.get_version(session, tenant_id, adapter, version)
+    row = adapter_repo.get_version(session, tenant_id, adapter, version,
+                                   for_update=for_update)
     if row is None:
         raise NotFound(f"adapter {name!r} has no version {version}", param="version")
     return adapter, row
@@ -180,10 +182,7 @@ def set_alias(session: Session, tenant_id: TenantId, actor: str, name: str, alia
               version: int) -> tuple[AdapterAlias, int | None]:
     """Point ``alias`` at ``version`` (promote): created, or moved with the version it
     pointed at kept for a rollback. Audited. Returns the alias and the version before."""
-    adapter = get(session, tenant_id, name)
-    row = adapter_repo.get_version(session, tenant_id, adapter, version, for_update=True)
-    if row is None:
-        raise NotFound(f"adapter {name!r} has no version {version}", param="version")
+    adapter, row = get_version(session, tenant_id, name, version, for_update=True)
     current = adapter_repo.alias(session, adapter, _alias_name(alias), for_update=True)
     before = None
     if current is None:
@@ -265,8 +264,7 @@ def delete_version(session: Session, tenant_id: TenantId, actor: str, name: str,
     """Delete a version: refused while an alias points at it (move or delete the alias
     first). Its fine-tuned model goes with it; the caller removes its files
     (:func:`remove_files`) once this commits. Audited."""
-    adapter, row = get_version(session, tenant_id, name, version)
-    row = adapter_repo.get_version(session, tenant_id, adapter, version, for_update=True) or row
+    adapter, row = get_version(session, tenant_id, name, version, for_update=True)
     pointing = adapter_repo.aliases_of_versions(session, [row.id]).get(row.id)
     if pointing:
         raise Conflict(f"version {version} of {name!r} is what alias "

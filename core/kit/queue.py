@@ -47,28 +47,27 @@ def _producer() -> Celery:
     return Celery("loramill-producer", broker=broker_url())
 
 
-def enqueue(job_id: str, tenant_id: str, gpu_class: str) -> bool:
-    """Send a job's wake-up message to its GPU class's queue. It names the tenant, so the
-    worker opens its transactions as that tenant."""
+def _send(task: str, what: str, object_id: str, tenant_id: str, gpu_class: str) -> bool:
+    """One message to a GPU class's training queue, naming the tenant (the worker opens
+    its transactions as that tenant); False when the broker refused it."""
     try:
-        _producer().send_task(TRAIN_TASK, args=[job_id, tenant_id],
-                              queue=queue_for(gpu_class), retry=False)
+        _producer().send_task(task, args=[object_id, tenant_id], queue=queue_for(gpu_class),
+                              retry=False)
     except Exception as exc:
-        log.warning("could not send job %s to the broker: %s", job_id, exc)
+        log.warning("could not send %s %s to the broker: %s", what, object_id, exc)
         return False
     return True
+
+
+def enqueue(job_id: str, tenant_id: str, gpu_class: str) -> bool:
+    """Send a job's wake-up message to its GPU class's queue."""
+    return _send(TRAIN_TASK, "job", job_id, tenant_id, gpu_class)
 
 
 def enqueue_export(export_id: str, tenant_id: str, gpu_class: str) -> bool:
     """Send an adapter export to a worker of its base model's class (it needs the base
     model's weights and the ML stack, as training does)."""
-    try:
-        _producer().send_task(EXPORT_TASK, args=[export_id, tenant_id],
-                              queue=queue_for(gpu_class), retry=False)
-    except Exception as exc:
-        log.warning("could not send export %s to the broker: %s", export_id, exc)
-        return False
-    return True
+    return _send(EXPORT_TASK, "export", export_id, tenant_id, gpu_class)
 
 
 def wake_dispatcher() -> None:

@@ -142,6 +142,15 @@ class StorageUnavailable(ServiceUnavailable):
         )
 
 
+class ObjectMissing(StorageUnavailable):
+    """A recorded object that is not in the bucket (deleted or never there): storage
+    answered, the object is gone. A StorageUnavailable, for callers that treat both alike."""
+
+    def __init__(self, key: str, name: str, cause: Exception):
+        super().__init__("download", cause)
+        self.key, self.name = key, name
+
+
 class Storage:
     def __init__(self, client: S3Client, bucket: str, public: S3Client | None = None):
         self.client = client
@@ -169,15 +178,23 @@ class Storage:
                           directory: Path) -> None:
         """Each entry's object (``prefix + name``) into ``directory``, its sha256 taken as
         it is written and checked against the entry's: :class:`ObjectMismatch` when they
-        differ (the file stays: callers write into a directory they discard on error)."""
+        differ, :class:`ObjectMissing` when there is no such object (the file stays:
+        callers write into a directory they discard on error)."""
         directory.mkdir(parents=True, exist_ok=True)
         for entry in entries:
             name = str(entry["name"])
             digest = hashlib.sha256()
-            with (directory / name).open("wb") as out:
-                for chunk in self.iter_object(prefix + name):
-                    digest.update(chunk)
-                    out.write(chunk)
+            try:
+                with (directory / name).open("wb") as out:
+                    for chunk in self.iter_object(prefix + name):
+                        digest.update(chunk)
+                        out.write(chunk)
+            except StorageUnavailable as exc:
+                cause = exc.__cause__
+                if isinstance(cause, ClientError) and cause.response.get("Error", {}).get(
+                        "Code") in ("NoSuchKey", "404"):
+                    raise ObjectMissing(prefix + name, name, cause) from cause
+                raise
             if digest.hexdigest() != entry["sha256"]:
                 raise ObjectMismatch(prefix + name, name, digest.hexdigest(),
                                      str(entry["sha256"]))

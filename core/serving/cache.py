@@ -17,15 +17,12 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from botocore.exceptions import ClientError
-
 from core.kit.errors import LoramillError
-from core.kit.storage import ObjectMismatch, Storage, StorageUnavailable
+from core.kit.storage import ObjectMismatch, ObjectMissing, Storage
 
 log = logging.getLogger("loramill.serving")
 
@@ -76,39 +73,20 @@ class AdapterCache:
         if not any(f["name"] == "adapter_config.json" for f in wanted):
             raise AdapterIntegrityError(
                 f"adapter version {target.name} has no adapter_config.json in its manifest")
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=self.root))
         try:
-            for entry in wanted:
-                self._fetch_file(storage, prefix, entry, staging)
-            try:
-                os.rename(staging, target)
-            except OSError:
-                if not target.is_dir():  # else another process put the same files there
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    @staticmethod
-    def _fetch_file(storage: Storage, prefix: str, entry: dict[str, object],
-                    staging: Path) -> None:
-        name = entry["name"]
-        try:
-            storage.download_verified(prefix, [entry], staging)
+            storage.materialize(prefix, wanted, target)
         except ObjectMismatch as exc:
             log.error("adapter file %s: sha256 %s, published %s; refused", exc.key,
                       exc.found, exc.recorded)
             raise AdapterIntegrityError(
-                f"the stored adapter file {name} does not match the sha256 it was "
+                f"the stored adapter file {exc.name} does not match the sha256 it was "
                 "published with; it is not served. The operators were told (logged)"
             ) from exc
-        except StorageUnavailable as exc:
-            if _missing(exc):
-                log.error("adapter file %s%s is missing from the bucket", prefix, name)
-                raise AdapterIntegrityError(
-                    f"the stored adapter file {name} is missing; it cannot be served. The "
-                    "operators were told (logged)") from exc
-            raise
+        except ObjectMissing as exc:
+            log.error("adapter file %s is missing from the bucket", exc.key)
+            raise AdapterIntegrityError(
+                f"the stored adapter file {exc.name} is missing; it cannot be served. The "
+                "operators were told (logged)") from exc
 
     def _trim(self, keep: Path) -> None:
         """Remove least recently used versions until the cache fits its bound."""
@@ -124,12 +102,6 @@ class AdapterCache:
             if path != keep:
                 shutil.rmtree(path, ignore_errors=True)
                 total -= size
-
-
-def _missing(exc: StorageUnavailable) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get(
-        "Code") in ("NoSuchKey", "404")
 
 
 def _touch(path: Path) -> None:

@@ -369,17 +369,21 @@ def models_download(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def _endpoint_line(e: dict[str, Any]) -> str:
+    return f"{e['id']}  {e['url']}  {','.join(e['event_types'])}"
+
+
 def webhooks_create(client: Client, args: argparse.Namespace) -> int:
     made = client.webhooks.create(args.url, event_types=args.event_type, name=args.name)
-    _out(args, made, f"{made['id']}  {made['url']}  {','.join(made['event_types'])}\n"
+    _out(args, made, f"{_endpoint_line(made)}\n"
                      f"signing secret (shown once): {made['signing_secret']}")
     return OK
 
 
 def webhooks_list(client: Client, args: argparse.Namespace) -> int:
     items = list(client.webhooks.list())
-    _out(args, items, "\n".join(f"{e['id']}  {e['url']}  {','.join(e['event_types'])}"
-                                for e in items) or "(no webhook endpoints)")
+    _out(args, items, "\n".join(_endpoint_line(e) for e in items)
+         or "(no webhook endpoints)")
     return OK
 
 

@@ -5,9 +5,7 @@ it back, and the other worker of the class resumes it to the end."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +14,6 @@ import pytest
 from core.base_models import service as base_models
 from core.base_models.models import BaseModel
 from core.kit.db import admin_scope
-from core.kit.queue import queue_for
 from tests.conftest import ROOT, TenantHandle
 from tests.e2e.conftest import all_events, first_metrics, wait_for, wait_until
 from tests.integration.api.helpers import jsonl, upload_ok
@@ -41,13 +38,9 @@ def fleet(local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
     pids = {}
     for name in NAMES:
         home = tmp_path_factory.mktemp(name)
-        env = {**local_stack._python_env(name), "LORAMILL_HOME": str(home),
-               "LORAMILL_GPU_CLASS": "gpu-24gb", "LORAMILL_METRICS_PORT": "0",
-               "LORAMILL_CHECKPOINT_EVERY_STEPS": "5"}
-        pids[name] = local_stack._spawn(name, [
-            sys.executable, "-m", "celery", "--quiet", "-A", "worker.celery_app", "worker",
-            "-Q", queue_for("gpu-24gb"), "--pool", "solo", "--loglevel", "INFO",
-            "--hostname", f"{name}-{os.getpid()}@%h"], env=env)
+        pids[name] = local_stack.start_worker(name, "gpu-24gb", env={
+            "LORAMILL_HOME": str(home), "LORAMILL_METRICS_PORT": "0",
+            "LORAMILL_CHECKPOINT_EVERY_STEPS": "5"})
     try:
         yield pids
     finally:

@@ -5,9 +5,7 @@ helper rank, and publishes the adapter, gathered."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,18 +32,12 @@ MODEL = "test/tiny-multi"
 def multi_worker(local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[str]:
     """The tiny model registered on the gpu-multi class, and a worker for that class."""
-    from core.kit.queue import queue_for
-
     copy = tmp_path_factory.mktemp("multi") / "model"
     shutil.copytree(tinymodel.ensure(ROOT / ".loramill-test-models" / "tiny-llama"), copy)
     with admin_scope() as session:
         base_models.register(session, MODEL, str(copy), gpu_class="gpu-multi")
-    env = {**local_stack._python_env("worker-multi"), "LORAMILL_GPU_CLASS": "gpu-multi",
-           "LORAMILL_TRAINING_DEVICES": "2", "LORAMILL_METRICS_PORT": "0"}
-    local_stack._spawn("worker-multi", [
-        sys.executable, "-m", "celery", "--quiet", "-A", "worker.celery_app", "worker",
-        "-Q", queue_for("gpu-multi"), "--pool", "solo", "--loglevel", "INFO",
-        "--hostname", f"worker-multi-{os.getpid()}@%h"], env=env)
+    local_stack.start_worker("worker-multi", "gpu-multi", env={
+        "LORAMILL_TRAINING_DEVICES": "2", "LORAMILL_METRICS_PORT": "0"})
     try:
         yield MODEL
     finally:
