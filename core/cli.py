@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -105,12 +106,47 @@ def cmd_register_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    """A base model on this machine, for a process that reads it from disk (a serving
+    engine's init container): fetched from the bucket into the model cache, every file's
+    sha256 checked, or its registered path; ``--link`` points a fixed path at it."""
+    from core.base_models import service as base_models
+    from core.base_models.models import BaseModel
+    from core.kit.db import session_scope
+    from core.kit.storage import ObjectMismatch, StorageUnavailable
+
+    with session_scope() as session:  # base models are no tenant's: the app role reads them
+        model = session.get(BaseModel, args.id)
+        if model is None or not model.enabled:
+            print(f"error: no base model {args.id!r} is registered", file=sys.stderr)
+            return 2
+        session.expunge(model)
+    try:
+        where = base_models.local_dir(model)
+    except (StorageUnavailable, ObjectMismatch) as exc:
+        print(f"error: could not fetch {args.id}: {exc}", file=sys.stderr)
+        return 1
+    if not (where / "config.json").is_file():
+        print(f"error: {where} holds no config.json", file=sys.stderr)
+        return 1
+    if args.link:
+        link = Path(args.link)
+        staged = link.with_name(f".{link.name}.new")
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(where.resolve(), target_is_directory=True)
+        os.replace(staged, link)  # atomic: a reader sees the old model or the new one
+    print(where)
+    return 0
+
+
 COMMANDS = """
     migrate                apply database migrations and create the S3 bucket
     create-tenant NAME     create a tenant and print its first key
     create-key             a new key for a tenant (--tenant NAME) or an admin key (--admin)
     register-model ID PATH register a base model directory (safetensors only); --upload
                            puts it in the bucket; PATH may be s3://<bucket>/<prefix>
+    fetch-model ID         put a registered base model on this machine (sha256-checked);
+                           prints its directory; --link PATH points PATH at it
 """
 Command = tuple[str, Callable[[argparse.Namespace], int], str]  # name, function, help
 
@@ -141,6 +177,12 @@ def build_parser(description: str = COMMANDS,
                         "it from there, sha256-checked, instead of needing the path")
     p.add_argument("--gpu-class", help="override the GPU class derived from the size")
     p.set_defaults(fn=cmd_register_model)
+    p = sub.add_parser("fetch-model", help="fetch a registered base model into the model "
+                       "cache (LORAMILL_MODEL_CACHE_DIR); prints its directory")
+    p.add_argument("id", help="the registered model id")
+    p.add_argument("--link", help="make this path a symlink to the model's directory "
+                   "(a fixed path for a serving engine's --model)")
+    p.set_defaults(fn=cmd_fetch_model)
     return parser
 
 

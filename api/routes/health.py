@@ -65,7 +65,8 @@ def _services() -> dict[str, str]:
 @lru_cache(maxsize=1)
 def _queue_collector() -> QueueCollector:
     settings = get_settings()
-    return QueueCollector(settings.worker_timeout_seconds, settings.gpu_class)
+    return QueueCollector(settings.worker_timeout_seconds,
+                          {settings.gpu_class, *settings.gpu_classes})
 
 
 @router.get("/metrics", include_in_schema=False)

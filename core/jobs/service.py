@@ -237,7 +237,8 @@ def memory_settings(base: BaseModel, spec: JobSpec) -> memory.Settings:
 def _gpu_class(base: BaseModel, spec: JobSpec) -> tuple[str, memory.Estimate | None]:
     """The job's GPU class from its predicted peak memory (its rank, targets and sequence
     length), never below an operator's pinned class; refused when no class can hold it or
-    this deployment runs no worker of that class (it would wait in the queue forever)."""
+    this deployment runs no worker of that class or a larger one (it would wait in the
+    queue forever)."""
     shape = memory.Shape(**base.shape) if base.shape else None
     settings = memory_settings(base, spec)
     predicted = memory.estimate(shape, settings) if shape else None
@@ -254,6 +255,9 @@ def _gpu_class(base: BaseModel, spec: JobSpec) -> tuple[str, memory.Estimate | N
     if base.gpu_class_pinned or not shape:
         chosen = memory.larger(base.gpu_class, chosen)
     deployed = get_settings().gpu_classes
+    if chosen not in deployed:  # a larger class this deployment runs holds it too
+        chosen = next((c for c in memory.CLASS_ORDER[memory.CLASS_ORDER.index(chosen) + 1:]
+                       if c in deployed), chosen) if chosen in memory.CLASS_ORDER else chosen
     if chosen not in deployed:
         raise InvalidRequest(
             f"a job on {base.id!r} needs a {chosen} worker and this deployment runs none "

@@ -40,6 +40,9 @@ ADMIN_ONLY_TABLES = ("alembic_version", "audit_log")
 # ... of which the app role may append its tenant's own entries (a tenant's promotion of
 # an alias is audited in its own transaction), never read or change any
 APPEND_ONLY_TABLES = ("audit_log",)
+# Functions the app role may call (SECURITY DEFINER: they answer across tenants, and only
+# what they are written to answer)
+APP_FUNCTIONS = ("loramill_worker_demand(text)",)
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -85,4 +88,7 @@ def ensure_app_role(admin_url: str, app_url: str) -> str | None:
         for table in APPEND_ONLY_TABLES:
             conn.execute(sql.SQL("grant insert on {} to {}").format(sql.Identifier(table),
                                                                     ident))
+        for function in APP_FUNCTIONS:  # names from the constant above, not from input
+            conn.execute(sql.SQL("grant execute on function {} to {}").format(
+                sql.SQL(function), ident))
     return role

@@ -146,6 +146,12 @@ def queued_by_tenant(session: Session) -> list[tuple[str, str, int, float]]:
         .group_by(FineTuningJob.tenant_id, FineTuningJob.gpu_class))]
 
 
+def worker_demand(session: Session, gpu_class: str) -> int:
+    """Queued and running jobs and live exports of the class: the workers' demand, as
+    KEDA reads it (the SQL function of migration 0017)."""
+    return int(session.scalar(select(func.loramill_worker_demand(gpu_class))) or 0)
+
+
 def workers_alive_by_class(session: Session, timeout: timedelta) -> dict[str, int]:
     return {g: int(n) for g, n in session.execute(
         select(Worker.gpu_class, func.count())

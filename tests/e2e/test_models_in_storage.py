@@ -23,13 +23,18 @@ from tests.e2e.test_training import CAPITALS, chat
 from tests.integration.api.helpers import jsonl, upload_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
-IDS = ("test/s3-tiny", "test/s3-again", "test/s3-tampered")
+IDS = ("test/s3-tiny", "test/s3-again", "test/s3-tampered", "test/s3-fetch")
+
+
+def server_cli(*args: str, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=120)
 
 
 def register(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "core.cli", "register-model", *args],
-                          cwd=ROOT, env=os.environ, capture_output=True, text=True,
-                          timeout=120)
+    return server_cli("register-model", *args)
 
 
 def row(model_id: str) -> BaseModel:
@@ -109,3 +114,33 @@ def test_pickles_and_foreign_buckets_are_refused(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "safetensors" in refused.stderr
     foreign = register("test/foreign", "s3://someone-elses-bucket/models/x")
     assert foreign.returncode == 2 and "this deployment's bucket" in foreign.stderr
+
+
+def test_fetch_model_puts_a_verified_copy_behind_a_fixed_path(tmp_path: Path) -> None:
+    """What a serving engine's init container runs (infra/helm/loramill): the model from
+    the bucket into the cache, sha256-checked, a fixed path linked to it; a tampered file
+    links nothing."""
+    copy = tmp_path / "tiny"
+    shutil.copytree(ROOT / ".loramill-test-models" / "tiny-llama", copy)
+    assert register(IDS[3], str(copy), "--upload").returncode == 0
+    env = {"LORAMILL_MODEL_CACHE_DIR": str(tmp_path / "cache")}
+    link = tmp_path / "base"
+    done = server_cli("fetch-model", IDS[3], "--link", str(link), env=env)
+    assert done.returncode == 0, done.stderr
+    fetched = Path(done.stdout.strip())
+    assert fetched.is_relative_to(tmp_path / "cache") and link.resolve() == fetched
+    assert (link / "model.safetensors").read_bytes() == \
+        (ROOT / ".loramill-test-models" / "tiny-llama" / "model.safetensors").read_bytes()
+
+    storage = get_storage()
+    key = f"models/{IDS[3]}/model.safetensors"
+    data = b"".join(storage.iter_object(key))
+    storage.put_bytes(key, data[:-1] + bytes([data[-1] ^ 1]))
+    other = tmp_path / "other"
+    refused = server_cli("fetch-model", IDS[3], "--link", str(other),
+                         env={"LORAMILL_MODEL_CACHE_DIR": str(tmp_path / "cache2")})
+    assert refused.returncode == 1 and "sha256" in refused.stderr, refused.stderr
+    assert not other.exists() and not any((tmp_path / "cache2").rglob("model.safetensors"))
+
+    missing = server_cli("fetch-model", "test/never-registered", env=env)
+    assert missing.returncode == 2 and "no base model" in missing.stderr

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 
 def exported() -> set[str]:
-    names = {family.name for family in QueueCollector(30, "cpu").describe()}
+    names = {family.name for family in QueueCollector(30, ["cpu"]).describe()}
     for metric in (metrics.HTTP_LATENCY, metrics.JOB_DURATION, metrics.TRAINED_TOKENS,
                    metrics.LEASE_EXPIRIES, metrics.JOBS_FINISHED, metrics.SCHEDULER_TICKS,
                    metrics.SCHEDULER_LAST_TICK):

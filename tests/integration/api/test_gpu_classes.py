@@ -130,3 +130,23 @@ def test_a_class_this_deployment_does_not_run_is_refused(
             hyperparameters=RequestedHyperparameters(), lora=LoraSpec(), suffix=None,
             seed=None, metadata=None))
     assert refused.value.code == "no_worker_class" and "gpu-24gb" in str(refused.value)
+
+
+def test_a_larger_class_the_deployment_runs_takes_the_job(
+        shaped_models: dict[str, str], tenant: TenantHandle,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster of gpu-80gb workers only (no gpu-24gb, no cpu) runs the 8B job that fits
+    a 24 GB GPU on its 80 GB GPUs instead of refusing it."""
+    from core.jobs.service import JobRequest
+    from core.jobs.spec import LoraSpec, RequestedHyperparameters
+    from core.tenants.scope import TenantId
+
+    monkeypatch.setattr(get_settings(), "gpu_classes", ["gpu-80gb", "gpu-multi"])
+    file_id = upload_ok(tenant.client)["id"]
+    with admin_scope() as session:
+        job = job_service.create(session, TenantId(tenant.id), JobRequest(
+            model=shaped_models["8b"], training_file=file_id, validation_file=None,
+            hyperparameters=RequestedHyperparameters(), lora=LoraSpec(), suffix=None,
+            seed=None, metadata=None))
+        assert job.gpu_class == "gpu-80gb"
+        session.rollback()
