@@ -80,7 +80,6 @@ class Settings(BaseSettings):
     # memory needs another is refused at creation instead of waiting forever
     gpu_classes: list[str] = Field(default_factory=lambda: [
         "cpu", "gpu-24gb", "gpu-80gb", "gpu-multi"])
-    worker_concurrency: int = 1
     # estimates' default price table (core/tenants/prices.py), as JSON: {"currency": "USD",
     # "gpu_classes": {"gpu-24gb": {"per_gpu_hour": 1.2, "per_million_tokens": 0}}};
     # an operator's per-tenant table replaces it

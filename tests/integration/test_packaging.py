@@ -58,6 +58,7 @@ def test_the_gpu_profile_gives_each_worker_one_gpu_a_home_and_its_class_queue() 
         devices += device["device_ids"]
         env = service["environment"]
         homes.add(env["LORAMILL_HOME"])
+        assert env["CUDA_VISIBLE_DEVICES"] == "0", name  # its one GPU, as the container sees it
         ports.add(env["LORAMILL_METRICS_PORT"])
         queue = service["command"][service["command"].index("-Q") + 1]
         gpu_class = env["LORAMILL_GPU_CLASS"]
