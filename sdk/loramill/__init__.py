@@ -7,6 +7,7 @@ from loramill.errors import (
     APIError,
     AuthenticationError,
     ChecksumError,
+    DownloadError,
     InvalidRequestError,
     JobCancelledError,
     JobFailedError,
@@ -21,6 +22,7 @@ from loramill.errors import (
 __version__ = "0.1.0"
 __all__ = [
     "APIConnectionError", "APIError", "AuthenticationError", "ChecksumError", "Client",
+    "DownloadError",
     "InvalidRequestError", "JobCancelledError", "JobFailedError", "LoramillError",
     "NotFoundError", "PermissionDeniedError", "RateLimitError", "ServerError",
     "WaitTimeoutError", "datasets",

@@ -46,11 +46,14 @@ class Transport:
     def request(self, method: str, path: str, *, json: Any = None,
                 params: dict[str, Any] | None = None,
                 files: Callable[[], dict[str, Any]] | None = None,
-                data: dict[str, Any] | None = None) -> Any:
-        """One logical call; ``files`` is a factory so each retry re-opens the file."""
+                data: dict[str, Any] | None = None,
+                idempotency_key: str | None = None) -> Any:
+        """One logical call; ``files`` is a factory so each retry re-opens the file.
+        A POST carries ``idempotency_key`` (default: a new one per call), reused by every
+        retry of the call."""
         headers = {}
         if method == "POST":
-            headers["Idempotency-Key"] = f"lm-{uuid.uuid4()}"
+            headers["Idempotency-Key"] = idempotency_key or f"lm-{uuid.uuid4()}"
         attempt = 0
         while True:
             response = None

@@ -1,9 +1,12 @@
 """``loramill``: the command line for CI pipelines.
 
 Exit codes: 0 succeeded, 1 the job failed (its error is printed), 2 usage or validation
-error (a bad dataset prints its first problems by line; a file that cannot be read), 3 the
-job was cancelled, 4 timed out waiting, 5 cannot reach the server. Nothing prints a
-traceback: an error of the CLI itself prints one line and exits 6.
+error (a bad dataset prints its first problems by line; a file that cannot be read; the
+API refused the request), 3 the job was cancelled, 4 timed out waiting (the job goes on),
+5 cannot reach the server (for `--wait`: not for --max-outage seconds), 7 a download
+failed (its URL refused or expired, the store unreachable, a sha256 that differs), 130 or
+143 interrupted (Ctrl-C or SIGTERM: the job goes on unless --cancel-on-exit). Nothing
+prints a traceback: an error of the CLI itself prints one line and exits 6.
 """
 
 from __future__ import annotations
@@ -11,34 +14,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from loramill import datasets
+from loramill import __version__, datasets, watch
 from loramill.client import Client
 from loramill.errors import (
     APIConnectionError,
+    DownloadError,
     JobCancelledError,
     JobFailedError,
     LoramillError,
     WaitTimeoutError,
 )
-from loramill.types import FineTuningJob, JobEvent
+from loramill.types import FineTuningJob
 
-OK, FAILED, USAGE, CANCELLED, TIMED_OUT, UNREACHABLE, INTERNAL = 0, 1, 2, 3, 4, 5, 6
+OK, FAILED, USAGE, CANCELLED, TIMED_OUT, UNREACHABLE, INTERNAL, DOWNLOAD = range(8)
+SIGNALLED = 128  # + the signal's number: 130 Ctrl-C, 143 SIGTERM
 
 
 class UsageError(Exception):
     pass
 
 
+class Interrupted(Exception):
+    """SIGTERM (a CI runner cancelling the step), raised where the CLI is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 # The first matching kind decides the exit code; JobFailedError's text is
 # "job ID failed: CODE: MESSAGE". APIError (any other API refusal) is a usage error.
 EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
     (UsageError, USAGE, "error: "),
+    (DownloadError, DOWNLOAD, "download failed: "),
     (JobFailedError, FAILED, ""),
     (JobCancelledError, CANCELLED, ""),
     (WaitTimeoutError, TIMED_OUT, "timed out: "),
@@ -73,8 +88,9 @@ def _check_local(client: Client | None, path: Path) -> datasets.Report:
     return report
 
 
-def _file_id(client: Client, value: str, check: bool) -> str:
-    """An existing file id, or a local path to upload first."""
+def _file_id(client: Client, value: str, check: bool, key: str | None = None) -> str:
+    """An existing file id, or a local path to upload first (with ``key``, an idempotency
+    key of its own: a repeated command uploads it once, so its job body is the same)."""
     path = Path(value)
     if value.startswith("file-") and not path.exists():
         return value
@@ -82,7 +98,7 @@ def _file_id(client: Client, value: str, check: bool) -> str:
         raise UsageError(f"{value}: no such file (give a local .jsonl path or a file id)")
     if check:
         _check_local(client, path)
-    return client.files.create(path).id
+    return client.files.create(path, idempotency_key=key).id
 
 
 # ----- commands ---------------------------------------------------------------------------
@@ -135,53 +151,78 @@ def _job_line(job: FineTuningJob) -> str:
     return f"{job.id}  {job.status:<10} {job.model}{extra}"
 
 
-class Progress:
-    """A live progress bar on a terminal, plain log lines otherwise."""
+def _published(client: Client, job: FineTuningJob) -> dict[str, Any] | None:
+    """The adapter and version a succeeded job published (None before it did)."""
+    if not job.fine_tuned_model:
+        return None
+    try:
+        model = client.models.retrieve(job.fine_tuned_model)
+    except LoramillError as exc:  # the job succeeded: say so even if this cannot be read
+        print(f"note: could not read which version {job.id} published ({exc})",
+              file=sys.stderr)
+        return None
+    if model.adapter is None:
+        return None
+    return {"adapter": model.adapter, "version": model.adapter_version,
+            "model": job.fine_tuned_model}
 
-    def __init__(self, tty: bool):
-        self.tty = tty
-        self.started = time.monotonic()
 
-    def __call__(self, event: JobEvent) -> None:
-        if event.type == "metrics" and event.data:
-            m = event.data
-            step, total = m.get("step", 0), m.get("total_steps", 0) or 1
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / max(step, 1) * (total - step)
-            if self.tty:
-                width = 30
-                filled = int(width * step / total)
-                bar = "#" * filled + "-" * (width - filled)
-                print(f"\r[{bar}] {step}/{total}  loss {m.get('train_loss', 0):.4f}  "
-                      f"ETA {eta:.0f}s ", end="", file=sys.stderr, flush=True)
-                return
-            if step % max(1, total // 20) == 0 or step == total:  # ~20 lines for CI logs
-                print(f"step {step}/{total} loss {m.get('train_loss', 0):.4f} "
-                      f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
-        else:
-            prefix = "\n" if self.tty else ""
-            print(f"{prefix}[{event.level}] {event.message}", file=sys.stderr, flush=True)
+def _left_running(client: Client, args: argparse.Namespace, job_id: str, why: str) -> None:
+    """The wait stops but the job does not: say so and how to stop it, or (with
+    --cancel-on-exit) cancel it."""
+    if getattr(args, "cancel_on_exit", False):
+        try:
+            job = client.fine_tuning.jobs.cancel(job_id)
+            print(f"{why}: cancelled {job_id} (--cancel-on-exit); it is {job.status}",
+                  file=sys.stderr)
+        except LoramillError as exc:
+            print(f"{why}: could not cancel {job_id} ({exc}); cancel it with: "
+                  f"loramill jobs cancel {job_id}", file=sys.stderr)
+        return
+    print(f"{why}: job {job_id} goes on without this wait; follow it with: loramill jobs "
+          f"wait {job_id}, or cancel it with: loramill jobs cancel {job_id}", file=sys.stderr)
 
 
 def _wait(client: Client, args: argparse.Namespace, job_id: str) -> int:
-    progress = None if args.json else Progress(sys.stderr.isatty())
+    progress = watch.Progress(sys.stderr, tty=sys.stderr.isatty(),
+                              interval=args.progress_interval)
     try:
-        job = client.fine_tuning.jobs.wait(job_id, timeout=args.timeout, poll=args.poll,
-                                           on_event=progress)
+        job = watch.wait(client.fine_tuning.jobs, job_id, progress=progress,
+                         timeout=args.timeout, poll=args.poll, outage_limit=args.max_outage)
+    except WaitTimeoutError as exc:
+        progress.close()
+        _left_running(client, args, job_id, f"timed out: {exc}")
+        return TIMED_OUT
+    except (KeyboardInterrupt, Interrupted) as exc:
+        progress.close()
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _left_running(client, args, job_id, f"interrupted ({signal.Signals(signum).name})")
+        return SIGNALLED + int(signum)
     finally:
-        if progress is not None and progress.tty:
-            print(file=sys.stderr)
-    _out(args, job, _job_line(job))
+        progress.close()
+    published = _published(client, job)
+    text = _job_line(job)
+    if published:
+        text += f"\npublished adapter {published['adapter']} v{published['version']}"
+    if args.json:
+        print(json.dumps({**job.raw, "published": published}, indent=2, default=str))
+    else:
+        print(text)
     return OK
 
 
 def _job_fields(client: Client, args: argparse.Namespace) -> dict[str, Any]:
     """``jobs create`` and ``jobs estimate``: the job's fields from the flags (a local
     path is checked and uploaded first)."""
-    training = _file_id(client, args.training_file, not args.no_check)
-    validation = (_file_id(client, args.validation_file, not args.no_check)
+    key = getattr(args, "idempotency_key", None)
+    training = _file_id(client, args.training_file, not args.no_check,
+                        f"{key}-training" if key else None)
+    validation = (_file_id(client, args.validation_file, not args.no_check,
+                           f"{key}-validation" if key else None)
                   if args.validation_file else None)
-    lora = {"r": args.lora_r} if args.lora_r else None
+    lora = {k: v for k, v in (
+        ("r", args.lora_r), ("alpha", args.lora_alpha), ("dropout", args.lora_dropout),
+        ("target_modules", _targets(args.lora_target_modules))) if v is not None} or None
     return dict(
         model=args.model, training_file=training, validation_file=validation,
         n_epochs=args.epochs if args.epochs else "auto",
@@ -195,7 +236,30 @@ def _job_fields(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         publish_checkpoint="best" if args.publish_best else None,
         integrations=[{"type": "wandb", "wandb": {"project": args.wandb_project}}]
         if args.wandb_project else None,
+        metadata=_metadata(args.metadata),
     )
+
+
+def _targets(value: str | None) -> str | list[str] | None:
+    if value is None or value == "all-linear":
+        return value
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--lora-target-modules: give module names, comma-separated "
+                         "(e.g. q_proj,v_proj), or all-linear")
+    return names
+
+
+def _metadata(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--metadata {pair!r}: give KEY=VALUE")
+        found[key] = value
+    return found
 
 
 def _duration(seconds: float | None) -> str:
@@ -222,7 +286,8 @@ def jobs_estimate(client: Client, args: argparse.Namespace) -> int:
 
 
 def jobs_create(client: Client, args: argparse.Namespace) -> int:
-    job = client.fine_tuning.jobs.create(**_job_fields(client, args))
+    job = client.fine_tuning.jobs.create(**_job_fields(client, args),
+                                         idempotency_key=args.idempotency_key)
     if args.wait:
         print(f"created {job.id}", file=sys.stderr)
         return _wait(client, args, job.id)
@@ -234,9 +299,59 @@ def jobs_wait(client: Client, args: argparse.Namespace) -> int:
     return _wait(client, args, args.id)
 
 
+def _first(items: Any, limit: int, keep: Any = None) -> list[Any]:
+    """The first ``limit`` items that ``keep`` (pages are fetched only as needed)."""
+    found = []
+    for item in items:
+        if keep is None or keep(item):
+            found.append(item)
+            if len(found) >= limit:
+                break
+    return found
+
+
 def jobs_list(client: Client, args: argparse.Namespace) -> int:
-    items = list(client.fine_tuning.jobs.list())
+    statuses = set(args.status.split(",")) if args.status else None
+    items = _first(client.fine_tuning.jobs.list(metadata=_metadata(args.metadata)),
+                   args.limit, (lambda j: j.status in statuses) if statuses else None)
     _out(args, items, "\n".join(_job_line(j) for j in items) or "(no jobs)")
+    return OK
+
+
+def jobs_checkpoints(client: Client, args: argparse.Namespace) -> int:
+    items = list(client.fine_tuning.jobs.checkpoints(args.id))
+    _out(args, items, "\n".join(
+        f"{c.id}  step {c.step_number}  {c.fine_tuned_model_checkpoint}" for c in items)
+        or "(no checkpoints yet)")
+    return OK
+
+
+def jobs_results(client: Client, args: argparse.Namespace) -> int:
+    """A job's result files (its per-step metrics CSV) into --dest."""
+    job = client.fine_tuning.jobs.retrieve(args.id)
+    files = job.raw.get("result_files") or []
+    if not files:
+        raise UsageError(f"job {args.id} has no result files (it is {job.status}; they "
+                         "come with success)")
+    dest = Path(args.dest or args.id)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_id in files:
+        meta = client.files.retrieve(file_id)
+        target = dest / meta.filename
+        target.write_bytes(client.files.content(file_id))
+        written.append(str(target))
+    _out(args, {"job": args.id, "files": written}, "\n".join(written))
+    return OK
+
+
+def files_download(client: Client, args: argparse.Namespace) -> int:
+    meta = client.files.retrieve(args.id)
+    target = Path(args.dest or meta.filename)
+    if target.is_dir():
+        target = target / meta.filename
+    target.write_bytes(client.files.content(args.id))
+    _out(args, {"id": args.id, "path": str(target)}, f"{args.id} -> {target}")
     return OK
 
 
@@ -265,12 +380,12 @@ def jobs_events(client: Client, args: argparse.Namespace) -> int:
         return OK
     seen: set[str] = set()
     while True:
-        done = jobs.retrieve(args.id).done  # read first: events up to the end still print
+        job = jobs.retrieve(args.id)  # read first: events up to the end still print
         for event in jobs.new_events(args.id, seen):
             print(json.dumps(asdict(event)) if args.json
                   else f"[{event.level}] {event.message}", flush=True)
-        if done:
-            return OK
+        if job.done:  # the job's end decides the exit code, as for `jobs wait`
+            return {"failed": FAILED, "cancelled": CANCELLED}.get(job.status, OK)
         time.sleep(args.poll)
 
 
@@ -348,16 +463,33 @@ def adapters_export(client: Client, args: argparse.Namespace) -> int:
 
 def adapters_download(client: Client, args: argparse.Namespace) -> int:
     if "@" in args.name:  # adapter@alias: the version it points at now
+        if args.job or args.version or args.version_flag:
+            raise UsageError("ADAPTER@ALIAS names its version: give no --job or --version")
         dest = Path(args.dest or args.name.replace("@", "-"))
         client.models.download(args.name, dest)
         _out(args, {"model": args.name, "path": str(dest)},
              f"downloaded {args.name} to {dest} (sha256 verified)")
         return OK
-    version = args.version or max(v.version for v in client.adapters.versions(args.name))
+    version = args.version_flag or args.version
+    if args.job:  # exactly what that job published, whatever ran since
+        if version:
+            raise UsageError("give --job or a version, not both")
+        job = client.fine_tuning.jobs.retrieve(args.job)
+        published = _published(client, job)
+        if published is None:
+            raise UsageError(f"job {args.job} published no adapter (it is {job.status})")
+        if published["adapter"] != args.name:
+            raise UsageError(f"job {args.job} published {published['adapter']}, not "
+                             f"{args.name}")
+        version = published["version"]
+    how = ""
+    if not version:
+        version = max(v.version for v in client.adapters.versions(args.name))
+        how = " (the latest; --job JOB or --version N to pin one)"
     dest = Path(args.dest or f"{args.name}-v{version}")
     client.adapters.download(args.name, version, dest)
     _out(args, {"adapter": args.name, "version": version, "path": str(dest)},
-         f"downloaded {args.name} v{version} to {dest} (sha256 verified)")
+         f"downloaded {args.name} v{version}{how} to {dest} (sha256 verified)")
     return OK
 
 
@@ -433,7 +565,9 @@ def integrations_wandb(client: Client, args: argparse.Namespace) -> int:
 
 def models_list(client: Client, args: argparse.Namespace) -> int:
     items = client.models.list()
-    _out(args, items, "\n".join(f"{m.id}  ({m.owned_by})" for m in items))
+    _out(args, items, "\n".join(
+        f"{m.id}  ({m.owned_by})" + (f"  {m.adapter} v{m.adapter_version}"
+                                     if m.adapter else "") for m in items))
     return OK
 
 
@@ -568,6 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loramill", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      parents=[common])
+    parser.add_argument("--version", action="version", version=f"loramill {__version__}",
+                        help="print the CLI's version and exit")
     groups = parser.add_subparsers(dest="group", required=True)
 
     def command(sub: Any, name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
@@ -578,16 +714,21 @@ def build_parser() -> argparse.ArgumentParser:
     files = groups.add_parser("files", help="datasets").add_subparsers(dest="cmd",
                                                                        required=True)
     p = command(files, "upload", files_upload, "check a JSONL file locally, then upload it")
-    p.add_argument("path")
+    p.add_argument("path", help="the .jsonl dataset")
     p.add_argument("--no-check", action="store_true", help="skip the local check")
     p = command(files, "check", files_check,
                 "check a JSONL file with the server's rules and limits, without uploading it")
-    p.add_argument("path")
+    p.add_argument("path", help="the .jsonl dataset")
     p.add_argument("--offline", action="store_true",
                    help="do not ask the server for its limits: every rule but the size limits")
-    command(files, "list", files_list, "list files")
-    command(files, "get", files_get, "show a file").add_argument("id")
-    command(files, "delete", files_delete, "delete a file").add_argument("id")
+    p = command(files, "list", files_list, "list files, newest first")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    command(files, "get", files_get, "show a file").add_argument("id", help="a file id")
+    p = command(files, "download", files_download,
+                "download a file's content (a dataset, or a job's result file)")
+    p.add_argument("id", help="a file id")
+    p.add_argument("--dest", help="a path or directory (default: the file's name)")
+    command(files, "delete", files_delete, "delete a file").add_argument("id", help="a file id")
 
     jobs = groups.add_parser("jobs", help="fine-tuning jobs").add_subparsers(dest="cmd",
                                                                              required=True)
@@ -609,6 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--suffix", help="names the adapter the job publishes")
         q.add_argument("--seed", type=int, help="default: random")
         q.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
+        q.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 16)")
+        q.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.05)")
+        q.add_argument("--lora-target-modules", metavar="NAMES",
+                       help="modules to adapt, comma-separated (q_proj,v_proj), or "
+                            "all-linear (the default)")
+        q.add_argument("--metadata", action="append", metavar="KEY=VALUE",
+                       help="a label on the job (repeat for several)")
         q.add_argument("--max-seq-len", type=int, help="longest sequence trained, in tokens")
         q.add_argument("--eval-every", type=int,
                        help="steps between validation losses (needs --validation-file)")
@@ -623,39 +771,71 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--no-check", action="store_true",
                        help="skip the local dataset check")
     p.add_argument("--wait", action="store_true", help="wait for the job, with progress")
+    p.add_argument("--idempotency-key", metavar="KEY",
+                   help="a key of yours (e.g. the CI run's id): repeating the command with "
+                        "it creates no second job")
     waiter = command(jobs, "wait", jobs_wait, "wait for a job to end")
-    waiter.add_argument("id")
+    waiter.add_argument("id", help="a job id")
     for q in (p, waiter):
-        q.add_argument("--timeout", type=float, help="seconds to wait (exit 4 after)")
+        q.add_argument("--timeout", type=float,
+                       help="seconds to wait (then exit 4; the job goes on)")
+        q.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
+                       help="without a terminal: a progress line at least this often "
+                            "(default 30), and one on every status change")
+        q.add_argument("--max-outage", type=float, default=600.0, metavar="SECONDS",
+                       help="keep waiting through an API outage this long (default 600) "
+                            "before exit 5")
+        q.add_argument("--cancel-on-exit", action="store_true",
+                       help="cancel the job if the wait ends early (--timeout, Ctrl-C, "
+                            "SIGTERM)")
         q.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
-    command(jobs, "list", jobs_list, "list jobs")
+    p = command(jobs, "list", jobs_list, "list jobs, newest first")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument("--status", help="only these statuses, comma-separated "
+                   "(e.g. running,queued)")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE",
+                   help="only jobs labelled so (repeat for several)")
     for name in ("get", "cancel", "pause", "resume"):
         fn = jobs_get if name == "get" else _action(name)
-        command(jobs, name, fn, f"{name} a job").add_argument("id")
+        command(jobs, name, fn, f"{name} a job").add_argument("id", help="a job id")
+    command(jobs, "checkpoints", jobs_checkpoints,
+            "a job's checkpoints (each a model to continue from or download)").add_argument(
+        "id", help="a job id")
+    p = command(jobs, "results", jobs_results,
+                "download a job's result files (its per-step metrics CSV)")
+    p.add_argument("id", help="a job id")
+    p.add_argument("--dest", help="directory (default: the job id)")
     p = command(jobs, "events", jobs_events, "show a job's events (oldest first)")
-    p.add_argument("id")
-    p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("id", help="a job id")
+    p.add_argument("--follow", action="store_true",
+                   help="keep printing until the job ends (exit code as for `jobs wait`)")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
 
     adapters = groups.add_parser("adapters", help="published adapters").add_subparsers(
         dest="cmd", required=True)
     command(adapters, "list", adapters_list, "list adapters")
-    command(adapters, "versions", adapters_versions, "list versions").add_argument("name")
+    command(adapters, "versions", adapters_versions, "list versions").add_argument(
+        "name", help="the adapter")
     p = command(adapters, "download", adapters_download,
                 "download a version (sha256 checked against its manifest)")
     p.add_argument("name", help="an adapter, or ADAPTER@ALIAS for the version it points at")
-    p.add_argument("version", type=int, nargs="?", help="default: the latest")
+    p.add_argument("version", type=int, nargs="?", help="the version (default: the latest)")
+    p.add_argument("--version", dest="version_flag", type=int, metavar="N",
+                   help="the version (as the positional VERSION)")
+    p.add_argument("--job", help="the version this job published (not whatever is latest)")
     p.add_argument("--dest", help="directory (default: NAME-vN)")
     p = command(adapters, "export", adapters_export,
                 "a version as a merged model or a GGUF LoRA adapter for llama.cpp")
     p.add_argument("name", help="the adapter")
     p.add_argument("version", type=int, help="the version")
-    p.add_argument("--format", choices=("merged", "gguf"), required=True)
+    p.add_argument("--format", choices=("merged", "gguf"), required=True,
+                   help="merged: the base with the adapter folded in; gguf: for llama.cpp")
     p.add_argument("--wait", action="store_true", help="until it is built")
     p.add_argument("--timeout", type=float, help="seconds to wait (exit 4 after)")
     p.add_argument("--dest", help="download it here once built (sha256 checked)")
     command(adapters, "aliases", adapters_aliases,
-            "an adapter's aliases and the versions they point at").add_argument("name")
+            "an adapter's aliases and the versions they point at").add_argument(
+        "name", help="the adapter")
     p = command(adapters, "promote", adapters_promote,
                 "point an alias (production, staging, any name) at a version")
     p.add_argument("name", help="the adapter")
@@ -701,17 +881,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat for several (default: all three)")
     p.add_argument("--name", default="", help="a name for it")
     command(hooks, "list", webhooks_list, "your endpoints")
-    command(hooks, "delete", webhooks_delete, "delete an endpoint").add_argument("id")
+    command(hooks, "delete", webhooks_delete, "delete an endpoint").add_argument(
+        "id", help="the endpoint's id")
     p = command(hooks, "rotate-secret", webhooks_rotate, "a new signing secret")
-    p.add_argument("id")
+    p.add_argument("id", help="the endpoint's id")
     p.add_argument("--keep-old", action="store_true",
                    help="the old secret signs too for 24 hours")
     p = command(hooks, "test", webhooks_test, "send one signed example event now")
-    p.add_argument("id")
+    p.add_argument("id", help="the endpoint's id")
     p.add_argument("--event-type", default="fine_tuning.job.succeeded",
                    help="default: fine_tuning.job.succeeded")
     command(hooks, "deliveries", webhooks_deliveries,
-            "an endpoint's delivery log, newest first").add_argument("id")
+            "an endpoint's delivery log, newest first").add_argument(
+        "id", help="the endpoint's id")
 
     admin = groups.add_parser(
         "admin", help="operators: queue, workers, jobs of all tenants, tenants, audit log "
@@ -721,39 +903,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(admin, "jobs", admin_jobs, "jobs of every tenant, newest first")
     p.add_argument("--status", help="e.g. failed or queued,running")
     p.add_argument("--tenant", help="a tenant id")
-    p.add_argument("--older-than", type=int, metavar="SECONDS")
+    p.add_argument("--older-than", type=int, metavar="SECONDS",
+                   help="only jobs created longer ago than this")
     for name, help_ in (("requeue", "put a failed, running or queued job back in the queue"),
                         ("cancel", "cancel any tenant's job")):
-        command(admin, name, _admin_job_action(name), help_).add_argument("id")
+        command(admin, name, _admin_job_action(name), help_).add_argument(
+            "id", help="a job id")
     p = command(admin, "priority", _admin_job_action("set_priority"),
                 "set a job's priority (-100..100, higher first)")
-    p.add_argument("id")
-    p.add_argument("priority", type=int)
+    p.add_argument("id", help="a job id")
+    p.add_argument("priority", type=int, help="-100..100, higher first")
     command(admin, "tenants", admin_tenants, "list tenants")
     create = command(admin, "tenant-create", admin_tenant_create, "create a tenant")
-    create.add_argument("name")
+    create.add_argument("name", help="the tenant's name")
     quotas = command(admin, "quotas", admin_quotas, "change a tenant's quotas")
-    quotas.add_argument("tenant")
+    quotas.add_argument("tenant", help="a tenant id")
     for q in (create, quotas):
-        for flag in ("--max-running-jobs", "--max-queued-jobs", "--max-file-bytes",
-                     "--storage-bytes"):
-            q.add_argument(flag, type=int)
+        for flag, text in (("--max-running-jobs", "jobs training at once"),
+                           ("--max-queued-jobs", "unfinished jobs at once"),
+                           ("--max-file-bytes", "the largest dataset, in bytes"),
+                           ("--storage-bytes", "datasets and adapters in all, in bytes")):
+            q.add_argument(flag, type=int, help=text)
     for name in ("suspend", "unsuspend"):
         command(admin, name, _admin_tenant_action(name),
-                f"{name} a tenant (its keys stop or start working)").add_argument("tenant")
-    command(admin, "keys", admin_keys, "a tenant's keys (prefix only)").add_argument("tenant")
+                f"{name} a tenant (its keys stop or start working)").add_argument(
+            "tenant", help="a tenant id")
+    command(admin, "keys", admin_keys, "a tenant's keys (prefix only)").add_argument(
+        "tenant", help="a tenant id")
     p = command(admin, "key-create", admin_key_create, "a new key for a tenant (printed once)")
-    p.add_argument("tenant")
-    p.add_argument("--name", default="")
+    p.add_argument("tenant", help="a tenant id")
+    p.add_argument("--name", default="", help="a label for the key")
     p.add_argument("--scope", action="append", help="repeat: read, files:write, jobs:write, "
                    "keys:write (default: all)")
     p = command(admin, "key-revoke", admin_key_revoke, "revoke a tenant's key")
-    p.add_argument("tenant")
-    p.add_argument("key")
+    p.add_argument("tenant", help="a tenant id")
+    p.add_argument("key", help="the key's id")
     p = command(admin, "audit", admin_audit, "what operators did, newest first")
     p.add_argument("--target", help="only actions on this job, tenant or key id")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     return parser
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -767,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, default)
     if args.group == "admin" and not args.api_key:
         args.api_key = os.environ.get("LORAMILL_ADMIN_KEY")  # else $LORAMILL_API_KEY
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         offline = getattr(args, "offline", False)  # needs no key and no server
         client = None if offline else Client(api_key=args.api_key, base_url=args.base_url)
@@ -782,7 +975,10 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return SIGNALLED + signal.SIGINT
+    except Interrupted as exc:
+        print(f"interrupted ({exc})", file=sys.stderr)
+        return SIGNALLED + exc.signum
     except Exception as exc:  # a bug of ours: one line, never a traceback
         print(f"error: loramill failed unexpectedly ({type(exc).__name__}: {exc}); "
               "please report it", file=sys.stderr)

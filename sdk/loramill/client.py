@@ -17,6 +17,7 @@ from loramill._http import Transport
 from loramill.admin import Admin
 from loramill.errors import (
     ChecksumError,
+    DownloadError,
     JobCancelledError,
     JobFailedError,
     LoramillError,
@@ -42,14 +43,17 @@ class Files:
     def __init__(self, t: Transport):
         self._t = t
 
-    def create(self, path: str | Path, *, purpose: str = "fine-tune") -> File:
+    def create(self, path: str | Path, *, purpose: str = "fine-tune",
+               idempotency_key: str | None = None) -> File:
+        """Upload a dataset; the same ``idempotency_key`` uploads it once."""
         path = Path(path)
 
         def parts() -> dict[str, Any]:
             return {"file": (path.name, path.open("rb"))}
 
         return File.of(self._t.request("POST", "/v1/files", files=parts,
-                                       data={"purpose": purpose}))
+                                       data={"purpose": purpose},
+                                       idempotency_key=idempotency_key))
 
     def list(self, *, purpose: str | None = None, page_size: int = 100) -> Iterator[File]:
         params: dict[str, Any] = {"limit": page_size, **({"purpose": purpose} if purpose else {})}
@@ -73,11 +77,14 @@ class Jobs:
     def __init__(self, t: Transport):
         self._t = t
 
-    def create(self, *, model: str, training_file: str, **fields: Any) -> FineTuningJob:
+    def create(self, *, model: str, training_file: str, idempotency_key: str | None = None,
+               **fields: Any) -> FineTuningJob:
         """Start a job: :func:`job_body`'s fields. ``model`` may be one of your fine-tuned
-        or checkpoint models, to continue from it."""
+        or checkpoint models, to continue from it. The same ``idempotency_key`` (a CI
+        run's id, say) creates one job however often the call is repeated within a day."""
         body = job_body(model=model, training_file=training_file, **fields)
-        return FineTuningJob.of(self._t.request("POST", "/v1/fine_tuning/jobs", json=body))
+        return FineTuningJob.of(self._t.request("POST", "/v1/fine_tuning/jobs", json=body,
+                                                idempotency_key=idempotency_key))
 
     def estimate(self, *, model: str, training_file: str, **fields: Any) -> Estimate:
         """What a job with these fields would train, on which GPU class, for how long and
@@ -259,12 +266,23 @@ def _fetch(files: list[dict[str, Any]], expected: dict[str, str], dest: Path) ->
         target = dest / f["name"]
         partial = target.with_suffix(target.suffix + ".part")
         digest = hashlib.sha256()
-        with httpx.stream("GET", f["url"], timeout=300) as response:
-            response.raise_for_status()
-            with partial.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    digest.update(chunk)
-                    out.write(chunk)
+        try:
+            with httpx.stream("GET", f["url"], timeout=300) as response:
+                if response.status_code >= 400:
+                    raise DownloadError(
+                        f"{f['name']}: the store answered {response.status_code} "
+                        f"{response.reason_phrase} (the download URL expired or was refused;"
+                        " ask for the download again)")
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
+            raise DownloadError(f"{f['name']}: cannot reach the store ({exc})") from exc
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         wanted = expected.get(f["name"], f["sha256"])
         if digest.hexdigest() != wanted:
             partial.unlink()

@@ -71,7 +71,12 @@ class WaitTimeoutError(LoramillError):
         self.job = job
 
 
-class ChecksumError(LoramillError):
+class DownloadError(LoramillError):
+    """A file could not be downloaded: its presigned URL was refused or expired, or the
+    store could not be reached. Nothing is left behind for that file."""
+
+
+class ChecksumError(DownloadError):
     """A downloaded file does not match the sha256 in the adapter's manifest."""
 
 

@@ -126,11 +126,14 @@ class Checkpoint:
     step_number: int
     metrics: dict[str, Any]
     created_at: int
+    fine_tuned_model_checkpoint: str | None = None  # ft:…:ckpt-step-N, to continue from
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> Checkpoint:
         return cls(id=d["id"], step_number=d["step_number"], metrics=d["metrics"],
-                   created_at=d["created_at"])
+                   created_at=d["created_at"],
+                   fine_tuned_model_checkpoint=d.get("fine_tuned_model_checkpoint"), raw=d)
 
 
 @dataclass(frozen=True)
@@ -195,12 +198,16 @@ class Model:
     parent: str | None = None  # a fine-tuned or checkpoint model's base model
     checkpoint_step: int | None = None
     fine_tuning_job_id: str | None = None
+    adapter: str | None = None  # a fine-tuned model's adapter and version
+    adapter_version: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> Model:
         return cls(id=d["id"], owned_by=d["owned_by"], created=d["created"],
                    parent=d.get("parent"), checkpoint_step=d.get("checkpoint_step"),
-                   fine_tuning_job_id=d.get("fine_tuning_job_id"))
+                   fine_tuning_job_id=d.get("fine_tuning_job_id"), adapter=d.get("adapter"),
+                   adapter_version=d.get("adapter_version"), raw=d)
 
 
 # ----- operators (loramill.Client(...).admin) ---------------------------------------------
