@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api import errors, idempotency, openapi
 from api.edge import EdgeMiddleware
@@ -48,7 +49,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc from assets shipped in the fastapi-offline package:
+    # FastAPI's defaults load them from a CDN, and are blank without internet
+    app = FastAPIOffline(
+        static_url="/docs-assets",
         lifespan=lifespan,
         title="loramill",
         version="0.1.0",

@@ -1,6 +1,8 @@
 """The OpenAPI document lists every status code an operation can answer, each error with
 OpenAI's envelope, so clients (and schemathesis' status-code check) know what to expect.
-Validation errors are 400s here, not FastAPI's default 422."""
+Validation errors are 400s here, not FastAPI's default 422. Every operation but the
+health checks needs a bearer key (the security scheme), and the upload's multipart body
+is described (the route streams it itself, so FastAPI cannot see it)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,19 @@ POSTS = {
 UPLOADS = {
     "415": "not multipart/form-data",
 }
+PUBLIC = ("/healthz", "/readyz", "/metrics")
+SECURITY_SCHEMES = {"bearer": {
+    "type": "http", "scheme": "bearer",
+    "description": "An API key: a tenant's (`lm-…`) for the tenant API, an operator's for "
+                   "/v1/admin and /ops. `Authorization: Bearer <key>`."}}
+UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "a JSONL dataset (chat, prompt/completion, preference); "
+                                "checked line by line as it streams in"},
+        "purpose": {"type": "string", "enum": ["fine-tune"]},
+    }}}}}
 
 
 def statuses(path: str, method: str) -> dict[str, str]:
@@ -63,14 +78,19 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema is None:
             document = get_openapi(title=app.title, version=app.version,
                                    description=app.description, routes=app.routes)
-            document.setdefault("components", {}).setdefault("schemas", {})["Error"] = (
-                ERROR_SCHEMA)
+            components = document.setdefault("components", {})
+            components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+            components["securitySchemes"] = SECURITY_SCHEMES
+            document["security"] = [{"bearer": []}]
             for path, operations in document.get("paths", {}).items():
                 for method, operation in operations.items():
                     responses = operation.setdefault("responses", {})
                     responses.pop("422", None)  # validation errors are 400s
-                    if path in ("/healthz", "/readyz"):
+                    if path in PUBLIC:
+                        operation["security"] = []  # no key needed
                         continue
+                    if path == "/v1/files" and method == "post":
+                        operation["requestBody"] = UPLOAD_BODY
                     for status, description in statuses(path, method).items():
                         responses.setdefault(status, {
                             "description": description, "content": {"application/json": {
