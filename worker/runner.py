@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
+from core.adapters import card
 from core.adapters import service as adapter_service
 from core.adapters.models import AdapterVersion
 from core.base_models import repository as model_repo
@@ -568,6 +569,7 @@ def _run_claimed(c: Claim, work: Path, reporter: JobReporter) -> str:
             result = recipe.train_loop()
         adapter_dir = work / "adapter"
         recipe.save(adapter_dir)
+        card.make_portable(adapter_dir, c.model)  # the registered id, not this host's path
         publish(c, adapter_dir, result, work)
         return "succeeded"
     except Stopped as stop:

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.adapters import card
 from core.adapters import repository as adapter_repo
 from core.adapters.models import Adapter, AdapterAlias, AdapterVersion
 from core.audit import service as audit
@@ -156,13 +157,17 @@ def publish_version(session: Session, storage: Storage, job: FineTuningJob, stag
         storage.copy(staged.prefix + entry["name"], placed[-1])
     placed.append(prefix + "manifest.json")
     storage.put_bytes(placed[-1], document)
+    readme = card.model_card(json.loads(document)).encode()
+    placed.append(prefix + card.CARD)
+    storage.put_bytes(placed[-1], readme)
     file_service.add_result(session, staged.result)
     return adapter_repo.add_version(session, AdapterVersion(
         id=ids.new_id("adpv"), tenant_id=job.tenant_id, adapter_id=adapter.id,
         version=version, job_id=job.id, base_model=job.model, fine_tuned_model=ft_name,
         object_prefix=prefix, manifest=json.loads(document),
-        files=[*staged.files, {"name": "manifest.json", "bytes": len(document),
-                               "sha256": hashlib.sha256(document).hexdigest()}],
+        files=[*staged.files,
+               *({"name": n, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                 for n, b in (("manifest.json", document), (card.CARD, readme)))],
     ))
 
 

@@ -54,6 +54,18 @@ def test_sdk_runs_a_whole_job(stack: StackInfo, tenant: TenantHandle, tmp_path: 
     for f in version.files:
         assert hashlib.sha256((out / f["name"]).read_bytes()).hexdigest() == f["sha256"]
     assert client.files.content(file.id) == jsonl(CHAT, CHAT)
+    # the adapter travels: its config names the registered base model, not a worker's
+    # path, and its card says what it is, what it was trained on and how to use it
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == MODEL
+    card = (out / "README.md").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    for needed in (f"base_model: {MODEL}", done.fine_tuned_model,
+                   manifest["dataset_sha256"], "PeftModel.from_pretrained",
+                   "chat.completions.create", "| n_epochs | 2 |", "| seed | 3 |",
+                   f"{manifest['metrics']['train_loss']:.6g}"):
+        assert needed in card, needed
+    assert "[More Information Needed]" not in card  # not PEFT's empty template
 
 
 def test_cli_exit_codes(stack: StackInfo, tenant: TenantHandle, tmp_path: Path) -> None:
@@ -62,7 +74,21 @@ def test_cli_exit_codes(stack: StackInfo, tenant: TenantHandle, tmp_path: Path) 
     ok = cli(tenant, stack, "jobs", "create", "--model", MODEL, "--training-file", good,
              "--epochs", "1", "--wait", "--json")
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["status"] == "succeeded"
+    done = json.loads(ok.stdout)  # stdout: the job object alone, progress on stderr
+    assert done["status"] == "succeeded"
+    assert f"{done['id']}: succeeded (was " in ok.stderr  # a status line, timestamped
+    published = done["published"]
+    assert published["model"] == done["fine_tuned_model"] and published["version"] >= 1
+    # the version that job published, by the job: not whatever is latest
+    fetched = cli(tenant, stack, "adapters", "download", published["adapter"], "--job",
+                  done["id"], "--dest", str(tmp_path / "by-job"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert f"v{published['version']}" in fetched.stdout
+    assert (tmp_path / "by-job" / "adapter_model.safetensors").is_file()
+    models = json.loads(cli(tenant, stack, "models", "list", "--json").stdout)
+    tuned = next(m for m in models if m["id"] == done["fine_tuned_model"])
+    assert (tuned["adapter"], tuned["adapter_version"]) == (published["adapter"],
+                                                            published["version"])
 
     # 2: an invalid local dataset (first problems by line), bad usage, an API 4xx
     bad = write(tmp_path, "bad.jsonl", jsonl(CHAT) + b"not json\n")
@@ -104,4 +130,20 @@ def test_cli_exit_codes(stack: StackInfo, tenant: TenantHandle, tmp_path: Path) 
     # listing and events work for the jobs above
     assert job_id in cli(tenant, stack, "jobs", "list").stdout
     events = cli(tenant, stack, "jobs", "events", job_id, "--follow")
-    assert events.returncode == 0 and "Job cancelled" in events.stdout
+    assert events.returncode == 3 and "Job cancelled" in events.stdout  # as `jobs wait`
+
+    # 7: a download the store refuses (here: an object gone), said in one line, no .part
+    from core.adapters.models import AdapterVersion
+    from core.kit.db import admin_scope
+    from core.kit.storage import get_storage
+
+    with admin_scope() as session:
+        row = session.query(AdapterVersion).filter_by(job_id=done["id"]).one()
+        prefix = row.object_prefix
+    get_storage().delete(prefix + "adapter_model.safetensors")
+    broken = cli(tenant, stack, "adapters", "download", published["adapter"], "--version",
+                 str(published["version"]), "--dest", str(tmp_path / "broken"))
+    assert broken.returncode == 7, broken.stderr
+    assert broken.stderr.startswith("download failed: adapter_model.safetensors")
+    assert "Traceback" not in broken.stderr
+    assert not list((tmp_path / "broken").glob("*.part"))
