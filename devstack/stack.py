@@ -427,8 +427,7 @@ class LocalStack:
         if not _port_free(s.api_port):
             raise StackError(f"port {s.api_port} is in use; set LORAMILL_API_PORT to a free one")
         self._spawn("api", [
-            sys.executable, "-m", "uvicorn", "api.app:app", "--host", s.api_host,
-            "--port", str(s.api_port), "--no-access-log",
+            sys.executable, "-m", "api", "--host", s.api_host, "--port", str(s.api_port),
         ], env=self._python_env("api"))
         url = f"http://{s.api_host}:{s.api_port}/readyz"
         self._wait("api", lambda: httpx.get(url, timeout=2).status_code == 200, 60)

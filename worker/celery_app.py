@@ -14,8 +14,13 @@ from __future__ import annotations
 
 from celery import Celery
 
+from core.kit import logs
 from core.kit.queue import DISPATCH_TASK, SCHEDULER_QUEUE, SWEEP_TASK, broker_url, queue_for
 from core.kit.settings import get_settings
+
+# JSON logs from the first line: warnings Celery and the ML libraries raise while starting
+# (before its setup_logging signal) and no progress bars (read once, at their import)
+logs.configure()
 
 
 def make_app() -> Celery:

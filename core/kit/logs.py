@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -51,13 +52,56 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# The scheduler's own tasks, due every second or few: Celery's per-task lines about them
+# (beat sending, the worker receiving, succeeding) are debug detail, not a day's
+# hundreds of thousands of INFO lines. Their failures stay at WARNING and above.
+TICK_TASKS = ("loramill.dispatch", "loramill.sweep")
+_TASK_LOGGERS = ("celery.beat", "celery.app.trace", "celery.worker.strategy",
+                 "celery.worker.request")
+
+
+class TickLines(logging.Filter):
+    """Demotes Celery's INFO lines about the scheduler's tick tasks to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno == logging.INFO and record.name in _TASK_LOGGERS
+                and any(name in record.getMessage() for name in TICK_TASKS)):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_libraries() -> None:
+    """No progress bars on stderr (they are not log lines: a worker's log stays JSON) and
+    Python warnings routed into the JSON log instead of printed. Call it before the ML
+    libraries are imported: tqdm and huggingface_hub read these once, at import."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger
+    try:  # Celery's few direct prints (e.g. "worker: Warm shutdown") as log lines
+        import celery.apps.worker as celery_worker
+
+        def say(msg: str, f: object = None) -> None:
+            # called from signal handlers: one os.write, as Celery's own, no logging locks
+            line = json.dumps({"ts": datetime.now(UTC).isoformat(), "level": "info",
+                               "logger": "celery.worker", "message": msg.strip()})
+            os.write(2, (line + "\n").encode())
+
+        celery_worker.safe_say = say
+    except ImportError:  # not a Celery process's environment
+        pass
+
+
 def configure(level: int = logging.INFO) -> None:
     """JSON lines on stderr for the root logger (idempotent)."""
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return
+    quiet_libraries()
     handler = logging.StreamHandler(sys.__stderr__)  # not a test runner's capture
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(TickLines())
     root.handlers = [handler]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # theirs, as JSON too

@@ -31,6 +31,21 @@ def samples(url: str) -> Samples:
     return prometheus_samples(url)[1]
 
 
+LOGS = ("worker", "scheduler")
+
+
+@pytest.fixture(scope="module")
+def log_offsets() -> dict[str, int]:
+    """Where this module's processes' logs begin (the files are appended to)."""
+    return {name: (TEST_HOME / "logs" / f"{name}.log").stat().st_size
+            if (TEST_HOME / "logs" / f"{name}.log").exists() else 0 for name in LOGS}
+
+
+@pytest.fixture(scope="module")
+def worker(log_offsets: dict[str, int], worker: None) -> None:
+    """The conftest's worker and scheduler, started after the offsets were taken."""
+
+
 @pytest.fixture(scope="module")
 def training_job(worker: None, stack: StackInfo) -> Iterator[dict[str, Any]]:
     """A long job, running, with a validation loss already reported; cancelled after."""
@@ -140,3 +155,25 @@ def test_worker_metrics_and_job_logs(training_job: dict[str, Any], admin: AdminH
     mine = [e for e in entries if e.get("job_id") == job_id]
     assert any(e["message"] == f"job {job_id}: cancelled" for e in mine), mine[-5:]
     assert all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
+
+
+def test_process_logs_are_json_lines_and_the_scheduler_ticks_quietly(
+        training_job: dict[str, Any], log_offsets: dict[str, int]) -> None:
+    """A worker that loaded a model and trained, and the scheduler that dispatched it:
+    their logs are JSON lines only (no progress bars, warnings as records), and the
+    scheduler's every-second tick tasks leave no INFO lines."""
+    texts = {}
+    for name in LOGS:
+        with (TEST_HOME / "logs" / f"{name}.log").open("rb") as fh:
+            fh.seek(log_offsets[name])
+            texts[name] = fh.read().decode(errors="replace")
+        assert "it/s]" not in texts[name] and "Loading weights:" not in texts[name], name
+        stray = [line for line in texts[name].splitlines()
+                 if line.strip() and not line.startswith("{")]
+        assert stray == [], (name, stray[:5])
+    scheduler = [json.loads(line) for line in texts["scheduler"].splitlines()
+                 if line.startswith("{")]
+    assert scheduler, "the scheduler logged nothing"
+    ticks = [e for e in scheduler if e["level"] == "info" and any(
+        task in e["message"] for task in ("loramill.dispatch", "loramill.sweep"))]
+    assert ticks == [], ticks[:3]

@@ -55,3 +55,41 @@ def test_secrets_are_never_logged(stack: StackInfo, tenant: TenantHandle,
     for secret in (tenant.key, created["secret"], by_operator["secret"], admin.key):
         assert secret not in text
     assert "Bearer" not in text
+
+
+def test_the_api_server_logs_json_from_its_first_line(stack: StackInfo,
+                                                     tmp_path: Path) -> None:
+    """`python -m api` (what the stack, compose and the chart run): uvicorn's own start
+    and stop lines are JSON too, not plain text before the app's logging is set up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from devstack.stack import find_ports
+    from tests.conftest import ROOT
+
+    port = find_ports(1, 36000 + os.getpid() % 1000)[0]
+    out = tmp_path / "api.out"
+    with out.open("wb") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "api", "--host", "127.0.0.1",
+                                   "--port", str(port)], cwd=ROOT, stdout=sink,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/files", timeout=5).status_code == 401
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    lines = [line for line in out.read_text().splitlines() if line.strip()]
+    assert lines and [line for line in lines if not line.startswith("{")] == [], lines[:5]
+    entries = [json.loads(line) for line in lines]
+    assert any(e.get("logger") == "loramill.access" and e.get("status") == 401
+               for e in entries)
