@@ -1,6 +1,9 @@
 """The operators' dashboard at /ops: server-rendered pages over the same services as
 /v1/admin, refreshed in place by a few lines of JS. Sign-in takes an admin key and keeps
-it in an HttpOnly, SameSite=Strict cookie scoped to /ops; the pages only read."""
+it in an HttpOnly, SameSite=Strict cookie scoped to /ops (so another site cannot post a
+form here). Actions — cancel, requeue, priority, suspend — go through a confirmation page
+and are audited under the signed-in key, as the admin API's are; the page they return to
+shows the audit entry."""
 
 from __future__ import annotations
 
@@ -13,12 +16,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from api.deps import AdminUoW, principal_for
+from core.audit import service as audit
 from core.jobs import state as jobstate
 from core.jobs.state import JobStatus
-from core.kit.errors import AuthenticationFailed, NotFound
+from core.kit.errors import AuthenticationFailed, InvalidRequest, LoramillError, NotFound
 from core.kit.orm import utcnow
+from core.kit.queue import wake_dispatcher
 from core.kit.settings import get_settings
 from core.ops import service as ops
+from core.serving import engines as serving_engines
 from core.tenants import keys
 
 router = APIRouter(prefix="/ops", include_in_schema=False)
@@ -50,14 +56,20 @@ def _page(request: Request, name: str, context: dict[str, Any],
                                       status_code=status_code)
 
 
-def _signed_in(request: Request, uow: AdminUoW) -> bool:
+def _operator(request: Request, uow: AdminUoW) -> str | None:
+    """The signed-in operator's audit name (``key:<id>``, as the admin API's), or None."""
     token = request.cookies.get(COOKIE, "")
     if not keys.is_well_formed(token):
-        return False
+        return None
     try:
-        return principal_for(uow.session, token).is_admin
+        principal = principal_for(uow.session, token)
     except AuthenticationFailed:
-        return False
+        return None
+    return f"key:{principal.key_id}" if principal.is_admin else None
+
+
+def _signed_in(request: Request, uow: AdminUoW) -> bool:
+    return _operator(request, uow) is not None
 
 
 def _login_redirect() -> RedirectResponse:
@@ -105,6 +117,7 @@ def overview(request: Request, uow: AdminUoW) -> Response:
     worker_views = ops.workers(session, get_settings(), limit=50)
     return _page(request, "overview", {
         "queue": ops.queue_summary(session),
+        "queued": ops.queued_jobs(session, limit=100),
         "rate_minutes": int(ops.RATE_WINDOW.total_seconds() // 60),
         "workers": worker_views,
         "alive": sum(w.state == "alive" for w in worker_views),
@@ -121,16 +134,207 @@ def job_page(job_id: str, request: Request, uow: AdminUoW) -> Response:
     try:
         job = ops.get_job(uow.session, job_id)
     except NotFound:
-        return _page(request, "missing", {"job_id": job_id}, 404)
+        return _page(request, "missing", {"what": f"job {job_id}"}, 404)
     points = ops.metric_events(uow.session, job_id)
     last = points[-1] if points else {}
     return _page(request, "job", {
+        "done": _entry(uow, request.query_params.get("done", ""), job_id),
+        "actions": _job_actions(job),
         "job": job, "tenant": ops.get_tenant(uow.session, job.tenant_id),
         "chart": loss_chart(points), "last": last,
         "progress": 1.0 if job.status == JobStatus.SUCCEEDED
         else ops.progress(last.get("step", 0), last.get("total_steps")),
         "events": ops.recent_events(uow.session, job_id),
     })
+
+
+# ----- actions: a confirmation page, then the change, audited -----------------------------
+
+JOB_ACTIONS = {  # action -> (button, what it does)
+    "cancel": ("Cancel the job", "stops it at its next step; nothing it trains after "
+               "counts, no adapter is published"),
+    "requeue": ("Put it back in the queue", "a failed job gets another attempt; a running "
+                "or queued one goes back to the end of its tenant's queue"),
+    "priority": ("Set the priority", "higher runs first among the tenant's queued jobs "
+                 "(-100 to 100)"),
+}
+TENANT_ACTIONS = {
+    "suspend": ("Suspend the tenant", "its keys stop working at once; its jobs stay as "
+                "they are"),
+    "unsuspend": ("Unsuspend the tenant", "its keys work again"),
+}
+
+
+def _entry(uow: AdminUoW, entry_id: str, target_id: str) -> Any:
+    """The audit entry an action just wrote (shown on the page it returns to)."""
+    if not entry_id:
+        return None
+    entries, _ = audit.page(uow.session, after=None, limit=20, target_id=target_id)
+    return next((e for e in entries if e.id == entry_id), None)
+
+
+def _job_actions(job: Any) -> list[str]:
+    if job.status in jobstate.TERMINAL:
+        return ["requeue"] if job.status == JobStatus.FAILED else []
+    return ["cancel", "requeue", "priority"]
+
+
+def _priority(raw: str | None) -> int | None:
+    try:
+        return int(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@router.get("/jobs/{job_id}/{action}", response_class=HTMLResponse)
+def confirm_job_action(job_id: str, action: str, request: Request, uow: AdminUoW) -> Response:
+    if not _signed_in(request, uow):
+        return _login_redirect()
+    if action not in JOB_ACTIONS:
+        return _page(request, "missing", {"what": f"action {action!r}"}, 404)
+    try:
+        job = ops.get_job(uow.session, job_id)
+    except NotFound:
+        return _page(request, "missing", {"what": f"job {job_id}"}, 404)
+    return _confirm(request, uow, "job", job.id, action, job=job,
+                    priority=_priority(request.query_params.get("priority")))
+
+
+@router.post("/jobs/{job_id}/{action}", response_class=HTMLResponse)
+def do_job_action(job_id: str, action: str, request: Request, uow: AdminUoW,
+                  priority: Annotated[str, Form(max_length=10)] = "") -> Response:
+    actor = _operator(request, uow)
+    if actor is None:
+        return _login_redirect()
+    if action not in JOB_ACTIONS:
+        return _page(request, "missing", {"what": f"action {action!r}"}, 404)
+    try:
+        if action == "cancel":
+            ops.cancel(uow.session, actor, job_id)
+        elif action == "requeue":
+            ops.requeue(uow.session, actor, job_id)
+            uow.after_commit(wake_dispatcher)
+        else:
+            value = _priority(priority)
+            if value is None:
+                raise InvalidRequest("give the priority as a whole number, -100 to 100",
+                                         param="priority")
+            ops.set_priority(uow.session, actor, job_id, value)
+    except NotFound:
+        return _page(request, "missing", {"what": f"job {job_id}"}, 404)
+    except LoramillError as exc:
+        job = ops.get_job(uow.session, job_id)
+        return _confirm(request, uow, "job", job_id, action, job=job, error=exc.message,
+                        priority=_priority(priority), status_code=exc.status_code)
+    (entry,), _ = audit.page(uow.session, after=None, limit=1, target_id=job_id)
+    return RedirectResponse(f"/ops/jobs/{job_id}?done={entry.id}", status_code=303)
+
+
+@router.get("/tenants/{tenant_id}/{action}", response_class=HTMLResponse)
+def confirm_tenant_action(tenant_id: str, action: str, request: Request,
+                          uow: AdminUoW) -> Response:
+    if not _signed_in(request, uow):
+        return _login_redirect()
+    if action not in TENANT_ACTIONS:
+        return _page(request, "missing", {"what": f"action {action!r}"}, 404)
+    try:
+        tenant = ops.get_tenant(uow.session, tenant_id)
+    except NotFound:
+        return _page(request, "missing", {"what": f"tenant {tenant_id}"}, 404)
+    return _confirm(request, uow, "tenant", tenant.id, action, tenant=tenant)
+
+
+@router.post("/tenants/{tenant_id}/{action}", response_class=HTMLResponse)
+def do_tenant_action(tenant_id: str, action: str, request: Request,
+                     uow: AdminUoW) -> Response:
+    actor = _operator(request, uow)
+    if actor is None:
+        return _login_redirect()
+    if action not in TENANT_ACTIONS:
+        return _page(request, "missing", {"what": f"action {action!r}"}, 404)
+    try:
+        ops.set_suspended(uow.session, actor, tenant_id, action == "suspend")
+    except NotFound:
+        return _page(request, "missing", {"what": f"tenant {tenant_id}"}, 404)
+    (entry,), _ = audit.page(uow.session, after=None, limit=1, target_id=tenant_id)
+    return RedirectResponse(f"/ops/tenants/{tenant_id}?done={entry.id}", status_code=303)
+
+
+def _confirm(request: Request, uow: AdminUoW, kind: str, target: str, action: str, *,
+             error: str | None = None, status_code: int = 200, **context: Any) -> Response:
+    button, effect = (JOB_ACTIONS if kind == "job" else TENANT_ACTIONS)[action]
+    return _page(request, "confirm", {
+        "kind": kind, "target": target, "action": action, "button": button,
+        "effect": effect, "error": error, **context}, status_code)
+
+
+# ----- finding things: jobs, tenants, the audit log, serving --------------------------------
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_search(request: Request, uow: AdminUoW) -> Response:
+    if not _signed_in(request, uow):
+        return _login_redirect()
+    q = request.query_params
+    job_id, tenant, status = (q.get("id", "").strip(), q.get("tenant", "").strip(),
+                              q.get("status", "").strip())
+    error, found = None, None
+    try:
+        found = ops.search_jobs(uow.session, job_id=job_id, tenant=tenant,
+                                status=[s for s in status.split(",") if s] or None)
+    except LoramillError as exc:
+        error = exc.message
+    if found and job_id and len(found.jobs) == 1:
+        return RedirectResponse(f"/ops/jobs/{found.jobs[0].id}", status_code=303)
+    return _page(request, "jobs", {"found": found, "error": error, "id": job_id,
+                                   "tenant": tenant, "status": status,
+                                   "statuses": jobstate.STATUSES},
+                 400 if error else 200)
+
+
+@router.get("/tenants", response_class=HTMLResponse)
+def tenants(request: Request, uow: AdminUoW) -> Response:
+    if not _signed_in(request, uow):
+        return _login_redirect()
+    items, more = ops.tenants_page(uow.session, after=request.query_params.get("after"),
+                                   limit=100)
+    return _page(request, "tenants", {"tenants": items, "more": more})
+
+
+@router.get("/tenants/{tenant_id}", response_class=HTMLResponse)
+def tenant_page(tenant_id: str, request: Request, uow: AdminUoW) -> Response:
+    if not _signed_in(request, uow):
+        return _login_redirect()
+    try:
+        view = ops.tenant_view(uow.session, tenant_id)
+    except NotFound:
+        return _page(request, "missing", {"what": f"tenant {tenant_id}"}, 404)
+    return _page(request, "tenant", {
+        "view": view, "done": _entry(uow, request.query_params.get("done", ""), tenant_id)})
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, uow: AdminUoW) -> Response:
+    if not _signed_in(request, uow):
+        return _login_redirect()
+    target = request.query_params.get("target", "").strip() or None
+    entries, more = audit.page(uow.session, after=request.query_params.get("after"),
+                               limit=100, target_id=target)
+    return _page(request, "audit", {"entries": entries, "more": more, "target": target})
+
+
+@router.get("/serving", response_class=HTMLResponse)
+def serving_page(request: Request, uow: AdminUoW) -> Response:
+    if not _signed_in(request, uow):
+        return _login_redirect()
+    settings = get_settings()
+    rows = []
+    for model, urls in sorted(settings.serving_engines.items()):
+        status = serving_engines.read_status(settings.redis_url, model) or {}
+        rows.append({"model": model, "urls": [urls] if isinstance(urls, str) else urls,
+                     "state": status.get("state", "unknown"),
+                     "reason": status.get("reason", "")})
+    return _page(request, "serving", {"engines": rows})
 
 
 # ----- the loss curve as inline SVG ----------------------------------------------------

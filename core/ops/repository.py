@@ -81,6 +81,29 @@ def metric_events(session: Session, job_id: str, limit: int) -> list[dict[str, A
     return [d for d in reversed(list(rows)) if d]
 
 
+def queued_jobs(session: Session, limit: int) -> list[tuple[FineTuningJob, str]]:
+    """Queued jobs with their tenant's name, highest priority first, then oldest (the
+    order dispatch takes them in within a tenant)."""
+    return list(session.execute(
+        select(FineTuningJob, Tenant.name).join(Tenant, Tenant.id == FineTuningJob.tenant_id)
+        .where(FineTuningJob.status == JobStatus.QUEUED)
+        .order_by(FineTuningJob.priority.desc(), FineTuningJob.created_at)
+        .limit(limit)).tuples())
+
+
+def with_tenant_names(session: Session, jobs: list[FineTuningJob]) -> dict[str, str]:
+    ids = {j.tenant_id for j in jobs}
+    return dict(session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(ids)))
+                .tuples().all()) if ids else {}
+
+
+def active_counts(session: Session, tenant_id: str) -> dict[str, int]:
+    return dict(session.execute(
+        select(FineTuningJob.status, func.count()).where(
+            FineTuningJob.tenant_id == tenant_id, FineTuningJob.status.in_(jobstate.ACTIVE))
+        .group_by(FineTuningJob.status)).tuples().all())
+
+
 def running_jobs(session: Session, limit: int) -> list[tuple[FineTuningJob, str]]:
     return list(session.execute(
         select(FineTuningJob, Tenant.name).join(Tenant, Tenant.id == FineTuningJob.tenant_id)

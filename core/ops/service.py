@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.audit import service as audit
+from core.files import repository as file_repo
 from core.jobs import repository as job_repo
 from core.jobs import service as job_service
 from core.jobs import state as jobstate
@@ -20,6 +21,7 @@ from core.kit.orm import utcnow
 from core.kit.settings import Settings
 from core.ops import repository
 from core.scheduling.models import Worker
+from core.tenants import repository as tenant_repo
 from core.tenants import service as tenant_service
 from core.tenants.models import ApiKey, Tenant
 from core.tenants.prices import PriceTable
@@ -107,6 +109,56 @@ def jobs_page(session: Session, *, status: list[str] | None, tenant_id: str | No
         session, statuses=status or [], tenant_id=tenant_id,
         created_before=utcnow() - older_than if older_than is not None else None,
         after=after, limit=limit)
+
+
+def queued_jobs(session: Session, limit: int = 100) -> list[tuple[FineTuningJob, str]]:
+    return repository.queued_jobs(session, limit)
+
+
+@dataclass
+class JobSearch:
+    jobs: list[FineTuningJob]
+    tenant_names: dict[str, str]
+    more: bool
+    tenant: Tenant | None = None  # the tenant searched for, when one was
+
+
+def search_jobs(session: Session, *, job_id: str = "", tenant: str = "",
+                status: list[str] | None = None, limit: int = 50) -> JobSearch:
+    """Jobs of every tenant: one by id, or newest first by tenant (id or name) and
+    status. An unknown tenant or status is an InvalidRequest saying so."""
+    if job_id:
+        found = job_repo.by_id(session, job_id.strip())
+        jobs = [found] if found is not None else []
+        return JobSearch(jobs, repository.with_tenant_names(session, jobs), False)
+    owner = None
+    if tenant:
+        owner = (session.get(Tenant, tenant.strip())
+                 or tenant_repo.get_by_name(session, tenant.strip()))
+        if owner is None:
+            raise InvalidRequest(f"no tenant with id or name {tenant!r}", param="tenant")
+    jobs, more = jobs_page(session, status=status, tenant_id=owner.id if owner else None,
+                           older_than=None, after=None, limit=limit)
+    return JobSearch(jobs, repository.with_tenant_names(session, jobs), more, owner)
+
+
+@dataclass
+class TenantView:
+    tenant: Tenant
+    stored_bytes: int
+    jobs: dict[str, int]  # unfinished jobs by status
+    keys: list[ApiKey]
+    recent: list[FineTuningJob]
+
+
+def tenant_view(session: Session, tenant_id: str) -> TenantView:
+    tenant = get_tenant(session, tenant_id)
+    recent, _ = jobs_page(session, status=None, tenant_id=tenant.id, older_than=None,
+                          after=None, limit=20)
+    return TenantView(tenant=tenant,
+                      stored_bytes=file_repo.stored_bytes(session, TenantId(tenant.id)),
+                      jobs=repository.active_counts(session, tenant.id),
+                      keys=tenant_service.list_keys(session, tenant.id), recent=recent)
 
 
 def get_job(session: Session, job_id: str) -> FineTuningJob:
