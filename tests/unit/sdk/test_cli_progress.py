@@ -106,3 +106,18 @@ def test_version_and_exit_codes_documented(capsys: pytest.CaptureFixture[str]) -
     for code in ("0 succeeded", "1 the job failed", "2 usage", "3 the job was cancelled",
                  "4 timed out", "5 cannot reach", "7 a download", "130 or", "exits 6"):
         assert code in (cli.__doc__ or "").replace("\n", " "), code
+
+
+def test_a_terminal_gets_a_live_bar_with_the_loss_and_the_servers_eta() -> None:
+    clock, out = Clock(), io.StringIO()
+    progress = Progress(out, tty=True, interval=30, clock=clock)
+    progress.job(job("running", clock.now + 125))
+    for step in (10, 20, 30):
+        progress.event(metrics(step, 100))
+    progress.event(JobEvent.of({"id": "m", "created_at": 0, "level": "info",
+                                "message": "Checkpoint saved", "type": "message"}))
+    progress.close()
+    text = out.getvalue()
+    assert "30/100" in text and "loss 1.5000" in text and "ETA 2m05s" in text
+    assert "Checkpoint saved" in text  # messages print above the bar
+    assert "\r" in text  # redrawn in place, not a line per update
