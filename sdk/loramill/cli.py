@@ -186,6 +186,9 @@ def _left_running(client: Client, args: argparse.Namespace, job_id: str, why: st
 def _wait(client: Client, args: argparse.Namespace, job_id: str) -> int:
     progress = watch.Progress(sys.stderr, tty=sys.stderr.isatty(),
                               interval=args.progress_interval)
+    # the wait loop backs off on its own and says so: a poll should not also retry
+    # silently for a quarter of a minute first
+    client._t.max_retries = min(client._t.max_retries, 1)
     try:
         job = watch.wait(client.fine_tuning.jobs, job_id, progress=progress,
                          timeout=args.timeout, poll=args.poll, outage_limit=args.max_outage)
