@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.deps import AdminUoW, principal_for
 from core.audit import service as audit
+from core.audit.models import AuditEntry
 from core.jobs import state as jobstate
 from core.jobs.state import JobStatus
 from core.kit.errors import AuthenticationFailed, InvalidRequest, LoramillError, NotFound
@@ -165,12 +166,17 @@ TENANT_ACTIONS = {
 }
 
 
-def _entry(uow: AdminUoW, entry_id: str, target_id: str) -> Any:
-    """The audit entry an action just wrote (shown on the page it returns to)."""
-    if not entry_id:
-        return None
-    entries, _ = audit.page(uow.session, after=None, limit=20, target_id=target_id)
-    return next((e for e in entries if e.id == entry_id), None)
+def _entry(uow: AdminUoW, entry_id: str, target_id: str) -> AuditEntry | None:
+    """The audit entry an action wrote (shown on the page it returns to), if it is one
+    about this page's job or tenant."""
+    found = uow.session.get(AuditEntry, entry_id) if entry_id else None
+    return found if found is not None and found.target_id == target_id else None
+
+
+def _show_done(uow: AdminUoW, page: str, target_id: str) -> RedirectResponse:
+    """Back to the job's or tenant's page, naming the audit entry the action just wrote."""
+    (entry,), _ = audit.page(uow.session, after=None, limit=1, target_id=target_id)
+    return RedirectResponse(f"/ops/{page}/{target_id}?done={entry.id}", status_code=303)
 
 
 def _job_actions(job: Any) -> list[str]:
@@ -196,7 +202,7 @@ def confirm_job_action(job_id: str, action: str, request: Request, uow: AdminUoW
         job = ops.get_job(uow.session, job_id)
     except NotFound:
         return _page(request, "missing", {"what": f"job {job_id}"}, 404)
-    return _confirm(request, uow, "job", job.id, action, job=job,
+    return _confirm(request, "job", job.id, action, job=job,
                     priority=_priority(request.query_params.get("priority")))
 
 
@@ -224,10 +230,9 @@ def do_job_action(job_id: str, action: str, request: Request, uow: AdminUoW,
         return _page(request, "missing", {"what": f"job {job_id}"}, 404)
     except LoramillError as exc:
         job = ops.get_job(uow.session, job_id)
-        return _confirm(request, uow, "job", job_id, action, job=job, error=exc.message,
+        return _confirm(request, "job", job_id, action, job=job, error=exc.message,
                         priority=_priority(priority), status_code=exc.status_code)
-    (entry,), _ = audit.page(uow.session, after=None, limit=1, target_id=job_id)
-    return RedirectResponse(f"/ops/jobs/{job_id}?done={entry.id}", status_code=303)
+    return _show_done(uow, "jobs", job_id)
 
 
 @router.get("/tenants/{tenant_id}/{action}", response_class=HTMLResponse)
@@ -241,7 +246,7 @@ def confirm_tenant_action(tenant_id: str, action: str, request: Request,
         tenant = ops.get_tenant(uow.session, tenant_id)
     except NotFound:
         return _page(request, "missing", {"what": f"tenant {tenant_id}"}, 404)
-    return _confirm(request, uow, "tenant", tenant.id, action, tenant=tenant)
+    return _confirm(request, "tenant", tenant.id, action, tenant=tenant)
 
 
 @router.post("/tenants/{tenant_id}/{action}", response_class=HTMLResponse)
@@ -256,11 +261,10 @@ def do_tenant_action(tenant_id: str, action: str, request: Request,
         ops.set_suspended(uow.session, actor, tenant_id, action == "suspend")
     except NotFound:
         return _page(request, "missing", {"what": f"tenant {tenant_id}"}, 404)
-    (entry,), _ = audit.page(uow.session, after=None, limit=1, target_id=tenant_id)
-    return RedirectResponse(f"/ops/tenants/{tenant_id}?done={entry.id}", status_code=303)
+    return _show_done(uow, "tenants", tenant_id)
 
 
-def _confirm(request: Request, uow: AdminUoW, kind: str, target: str, action: str, *,
+def _confirm(request: Request, kind: str, target: str, action: str, *,
              error: str | None = None, status_code: int = 200, **context: Any) -> Response:
     button, effect = (JOB_ACTIONS if kind == "job" else TENANT_ACTIONS)[action]
     return _page(request, "confirm", {

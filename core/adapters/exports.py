@@ -31,14 +31,19 @@ def prefix_of(version: AdapterVersion, format_: str) -> str:
     return f"{version.object_prefix}exports/{format_}/"
 
 
+def _find(session: Session, version_id: str, format_: str, *,
+          lock: bool = False) -> AdapterExport | None:
+    stmt = select(AdapterExport).where(AdapterExport.version_id == version_id,
+                                       AdapterExport.format == format_)
+    return session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
+
+
 def request(session: Session, tenant_id: TenantId, name: str, version: int,
             format_: str) -> tuple[AdapterExport, bool]:
     """The version's export in ``format_``, made now or found; and whether it must be
     sent to a worker (new, or failed or stale before)."""
     _, row = adapter_service.get_version(session, tenant_id, name, version)
-    found = session.scalars(select(AdapterExport).where(
-        AdapterExport.version_id == row.id, AdapterExport.format == format_)
-        .with_for_update()).one_or_none()
+    found = _find(session, row.id, format_, lock=True)
     now = utcnow()
     if found is None:
         found = AdapterExport(id=ids.new_id("exp"), tenant_id=tenant_id, version_id=row.id,
@@ -60,8 +65,7 @@ def request(session: Session, tenant_id: TenantId, name: str, version: int,
 def get(session: Session, tenant_id: TenantId, name: str, version: int,
         format_: str) -> AdapterExport:
     _, row = adapter_service.get_version(session, tenant_id, name, version)
-    found = session.scalars(select(AdapterExport).where(
-        AdapterExport.version_id == row.id, AdapterExport.format == format_)).one_or_none()
+    found = _find(session, row.id, format_)
     if found is None:
         raise NotFound(f"version {version} of {name!r} has no {format_} export; POST one "
                        "to make it", param="format")

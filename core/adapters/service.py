@@ -157,14 +157,15 @@ def publish_version(session: Session, storage: Storage, job: FineTuningJob, stag
         storage.copy(staged.prefix + entry["name"], placed[-1])
     placed.append(prefix + "manifest.json")
     storage.put_bytes(placed[-1], document)
-    readme = card.model_card(json.loads(document)).encode()
+    written = json.loads(document)  # the version's manifest as stored
+    readme = card.model_card(written).encode()
     placed.append(prefix + card.CARD)
     storage.put_bytes(placed[-1], readme)
     file_service.add_result(session, staged.result)
     return adapter_repo.add_version(session, AdapterVersion(
         id=ids.new_id("adpv"), tenant_id=job.tenant_id, adapter_id=adapter.id,
         version=version, job_id=job.id, base_model=job.model, fine_tuned_model=ft_name,
-        object_prefix=prefix, manifest=json.loads(document),
+        object_prefix=prefix, manifest=written,
         files=[*staged.files,
                *({"name": n, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
                  for n, b in (("manifest.json", document), (card.CARD, readme)))],

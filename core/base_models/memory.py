@@ -190,6 +190,17 @@ def needs(predicted: Estimate, gpu_class: str) -> float:
 CLASS_ORDER = ("cpu", *(name for name, _, _ in GPU_CLASSES))
 
 
+def deployed_at_least(gpu_class: str, deployed: list[str]) -> str | None:
+    """The smallest class this deployment runs that holds what ``gpu_class`` holds: the
+    class itself, or a larger one; None when it runs neither."""
+    if gpu_class in deployed:
+        return gpu_class
+    if gpu_class not in CLASS_ORDER:
+        return None
+    return next((c for c in CLASS_ORDER[CLASS_ORDER.index(gpu_class) + 1:] if c in deployed),
+                None)
+
+
 def larger(a: str, b: str) -> str:
     """The larger of two classes (an operator's class for a model is a floor)."""
     rank = {name: n for n, name in enumerate(CLASS_ORDER)}

@@ -255,15 +255,13 @@ def _gpu_class(base: BaseModel, spec: JobSpec) -> tuple[str, memory.Estimate | N
     if base.gpu_class_pinned or not shape:
         chosen = memory.larger(base.gpu_class, chosen)
     deployed = get_settings().gpu_classes
-    if chosen not in deployed:  # a larger class this deployment runs holds it too
-        chosen = next((c for c in memory.CLASS_ORDER[memory.CLASS_ORDER.index(chosen) + 1:]
-                       if c in deployed), chosen) if chosen in memory.CLASS_ORDER else chosen
-    if chosen not in deployed:
+    runs = memory.deployed_at_least(chosen, deployed)  # a larger class holds it too
+    if runs is None:
         raise InvalidRequest(
             f"a job on {base.id!r} needs a {chosen} worker and this deployment runs none "
             f"(LORAMILL_GPU_CLASSES: {', '.join(deployed)}); it would wait forever",
             param="model", code="no_worker_class")
-    return chosen, predicted
+    return runs, predicted
 
 
 def get(session: Session, tenant_id: TenantId, job_id: str) -> FineTuningJob:

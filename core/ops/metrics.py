@@ -64,7 +64,7 @@ class QueueCollector(Collector):
                 workers = repository.workers_alive_by_class(
                     session, timedelta(seconds=self.worker_timeout))
                 classes = {g for _, g, _ in counts} | set(workers) | self.gpu_classes
-                demands = {g: repository.worker_demand(session, g) for g in sorted(classes)}
+                demands = repository.worker_demand(session, sorted(classes))
         except Exception:
             log.warning("metrics: could not read the queue", exc_info=True)
             up.add_metric([], 0)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from core.jobs import state as jobstate
@@ -169,10 +169,12 @@ def queued_by_tenant(session: Session) -> list[tuple[str, str, int, float]]:
         .group_by(FineTuningJob.tenant_id, FineTuningJob.gpu_class))]
 
 
-def worker_demand(session: Session, gpu_class: str) -> int:
-    """Queued and running jobs and live exports of the class: the workers' demand, as
-    KEDA reads it (the SQL function of migration 0017)."""
-    return int(session.scalar(select(func.loramill_worker_demand(gpu_class))) or 0)
+def worker_demand(session: Session, gpu_classes: Sequence[str]) -> dict[str, int]:
+    """Queued and running jobs and live exports of each class: the workers' demand, as
+    KEDA reads it (the SQL function of migration 0017), in one query."""
+    return {str(g): int(n) for g, n in session.execute(
+        text("SELECT g, loramill_worker_demand(g) FROM unnest(CAST(:classes AS text[])) g"),
+        {"classes": list(gpu_classes)})}
 
 
 def workers_alive_by_class(session: Session, timeout: timedelta) -> dict[str, int]:

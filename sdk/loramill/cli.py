@@ -266,11 +266,7 @@ def _metadata(pairs: list[str] | None) -> dict[str, str] | None:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    return "?" if seconds is None else watch.duration(seconds)
 
 
 def jobs_estimate(client: Client, args: argparse.Namespace) -> int:

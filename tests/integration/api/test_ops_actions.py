@@ -85,6 +85,14 @@ def test_priority_through_a_confirmation_reorders_the_queue_and_is_audited(
     assert entry["details"] == {"from": 0, "to": 50}
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ops-action-done.png"), full_page=True)
+    # an entry about another job, or none at all, is not shown as this job's
+    for other in (f"{entry['id']}x", "audit-" + "x" * 300):
+        page.goto(f"{stack.api_url}/ops/jobs/{first}?done={other}")
+        page.wait_for_selector("#job-status")
+        assert page.locator("#done").count() == 0
+    page.goto(f"{stack.api_url}/ops/jobs/{first}?done={entry['id']}")
+    page.wait_for_selector("#job-status")
+    assert page.locator("#done").count() == 0  # the entry is the other job's
 
     page.goto(f"{stack.api_url}/ops")
     queued = [r.get_attribute("data-job") for r in page.locator("tr.queued-job").all()]
