@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def local_stack(stack: StackInfo) -> LocalStack:
     from core.kit.settings import get_settings
     from devstack.stack import LocalStack
@@ -27,10 +27,15 @@ def local_stack(stack: StackInfo) -> LocalStack:
     return LocalStack(get_settings())
 
 
-@pytest.fixture(scope="module")
-def worker(local_stack: LocalStack) -> Iterator[None]:
-    """A real training worker and the scheduler (beat, dispatch, sweep) as processes,
-    starting from an idle queue (earlier API tests leave jobs queued on purpose)."""
+WORKER_LOGS = ("worker", "scheduler")
+
+
+@pytest.fixture(scope="package")
+def worker(local_stack: LocalStack) -> Iterator[dict[str, int]]:
+    """A real training worker and the scheduler (beat, dispatch, sweep) as processes, for
+    all of tests/e2e, starting from an idle queue (earlier API tests leave jobs queued on
+    purpose). A test that stops or kills one starts it again; jobs a test left are
+    cancelled after it (below). Yields where their log files stood before they started."""
     from sqlalchemy import update
 
     from core.jobs import state as jobstate
@@ -38,6 +43,9 @@ def worker(local_stack: LocalStack) -> Iterator[None]:
     from core.jobs.state import JobStatus
     from core.kit.db import admin_scope
 
+    logs = local_stack.log_dir
+    offsets = {name: (logs / f"{name}.log").stat().st_size
+               if (logs / f"{name}.log").exists() else 0 for name in WORKER_LOGS}
     with admin_scope() as session:
         session.execute(update(FineTuningJob)
                         .where(FineTuningJob.status.in_(jobstate.ACTIVE))
@@ -46,7 +54,7 @@ def worker(local_stack: LocalStack) -> Iterator[None]:
     wait_for_worker()
     wait_for_metrics(local_stack.metrics_url("scheduler"))
     try:
-        yield
+        yield offsets
     finally:
         local_stack._stop_pid("scheduler")
         local_stack._stop_pid("worker")

@@ -16,7 +16,7 @@ from core.base_models.models import BaseModel
 from core.kit.db import admin_scope
 from tests.conftest import ROOT, StackInfo, TenantHandle
 from tests.e2e.conftest import wait_until
-from tests.integration.api.helpers import prometheus_samples, sample, upload_ok
+from tests.integration.api.helpers import Samples, prometheus_samples, sample, upload_ok
 
 if TYPE_CHECKING:
     from devstack.stack import LocalStack
@@ -43,10 +43,16 @@ def test_the_scheduler_reports_its_ticks_and_the_api_the_demand(
         stack: StackInfo, local_stack: LocalStack, tenant: TenantHandle,
         gpu_model: str) -> None:
     scheduler = local_stack.metrics_url("scheduler")
-    text, found = wait_until(lambda: (lambda r: r if sample(
-        r[1], "loramill_scheduler_tick_seconds_count", task="sweep") else None)(
-        prometheus_samples(scheduler)), "the scheduler's first timed sweep", 60)
-    assert sample(found, "loramill_scheduler_tick_seconds_count", task="dispatch") > 0
+
+    def both_ticked() -> tuple[str, Samples] | None:
+        # beat sends dispatch and sweep in no set order, and a tick whose message expired
+        # behind a busy scheduler never runs: wait for one of each
+        text, found = prometheus_samples(scheduler)
+        ticked = all(sample(found, "loramill_scheduler_tick_seconds_count", task=task)
+                     for task in ("dispatch", "sweep"))
+        return (text, found) if ticked else None
+
+    text, found = wait_until(both_ticked, "the scheduler's first timed dispatch and sweep", 60)
     last = sample(found, "loramill_scheduler_last_tick_timestamp_seconds", task="dispatch")
     assert abs(time.time() - last) < 30
     assert "loramill_build_info{" in text

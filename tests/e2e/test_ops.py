@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, TEST_HOME, AdminHandle, StackInfo, make_tenant
-from tests.e2e.conftest import all_events, wait_for
+from tests.e2e.conftest import WORKER_LOGS, all_events, wait_for
 from tests.integration.api.helpers import Samples, jsonl, prometheus_samples, sample, upload_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("worker")]
@@ -31,23 +31,8 @@ def samples(url: str) -> Samples:
     return prometheus_samples(url)[1]
 
 
-LOGS = ("worker", "scheduler")
-
-
 @pytest.fixture(scope="module")
-def log_offsets() -> dict[str, int]:
-    """Where this module's processes' logs begin (the files are appended to)."""
-    return {name: (TEST_HOME / "logs" / f"{name}.log").stat().st_size
-            if (TEST_HOME / "logs" / f"{name}.log").exists() else 0 for name in LOGS}
-
-
-@pytest.fixture(scope="module")
-def worker(log_offsets: dict[str, int], worker: None) -> None:
-    """The conftest's worker and scheduler, started after the offsets were taken."""
-
-
-@pytest.fixture(scope="module")
-def training_job(worker: None, stack: StackInfo) -> Iterator[dict[str, Any]]:
+def training_job(worker: dict[str, int], stack: StackInfo) -> Iterator[dict[str, Any]]:
     """A long job, running, with a validation loss already reported; cancelled after."""
     tenant = make_tenant(stack)
     data = jsonl(*(chat(c, a) for c, a in [("France", "Paris."), ("Spain", "Madrid."),
@@ -158,14 +143,15 @@ def test_worker_metrics_and_job_logs(training_job: dict[str, Any], admin: AdminH
 
 
 def test_process_logs_are_json_lines_and_the_scheduler_ticks_quietly(
-        training_job: dict[str, Any], log_offsets: dict[str, int]) -> None:
+        training_job: dict[str, Any], worker: dict[str, int]) -> None:
     """A worker that loaded a model and trained, and the scheduler that dispatched it:
-    their logs are JSON lines only (no progress bars, warnings as records), and the
-    scheduler's every-second tick tasks leave no INFO lines."""
+    their logs, from their start (and every restart the tests before this one caused), are
+    JSON lines only (no progress bars, warnings as records), and the scheduler's
+    every-second tick tasks leave no INFO lines."""
     texts = {}
-    for name in LOGS:
+    for name in WORKER_LOGS:
         with (TEST_HOME / "logs" / f"{name}.log").open("rb") as fh:
-            fh.seek(log_offsets[name])
+            fh.seek(worker[name])
             texts[name] = fh.read().decode(errors="replace")
         assert "it/s]" not in texts[name] and "Loading weights:" not in texts[name], name
         stray = [line for line in texts[name].splitlines()
