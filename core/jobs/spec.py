@@ -133,7 +133,8 @@ def resolve(requested: RequestedHyperparameters, examples: int, *,
 
 
 def total_steps(examples: int, batch_size: int, epochs: int) -> int:
-    """Optimizer steps of a job (the recipe counts the same from the examples it loads)."""
+    """Optimizer steps of a job, as the trainer counts them from the examples it loads
+    (``worker.training.recipe.total_steps``; test_schedule holds the two equal)."""
     return math.ceil(examples / batch_size) * epochs
 
 

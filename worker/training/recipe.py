@@ -87,7 +87,9 @@ class Evaluation:
 
 
 def total_steps(examples: int, batch_size: int, epochs: int) -> int:
-    """The number of optimizer steps: the one place it is computed."""
+    """The number of optimizer steps, the one count the trainer uses. The API's estimate
+    has its own (``core.jobs.spec.total_steps``: this package imports nothing of the
+    service); test_schedule holds the two equal."""
     return math.ceil(examples / batch_size) * epochs
 
 
