@@ -15,10 +15,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -207,3 +208,14 @@ def admin(stack: StackInfo) -> Iterator[AdminHandle]:
                           headers={"Authorization": f"Bearer {secret}"})
     yield AdminHandle(key_id=key_id, key=secret, client=client)
     client.close()
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+    """Poll ``check`` until it returns something true, or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(0.2)

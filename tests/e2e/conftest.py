@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import StackInfo
+from tests.conftest import StackInfo, wait_until
 
 if TYPE_CHECKING:
     from devstack.stack import LocalStack
@@ -79,17 +79,6 @@ def cancel_what_the_test_started(stack: StackInfo) -> Iterator[None]:
                 FineTuningJob.created_at >= started,
                 FineTuningJob.status.in_(ACTIVE))):
             job_service.cancel(session, TenantId(job.tenant_id), job.id)
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    """Poll ``check`` until it returns something true, or fail saying ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(0.2)
 
 
 def first_metrics(client: httpx.Client, job_id: str, timeout: float = 120) -> None:

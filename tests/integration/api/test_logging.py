@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import TEST_HOME, AdminHandle, StackInfo, TenantHandle
+from tests.conftest import TEST_HOME, AdminHandle, StackInfo, TenantHandle, wait_until
 from tests.integration.api.helpers import CHAT, jsonl, upload
 
 API_LOG = TEST_HOME / "logs" / "api.log"
@@ -33,10 +33,11 @@ def test_request_id_is_echoed_and_logged_with_the_tenant(stack: StackInfo,
     assert made.startswith("req-") and made != "ci-run-42.step-7"
     weird = tenant.client.get("/v1/files", headers={"X-Request-ID": "has spaces/" + "x" * 200})
     assert weird.headers["x-request-id"].startswith("req-")
-    time.sleep(0.5)  # the access line is written as the response ends
-    lines = [e for e in json_lines(API_LOG) if e.get("request_id") == "ci-run-42.step-7"]
-    assert lines, "no JSON log line carries the request id"
-    access = next(e for e in lines if e.get("logger") == "loramill.access")
+    # the access line is written as the response ends: after the client has it
+    access = wait_until(lambda: next((
+        e for e in json_lines(API_LOG) if e.get("request_id") == "ci-run-42.step-7"
+        and e.get("logger") == "loramill.access"), None),
+        "a JSON access line carrying the request id", 15)
     assert access["tenant_id"] == tenant.id and access["status"] == 200
     assert access["path"] == "/v1/files" and "duration_ms" in access
 
