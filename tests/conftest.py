@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.webhook_receiver import Receiver
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HOME = ROOT / ".loramill-test"
 
@@ -208,6 +210,15 @@ def admin(stack: StackInfo) -> Iterator[AdminHandle]:
                           headers={"Authorization": f"Bearer {secret}"})
     yield AdminHandle(key_id=key_id, key=secret, client=client)
     client.close()
+
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback (tests/webhook_receiver.py), closed after the test."""
+    found = Receiver()
+    yield found
+    found.close()
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:

@@ -88,7 +88,7 @@ def _claim(settings: Settings) -> list[Attempt]:
 def send(attempt: Attempt, settings: Settings) -> Outcome:
     """POST one delivery, signed; never raises."""
     try:
-        check_url(attempt.url, settings.webhook_allowed_hosts)  # DNS may have changed
+        addresses = check_url(attempt.url, settings.webhook_allowed_hosts)  # DNS may change
     except UnsafeURL as exc:
         return Outcome(attempt.delivery_id, False, None, f"refused: the URL {exc}")
     now = utcnow()
@@ -99,15 +99,37 @@ def send(attempt: Attempt, settings: Settings) -> Outcome:
                                                            attempt.body)
                                       for secret in attempt.secrets)}
     try:
-        response = httpx.post(attempt.url, content=attempt.body, headers=headers,
-                              timeout=settings.webhook_timeout_seconds,
-                              follow_redirects=False)
+        response = _post_pinned(attempt, addresses, headers, settings)
     except httpx.HTTPError as exc:
         return Outcome(attempt.delivery_id, False, None,
                        f"{type(exc).__name__}: {exc}"[:500])
     ok = 200 <= response.status_code < 300
     return Outcome(attempt.delivery_id, ok, response.status_code,
                    None if ok else f"HTTP {response.status_code}")
+
+
+def _post_pinned(attempt: Attempt, addresses: list[str], headers: dict[str, str],
+                 settings: Settings) -> httpx.Response:
+    """POST to the addresses the URL's check resolved, each in turn while one refuses the
+    connection: a host name is not looked up again (a DNS answer that changes between
+    the check and the connection, DNS rebinding, cannot point the request inside). The
+    name still goes in the Host header and TLS (SNI, the certificate check)."""
+    url = httpx.URL(attempt.url)
+    targets = [(url.copy_with(host=address), {"host": url.netloc.decode("ascii")},
+                {"sni_hostname": url.host}) for address in addresses]
+    if not targets:  # a host the operator allowed by name
+        targets = [(url, {}, {})]
+    refused: httpx.ConnectError | None = None
+    with httpx.Client(timeout=settings.webhook_timeout_seconds,
+                      follow_redirects=False) as client:
+        for target, host, extensions in targets:
+            try:
+                return client.post(target, content=attempt.body, headers={**headers, **host},
+                                   extensions=extensions)
+            except httpx.ConnectError as exc:
+                refused = exc
+    assert refused is not None
+    raise refused
 
 
 def retry_at(now: datetime, attempts: int, settings: Settings) -> datetime:

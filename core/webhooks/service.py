@@ -6,7 +6,8 @@ signed the Standard Webhooks way.
 
 Endpoints may not point into the deployment's own network: a URL whose host resolves to a
 private, loopback, link-local or otherwise non-global address is refused, at registration
-and again before each delivery, unless an operator allows that host, address or network
+and again before each delivery (which then connects to the addresses checked, not to a
+second lookup's), unless an operator allows that host, address or network
 (``LORAMILL_WEBHOOK_ALLOWED_HOSTS``).
 """
 
@@ -38,9 +39,11 @@ class UnsafeURL(ValueError):
     """A webhook URL that may not be called (scheme, or an address inside the network)."""
 
 
-def check_url(url: str, allowed: list[str]) -> None:
+def check_url(url: str, allowed: list[str]) -> list[str]:
     """Raise :class:`UnsafeURL` unless ``url`` is http(s) to a host whose every address is
-    global, or is allowed by the operator (a host name, an address or a CIDR network)."""
+    global, or is allowed by the operator (a host name, an address or a CIDR network).
+    Returns the addresses checked, in the resolver's order (none for a host the operator
+    allowed by name): a delivery connects to these, never to a second lookup's answer."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise UnsafeURL("must be an http:// or https:// URL with a host")
@@ -48,10 +51,10 @@ def check_url(url: str, allowed: list[str]) -> None:
         raise UnsafeURL("must not carry credentials")
     host = parts.hostname
     if host in allowed:
-        return
+        return []
     try:
-        found = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443,
-                                                           type=socket.SOCK_STREAM)}
+        found = list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(
+            host, parts.port or 443, type=socket.SOCK_STREAM)))
     except (OSError, UnicodeError) as exc:
         raise UnsafeURL(f"its host {host!r} cannot be resolved") from exc
     networks = []
@@ -61,11 +64,12 @@ def check_url(url: str, allowed: list[str]) -> None:
         except ValueError:
             continue  # a host name
     for address in found:
-        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
         if not ip.is_global and not any(ip in net for net in networks):
             raise UnsafeURL(f"its host {host!r} resolves to {ip}, a private, loopback or "
                             "link-local address; an operator can allow it "
                             "(LORAMILL_WEBHOOK_ALLOWED_HOSTS)")
+    return found
 
 
 def new_secret() -> str:

@@ -8,7 +8,6 @@ receiver (allowed by the test stack's ``LORAMILL_WEBHOOK_ALLOWED_HOSTS``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -21,13 +20,6 @@ from tests.integration.api.helpers import assert_error, upload_ok
 from tests.webhook_receiver import Receiver
 
 MODEL = "loramill/tiny-llama"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    found = Receiver()
-    yield found
-    found.close()
 
 
 def cancelled_job(tenant: TenantHandle) -> str:
