@@ -106,7 +106,7 @@ fuzz: install  ## a long schemathesis run (every check, 200 examples, stateful) 
 
 lint: install  ## ruff, mypy and the import rules (import-linter)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy api core worker devstack sdk/loramill
+	$(VENV)/bin/mypy api core worker devstack sdk/loramill tests
 	$(VENV)/bin/lint-imports
 
 bench: up  ## run the benchmarks in bench/ (minutes on a CPU) and print their results

@@ -33,7 +33,7 @@ def records(path: Path) -> list[Any]:
             continue
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
         if kind in (FULL, LAST):
-            record = pb.Record()
+            record = pb.Record()  # type: ignore[attr-defined]  # generated protobuf
             record.ParseFromString(pending)
             found.append(record)
     return found

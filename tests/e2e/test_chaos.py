@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from devstack.stack import LocalStack, _pid_alive
-from tests.conftest import StackInfo, TenantHandle
-from tests.e2e.conftest import TERMINAL, all_events, wait_for, wait_for_worker, wait_until
+from tests.conftest import StackInfo, TenantHandle, wait_until
+from tests.e2e.conftest import TERMINAL, all_events, wait_for, wait_for_worker
 from tests.e2e.test_reliability import kill_worker, long_job, messages, versions
 from tests.integration.api.helpers import CHAT, jsonl, stored_state, upload_ok
 

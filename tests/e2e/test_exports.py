@@ -14,8 +14,8 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import ROOT, TenantHandle
-from tests.e2e.conftest import first_metrics, wait_for, wait_until
+from tests.conftest import ROOT, TenantHandle, wait_until
+from tests.e2e.conftest import first_metrics, wait_for
 from tests.e2e.test_training import CAPITALS, chat, start
 from tests.integration.api.helpers import assert_error, jsonl
 

@@ -14,8 +14,8 @@ import pytest
 from core.base_models import service as base_models
 from core.base_models.models import BaseModel
 from core.kit.db import admin_scope
-from tests.conftest import ROOT, TenantHandle
-from tests.e2e.conftest import all_events, first_metrics, wait_for, wait_until
+from tests.conftest import ROOT, TenantHandle, wait_until
+from tests.e2e.conftest import all_events, first_metrics, wait_for
 from tests.integration.api.helpers import jsonl, upload_ok
 from tests.unit.worker.training.test_schedule import say
 

@@ -14,8 +14,7 @@ import pytest
 from core.base_models import service as base_models
 from core.base_models.models import BaseModel
 from core.kit.db import admin_scope
-from tests.conftest import ROOT, StackInfo, TenantHandle
-from tests.e2e.conftest import wait_until
+from tests.conftest import ROOT, StackInfo, TenantHandle, wait_until
 from tests.integration.api.helpers import Samples, prometheus_samples, sample, upload_ok
 
 if TYPE_CHECKING:

@@ -69,8 +69,8 @@ def test_integrations_that_cannot_be_used_are_400(tenant: TenantHandle) -> None:
 
     env = {**os.environ, "LORAMILL_BASE_URL": str(tenant.client.base_url),
            "LORAMILL_API_KEY": tenant.key, "WANDB_API_KEY": "y" * 36 + "wxyz"}
-    for args, shown in ((["integrations", "wandb"], "W&B key set for your jobs"),
-                        (["integrations", "list"], "wandb  key …wxyz")):
+    for args, expected in ((["integrations", "wandb"], "W&B key set for your jobs"),
+                           (["integrations", "list"], "wandb  key …wxyz")):
         done = subprocess.run([sys.executable, "-m", "loramill.cli", *args], env=env,
                               cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0 and done.stdout.strip() == shown, done.stderr
+        assert done.returncode == 0 and done.stdout.strip() == expected, done.stderr

@@ -5,6 +5,7 @@ as adapters, continued from. A real worker trains the tiny model in 4-bit."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -75,7 +76,7 @@ def test_a_job_continues_from_a_fine_tuned_or_checkpoint_model(
     import openai
 
     client = openai.OpenAI(api_key=tenant.key, base_url=f"{stack.api_url}/v1", max_retries=0)
-    child = client.fine_tuning.jobs.create(
+    child: dict[str, Any] = client.fine_tuning.jobs.create(
         model=ft, training_file=upload_ok(tenant.client, DATA)["id"], seed=7,
         method=hyper(1)["method"],  # type: ignore[arg-type]
         extra_body={"lora": {"dropout": 0.0}}).to_dict()

@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 from devstack.stack import LocalStack, _pid_alive
-from tests.conftest import TenantHandle
+from tests.conftest import TenantHandle, wait_until
 from tests.e2e.conftest import (
     all_events,
     first_metrics,
     wait_for,
     wait_for_worker,
-    wait_until,
 )
 from tests.integration.api.helpers import jsonl, prometheus_samples, sample, upload_ok
 

@@ -17,8 +17,8 @@ import pytest
 
 from core.kit.settings import get_settings
 from core.kit.storage import get_storage
-from tests.conftest import ROOT, StackInfo, TenantHandle, api_process, make_tenant
-from tests.e2e.conftest import wait_for, wait_until
+from tests.conftest import ROOT, StackInfo, TenantHandle, api_process, make_tenant, wait_until
+from tests.e2e.conftest import wait_for
 from tests.integration.api.helpers import jsonl, upload_ok
 
 if TYPE_CHECKING:

@@ -169,7 +169,7 @@ def test_tool_calling_and_dpo_jobs_train_through_the_worker(tenant: TenantHandle
 
     client = openai.OpenAI(api_key=tenant.key, base_url=f"{tenant.client.base_url}/v1",
                            max_retries=0)
-    dpo_job = client.fine_tuning.jobs.create(
+    dpo_job: dict[str, Any] = client.fine_tuning.jobs.create(
         model=MODEL, training_file=upload_ok(tenant.client, jsonl(*pairs))["id"], seed=7,
         method={"type": "dpo", "dpo": {"hyperparameters": {
             "n_epochs": 8, "batch_size": 2, "learning_rate_multiplier": 10, "beta": 0.5}}},

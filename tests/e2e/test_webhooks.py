@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from standardwebhooks import Webhook
 
-from tests.conftest import TenantHandle
-from tests.e2e.conftest import wait_for, wait_until
+from tests.conftest import TenantHandle, wait_until
+from tests.e2e.conftest import wait_for
 from tests.e2e.test_training import CAPITALS, chat, start
 from tests.integration.api.helpers import jsonl
 from tests.webhook_receiver import Receiver

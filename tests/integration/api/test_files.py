@@ -4,8 +4,9 @@ A refused upload leaves no file row and no object behind."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from sqlalchemy import update
 
@@ -178,9 +179,11 @@ def test_path_like_filename_is_only_metadata(tenant: TenantHandle) -> None:
 
 def test_another_tenants_file_is_404(tenant: TenantHandle, other_tenant: TenantHandle) -> None:
     file_id = upload_ok(tenant.client)["id"]
-    for call in (lambda c: c.get(f"/v1/files/{file_id}"),
-                 lambda c: c.get(f"/v1/files/{file_id}/content"),
-                 lambda c: c.delete(f"/v1/files/{file_id}")):
+    calls: tuple[Callable[[httpx.Client], httpx.Response], ...] = (
+        lambda c: c.get(f"/v1/files/{file_id}"),
+        lambda c: c.get(f"/v1/files/{file_id}/content"),
+        lambda c: c.delete(f"/v1/files/{file_id}"))
+    for call in calls:
         assert_error(call(other_tenant.client), 404)
     assert other_tenant.client.get("/v1/files").json()["data"] == []
     assert tenant.client.get(f"/v1/files/{file_id}").status_code == 200

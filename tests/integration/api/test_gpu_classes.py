@@ -85,7 +85,8 @@ def create(tenant: TenantHandle, model: str, **fields: Any) -> Any:
 
 def queued_for(tenant: TenantHandle, job_id: str) -> str:
     events = tenant.client.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()["data"]
-    return next(e["message"] for e in events if e["message"].startswith("Job queued"))
+    message: str = next(e["message"] for e in events if e["message"].startswith("Job queued"))
+    return message
 
 
 def test_a_jobs_class_follows_its_predicted_memory(shaped_models: dict[str, str],

@@ -249,7 +249,8 @@ def test_creating_a_job_and_deleting_its_file_never_both_win(stack: StackInfo,
 
         def make() -> int:
             start.wait()
-            return create(tenant, training_file=file_id).status_code
+            status: int = create(tenant, training_file=file_id).status_code
+            return status
 
         def remove() -> int:
             start.wait()

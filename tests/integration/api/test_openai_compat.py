@@ -48,7 +48,7 @@ def test_jobs_create_list_retrieve_events_cancel(client: openai.OpenAI) -> None:
     job = jobs[0]
     assert job.status == "queued" and job.model == MODEL and job.seed == 42
     assert job.hyperparameters.n_epochs == 2
-    assert client.fine_tuning.jobs.retrieve(job.id).user_provided_suffix == "run0"
+    assert client.fine_tuning.jobs.retrieve(job.id).to_dict()["user_provided_suffix"] == "run0"
 
     listed = [j.id for j in client.fine_tuning.jobs.list(limit=2)]
     assert listed == [j.id for j in jobs[::-1]]

@@ -40,7 +40,7 @@ def post(stack: StackInfo, tenant: TenantHandle, body: bytes, *,
          content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
          length: int | None = None, send_body: bool = True) -> tuple[int, dict[str, Any], str]:
     url = urlparse(stack.api_url)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=ANSWER_SECONDS)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=ANSWER_SECONDS)
     try:
         conn.putrequest("POST", "/v1/files")
         conn.putheader("Authorization", f"Bearer {tenant.key}")
@@ -122,7 +122,7 @@ def test_a_client_that_goes_away_mid_upload_leaves_no_unfinished_upload(
     head = GOOD + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; ' \
                   f'filename="big.jsonl"\r\n\r\n'.encode()
     url = urlparse(stack.api_url)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=ANSWER_SECONDS)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=ANSWER_SECONDS)
     conn.putrequest("POST", "/v1/files")
     conn.putheader("Authorization", f"Bearer {tenant.key}")
     conn.putheader("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")

@@ -7,8 +7,8 @@ import argparse
 import io
 import itertools
 
+import loramill.cli as cli
 import pytest
-from loramill import cli
 from loramill.types import FineTuningJob, JobEvent
 from loramill.watch import Progress
 

@@ -4,6 +4,7 @@ or misread), OpenAI's chat format in full, and the normalised form the trainer r
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from loramill.datasets import grammar
@@ -12,10 +13,10 @@ from loramill.datasets.validation import validate_bytes
 
 LIMITS = {"max_line_bytes": 1 << 20, "max_json_depth": 32}
 USER = {"role": "user", "content": "What is the weather in Paris?"}
-TOOLS = [{"type": "function", "function": {
+TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-CALL = {"role": "assistant", "content": None, "tool_calls": [{
+CALL: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [{
     "id": "call_1", "type": "function",
     "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}
 ANSWER = {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"}
@@ -24,7 +25,8 @@ FINAL = {"role": "assistant", "content": "It is 21 degrees in Paris."}
 
 def problems(*rows: object) -> list[str]:
     data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
-    return validate_bytes(data, **LIMITS).problems
+    found: list[str] = validate_bytes(data, **LIMITS).problems
+    return found
 
 
 def ok(row: object) -> grammar.Example:
@@ -40,7 +42,7 @@ def ok(row: object) -> grammar.Example:
     [{"role": "assistant", "content": "hi"}, USER, FINAL],          # assistant first
     [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}, USER],
 ])
-def test_an_assistant_message_before_any_user_message_is_refused(messages: list) -> None:
+def test_an_assistant_message_before_any_user_message_is_refused(messages: list[Any]) -> None:
     assert problems({"messages": messages}) == [
         f"line 1: messages[{next(i for i, m in enumerate(messages) if m['role'] == 'assistant')}]"
         " is an assistant message with no user message before it: a conversation starts "
@@ -48,7 +50,7 @@ def test_an_assistant_message_before_any_user_message_is_refused(messages: list)
 
 
 @pytest.mark.parametrize("extra", [{"text": "ZZZZ"}, {"text": None}, {"messages": []}])
-def test_a_line_with_keys_of_two_formats_is_refused(extra: dict) -> None:
+def test_a_line_with_keys_of_two_formats_is_refused(extra: dict[str, Any]) -> None:
     found = problems({"prompt": "2+2=", "completion": "4", **extra})
     assert len(found) == 1
     assert found[0].startswith("line 1: ")
@@ -144,8 +146,8 @@ def test_content_as_text_parts_is_joined() -> None:
     ([USER, FINAL], {"tools": TOOLS, "functions": [TOOLS[0]["function"]]},
      "tools and functions are both given: use tools (functions is its older form)"),
 ])
-def test_unsupported_or_broken_chat_lines_say_what_and_where(messages: list, extra: dict,
-                                                             expected: str) -> None:
+def test_unsupported_or_broken_chat_lines_say_what_and_where(
+        messages: list[Any], extra: dict[str, Any], expected: str) -> None:
     assert problems({"messages": messages, **extra}) == [f"line 1: {expected}"]
 
 
@@ -177,7 +179,7 @@ def test_the_preference_format_is_accepted_and_normalised() -> None:
      "answer to it"),
     ({k: v for k, v in PREFERENCE.items() if k != "input"}, "input is missing"),
 ])
-def test_broken_preference_lines_say_what(row: dict, expected: str) -> None:
+def test_broken_preference_lines_say_what(row: dict[str, Any], expected: str) -> None:
     assert problems(row) == [f"line 1: {expected}"]
 
 

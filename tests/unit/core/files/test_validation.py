@@ -19,7 +19,8 @@ def jsonl(*rows: object) -> bytes:
 
 
 def check(data: bytes) -> list[str]:
-    return validate_bytes(data, **LIMITS).problems
+    problems: list[str] = validate_bytes(data, **LIMITS).problems
+    return problems
 
 
 @pytest.mark.parametrize(("data", "expected"), [

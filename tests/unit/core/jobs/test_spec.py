@@ -37,10 +37,10 @@ def test_given_values_are_kept() -> None:
 def test_lora_defaults_and_bounds() -> None:
     assert LoraSpec().model_dump() == {"r": 8, "alpha": 16.0, "dropout": 0.05,
                                        "target_modules": "all-linear", "quantization": "nf4"}
-    bad: dict[str, object]
-    for bad in ({"r": 0}, {"r": 257}, {"dropout": 1.0}, {"alpha": 0},
-                {"target_modules": []}, {"target_modules": ["q proj"]},
-                {"quantization": "int3"}, {"rank": 8}):
+    bads: list[dict[str, object]] = [
+        {"r": 0}, {"r": 257}, {"dropout": 1.0}, {"alpha": 0}, {"target_modules": []},
+        {"target_modules": ["q proj"]}, {"quantization": "int3"}, {"rank": 8}]
+    for bad in bads:
         with pytest.raises(ValidationError):
             LoraSpec.model_validate(bad)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -165,7 +166,7 @@ def test_examples_are_held_in_compact_arrays() -> None:
 def test_a_token_store_holds_what_memory_would_in_bounded_ram(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Tokenised onto disk (memory-mapped), the examples are the same as in memory, and
     what stays in RAM grows with the number of examples, not with their tokens."""
-    rows = [{"messages": [{"role": "user", "content": f"Tell {i}."},
+    rows: list[dict[str, Any]] = [{"messages": [{"role": "user", "content": f"Tell {i}."},
                           {"role": "assistant", "content": "word " * (20 + 40 * i)}]}
             for i in range(12)]
     rows.append({"prompt": "Say", "completion": " nothing else"})

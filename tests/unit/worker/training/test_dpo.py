@@ -44,13 +44,13 @@ def test_dpo_learns_the_preference(tmp_path: Path) -> None:
                     work_dir=tmp_path)
     recipe.setup()
     with torch.no_grad():
-        _, before = recipe._dpo_losses(recipe.train.examples)
+        _, before = recipe._dpo_losses(list(recipe.train.examples))
     start = recipe.evaluate(recipe.valid)  # type: ignore[arg-type]
     assert abs(start - math.log(2)) < 1e-3  # the adapter starts equal to the reference
     assert not before.any()
     result = recipe.train_loop()
     with torch.no_grad():
-        _, after = recipe._dpo_losses(recipe.train.examples)
+        _, after = recipe._dpo_losses(list(recipe.train.examples))
     assert result.valid_loss is not None and result.valid_loss < 0.5 * math.log(2)
     assert bool(after.all()), after  # every pair now preferred by more than the base model
 
