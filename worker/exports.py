@@ -11,14 +11,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, update
+
 from core.adapters.exports import MANIFEST
 from core.adapters.models import AdapterExport, AdapterVersion
 from core.base_models import repository as model_repo
 from core.kit.db import tenant_scope
 from core.kit.orm import utcnow
+from core.kit.settings import get_settings
 from core.kit.storage import file_entries, get_storage
 from core.lineage.service import ADAPTER_FILES
 from worker.runner import public
+from worker.ticker import Ticker
 
 log = logging.getLogger("loramill.worker")
 
@@ -35,19 +39,34 @@ def run_export(export_id: str, tenant_id: str) -> str:
             row.error = {"code": "version_gone", "message": "the version was deleted"}
             return "failed"
         row.status, row.started_at = "running", utcnow()
+        row.attempt += 1
+        row.heartbeat_at = row.started_at
+        attempt = row.attempt
         job = {"format": row.format, "prefix": row.object_prefix, "version": version.version,
                "version_prefix": version.object_prefix, "files": list(version.files),
                "base_uri": base.source_uri, "base_files": base.files, "base_model": base.id,
                "adapter": version.manifest.get("adapter")}
+    heartbeat = Ticker("export heartbeat", get_settings().heartbeat_seconds,
+                       lambda: _beat(export_id, tenant_id, attempt)).start()
     try:
         files = _build(job)
     except Exception as exc:
         log.exception("export %s failed", export_id)
-        _finish(export_id, tenant_id, status="failed", error={
+        _finish(export_id, tenant_id, attempt, status="failed", error={
             "code": "export_failed", "message": public(f"{type(exc).__name__}: {exc}")})
         return "failed"
-    _finish(export_id, tenant_id, status="succeeded", files=files)
+    finally:
+        heartbeat.stop()
+    _finish(export_id, tenant_id, attempt, status="succeeded", files=files)
     return "succeeded"
+
+
+def _beat(export_id: str, tenant_id: str, attempt: int) -> None:
+    """This worker still builds the export (the sweep re-queues one whose beat stops)."""
+    with tenant_scope(tenant_id) as session:
+        session.execute(update(AdapterExport).where(
+            AdapterExport.id == export_id, AdapterExport.attempt == attempt,
+            AdapterExport.status == "running").values(heartbeat_at=func.now()))
 
 
 def _build(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -81,11 +100,11 @@ def _build(job: dict[str, Any]) -> list[dict[str, Any]]:
         return file_entries(uploaded)
 
 
-def _finish(export_id: str, tenant_id: str, *, status: str,
+def _finish(export_id: str, tenant_id: str, attempt: int, *, status: str,
             files: list[dict[str, Any]] | None = None,
             error: dict[str, Any] | None = None) -> None:
     with tenant_scope(tenant_id) as session:
         row = session.get(AdapterExport, export_id, with_for_update=True)
-        if row is None or row.status != "running":
-            return  # asked again meanwhile (stale): that attempt decides
+        if row is None or row.status != "running" or row.attempt != attempt:
+            return  # asked again or re-queued meanwhile: that attempt decides
         row.status, row.files, row.error, row.finished_at = status, files or [], error, utcnow()

@@ -108,6 +108,13 @@ def _sweep() -> None:
             metrics.LEASE_EXPIRIES.labels(outcome).inc(len(result[outcome]))
     if any(result.values()):
         log.warning("sweep: %s", result)
+    with admin_scope() as session:
+        lost, failed = scheduler.sweep_exports(session, settings)
+    for export in lost:
+        queue.enqueue_export(export.export_id, export.tenant_id, export.gpu_class)
+    if lost or failed:
+        log.warning("exports whose worker was lost: sent again %s, failed %s",
+                    [e.export_id for e in lost], failed)
     if scheduler.janitor.due(settings):
         try:
             with admin_scope() as session:

@@ -3,20 +3,25 @@ worker of the base model's class (worker/exports.py), stored beside the version 
 ``exports/<format>/`` with an ``export_manifest.json`` of sha256s, downloadable like the
 adapter.
 
-Asking again is how a lost export is recovered: one ``failed``, or still ``queued`` or
-``running`` after :data:`STALE` (its message or worker was lost), is queued anew; one that
+The worker building an export renews its ``heartbeat_at``; when that stops (the worker
+died), the scheduler's sweep queues the export anew and sends it again
+(:func:`requeue_lost`), up to ``max_attempts`` workers, then fails it. Asking again also
+recovers an export: one ``failed``, or still ``queued`` or ``running`` after :data:`STALE`
+(its message was lost with a broker that kept nothing), is queued anew; one that
 ``succeeded`` is answered as it is.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.adapters import service as adapter_service
 from core.adapters.models import AdapterExport, AdapterVersion
+from core.base_models.models import BaseModel
 from core.kit import ids
 from core.kit.errors import NotFound
 from core.kit.orm import utcnow
@@ -55,11 +60,53 @@ def request(session: Session, tenant_id: TenantId, name: str, version: int,
     stale = found.status in ("queued", "running") and \
         (found.started_at or found.created_at) < now - STALE
     if found.status == "failed" or stale:
-        found.status, found.error, found.files = "queued", None, []
-        found.created_at, found.started_at, found.finished_at = now, None, None
+        _requeue(found, now)
+        found.attempt = 0  # asked anew: a fresh allowance of lost workers
         session.flush()
         return found, True
     return found, False
+
+
+def _requeue(found: AdapterExport, now: datetime) -> None:
+    found.status, found.error, found.files = "queued", None, []
+    found.created_at, found.started_at, found.finished_at = now, None, None
+    found.heartbeat_at = None
+
+
+@dataclass(frozen=True)
+class Lost:
+    """An export sent to a worker again: which, whose, and to which class's queue."""
+
+    export_id: str
+    tenant_id: str
+    gpu_class: str
+
+
+def requeue_lost(session: Session, lost_before: datetime, max_attempts: int,
+                 now: datetime) -> tuple[list[Lost], list[str]]:
+    """Every tenant's ``running`` exports whose worker stopped heartbeating before
+    ``lost_before``: queued anew (to send again, after commit), or failed with
+    ``worker_lost`` once ``max_attempts`` workers were lost on it. Returns both."""
+    rows = session.execute(
+        select(AdapterExport, BaseModel.gpu_class)
+        .join(AdapterVersion, AdapterVersion.id == AdapterExport.version_id)
+        .join(BaseModel, BaseModel.id == AdapterVersion.base_model)
+        .where(AdapterExport.status == "running",
+               AdapterExport.heartbeat_at < lost_before)
+        .with_for_update(of=AdapterExport, skip_locked=True)).all()
+    again, failed = [], []
+    for found, gpu_class in rows:
+        if found.attempt >= max_attempts:
+            found.status, found.finished_at = "failed", now
+            found.error = {"code": "worker_lost", "message": (
+                f"the export lost its worker {found.attempt} times; giving up after "
+                f"{max_attempts} attempts")}
+            failed.append(found.id)
+        else:
+            _requeue(found, now)
+            again.append(Lost(found.id, found.tenant_id, gpu_class))
+    session.flush()
+    return again, failed
 
 
 def get(session: Session, tenant_id: TenantId, name: str, version: int,

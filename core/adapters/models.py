@@ -99,3 +99,5 @@ class AdapterExport(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]  # renewed by the worker building it
+    attempt: Mapped[int] = mapped_column(default=0)  # workers that took it

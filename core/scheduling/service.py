@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from core.adapters import exports
 from core.adapters import service as adapter_service
 from core.idempotency import repository as idempotency_repo
 from core.jobs import repository as job_repo
@@ -160,6 +161,16 @@ def sweep(session: Session, settings: Settings) -> dict[str, list[str]]:
         session, now - timedelta(seconds=settings.dispatch_timeout_seconds))
     idempotency_repo.delete_expired(session, now)
     return out
+
+
+def sweep_exports(session: Session,
+                  settings: Settings) -> tuple[list[exports.Lost], list[str]]:
+    """Exports whose worker stopped heartbeating: queued anew (the caller sends them after
+    commit) or, after ``max_attempts`` lost workers, failed."""
+    now = repository.database_now(session)
+    return exports.requeue_lost(
+        session, now - timedelta(seconds=settings.lease_timeout_seconds),
+        settings.max_attempts, now)
 
 
 class StorageJanitor:

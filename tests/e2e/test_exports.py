@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import torch
+from sqlalchemy import select
 
 from tests.conftest import ROOT, TenantHandle, wait_until
 from tests.e2e.conftest import first_metrics, wait_for
@@ -133,3 +136,55 @@ def test_the_cli_exports_and_downloads(tenant: TenantHandle, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "adapter.gguf", "export_manifest.json"]
+
+
+def test_an_export_whose_worker_died_is_built_again_without_asking(
+        tenant: TenantHandle) -> None:
+    """What a worker killed while building an export leaves: the row ``running`` with a
+    heartbeat that stopped and no message anywhere (Redis hands an unacknowledged message
+    back only after its 12-hour visibility timeout). The scheduler's sweep queues it anew
+    and the worker builds it; a worker lost on it ``max_attempts`` times fails it."""
+    from sqlalchemy import update
+
+    from core.adapters.models import AdapterExport
+    from core.kit.db import admin_scope
+    from core.kit.orm import utcnow
+
+    job = wait_for(tenant.client, start(tenant, DATA, suffix="lost-exp", method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}})["id"])
+    assert job["status"] == "succeeded", job["error"]
+    exports = "/v1/adapters/lost-exp/versions/1/exports"
+
+    def ended(format_: str) -> dict[str, Any] | None:
+        found: dict[str, Any] = tenant.client.get(f"{exports}/{format_}").json()
+        return found if found["status"] in ("succeeded", "failed") else None
+
+    for format_ in ("gguf", "merged"):
+        tenant.client.post(exports, json={"format": format_})
+    for format_ in ("gguf", "merged"):
+        assert wait_until(partial(ended, format_), f"the first {format_} export",
+                          180)["status"] == "succeeded"
+    hour_ago = utcnow() - timedelta(hours=1)
+    with admin_scope() as session:  # as a worker killed mid-build leaves them
+        for format_, attempt in (("gguf", 1), ("merged", 3)):
+            session.execute(update(AdapterExport).where(
+                AdapterExport.tenant_id == tenant.id, AdapterExport.format == format_)
+                .values(status="running", files=[], finished_at=None, attempt=attempt,
+                        started_at=hour_ago, heartbeat_at=hour_ago))
+
+    rebuilt = wait_until(lambda: ended("gguf"), "the lost gguf export, built again", 120)
+    assert rebuilt["status"] == "succeeded", rebuilt
+    assert [f["name"] for f in rebuilt["files"]] == ["adapter.gguf", "export_manifest.json"]
+    gave_up = wait_until(lambda: ended("merged"), "the merged export to be given up", 60)
+    assert gave_up["status"] == "failed" and gave_up["error"]["code"] == "worker_lost"
+    assert "lost its worker 3 times" in gave_up["error"]["message"]
+    with admin_scope() as session:
+        row = session.scalars(select(AdapterExport).where(
+            AdapterExport.tenant_id == tenant.id, AdapterExport.format == "gguf")).one()
+        assert (row.attempt, row.status) == (2, "succeeded")
+        assert row.heartbeat_at is not None and row.heartbeat_at > hour_ago
+    # asking again gives a failed export a fresh allowance of workers
+    again = tenant.client.post(exports, json={"format": "merged"}).json()
+    assert again["status"] == "queued"
+    assert wait_until(lambda: ended("merged"), "the merged export, asked again",
+                      180)["status"] == "succeeded"
