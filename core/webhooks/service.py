@@ -63,13 +63,13 @@ def check_url(url: str, allowed: list[str]) -> list[str]:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
             continue  # a host name
-    for address in found:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    checked = [ipaddress.ip_address(address.split("%", 1)[0]) for address in found]
+    for ip in checked:
         if not ip.is_global and not any(ip in net for net in networks):
             raise UnsafeURL(f"its host {host!r} resolves to {ip}, a private, loopback or "
                             "link-local address; an operator can allow it "
                             "(LORAMILL_WEBHOOK_ALLOWED_HOSTS)")
-    return found
+    return [str(ip) for ip in checked]
 
 
 def new_secret() -> str:
