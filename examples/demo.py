@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,10 @@ def wait_for_engine(openai: Any, model: str, timeout: float = 600) -> str | None
 def ask_in_process(adapter_dir: Path) -> Any:
     """Where no engine runs here: the downloaded adapter on the base model in 4-bit NF4,
     as it was trained, in this process with transformers and peft."""
+    # the demo prints its own lines: no weight-loading bars, no library deprecation notes
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     import torch
     from peft import PeftModel
 
