@@ -40,7 +40,7 @@ def run_export(export_id: str, tenant_id: str) -> str:
             return "failed"
         row.status, row.started_at = "running", utcnow()
         row.attempt += 1
-        row.heartbeat_at = row.started_at
+        row.heartbeat_at = func.now()  # database time, as every beat and the sweep use
         attempt = row.attempt
         job = {"format": row.format, "prefix": row.object_prefix, "version": version.version,
                "version_prefix": version.object_prefix, "files": list(version.files),

@@ -24,7 +24,7 @@ from core.adapters.models import AdapterExport, AdapterVersion
 from core.base_models.models import BaseModel
 from core.kit import ids
 from core.kit.errors import NotFound
-from core.kit.orm import utcnow
+from core.kit.orm import last_sign_of_life, utcnow
 from core.tenants.scope import TenantId
 
 FORMATS = ("merged", "gguf")
@@ -84,15 +84,16 @@ class Lost:
 
 def requeue_lost(session: Session, lost_before: datetime, max_attempts: int,
                  now: datetime) -> tuple[list[Lost], list[str]]:
-    """Every tenant's ``running`` exports whose worker stopped heartbeating before
-    ``lost_before``: queued anew (to send again, after commit), or failed with
-    ``worker_lost`` once ``max_attempts`` workers were lost on it. Returns both."""
+    """Every tenant's ``running`` exports whose worker's last sign of life
+    (:func:`last_sign_of_life`, as for jobs) is older than ``lost_before``: queued anew
+    (to send again, after commit), or failed with ``worker_lost`` once ``max_attempts``
+    workers were lost on it. Returns both."""
     rows = session.execute(
         select(AdapterExport, BaseModel.gpu_class)
         .join(AdapterVersion, AdapterVersion.id == AdapterExport.version_id)
         .join(BaseModel, BaseModel.id == AdapterVersion.base_model)
         .where(AdapterExport.status == "running",
-               AdapterExport.heartbeat_at < lost_before)
+               last_sign_of_life(AdapterExport.heartbeat_at) < lost_before)
         .with_for_update(of=AdapterExport, skip_locked=True)).all()
     again, failed = [], []
     for found, gpu_class in rows:

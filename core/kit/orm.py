@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, String
+from sqlalchemy import ColumnElement, DateTime, MetaData, String, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase
 
@@ -27,6 +27,13 @@ class Base(DeclarativeBase):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def last_sign_of_life(heartbeat: Any) -> ColumnElement[datetime]:
+    """A lease holder's last sign of life: its heartbeat, or the database server's start
+    if that is later (a PostgreSQL restart silences every holder at once; GREATEST also
+    ignores a NULL heartbeat, a claim that never beat)."""
+    return func.greatest(heartbeat, func.pg_postmaster_start_time())
 
 
 def IdString() -> String:

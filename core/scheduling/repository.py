@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.jobs.models import FineTuningJob
 from core.jobs.state import JobStatus
+from core.kit.orm import last_sign_of_life
 from core.scheduling.models import Worker
 from core.tenants.models import Tenant
 
@@ -119,13 +120,12 @@ def undispatch(session: Session, job_ids: list[str]) -> None:
 
 
 def stale_running(session: Session, silent_before: datetime) -> list[FineTuningJob]:
-    """Running jobs whose last sign of life is older than ``silent_before``, locked (others
-    skipped). The server's start counts as a sign of life: a PostgreSQL restart silences
-    every worker at once. (GREATEST ignores a NULL heartbeat: a claim that never beat.)"""
-    last_sign = func.greatest(FineTuningJob.heartbeat_at, func.pg_postmaster_start_time())
+    """Running jobs whose last sign of life (:func:`last_sign_of_life`) is older than
+    ``silent_before``, locked (others skipped)."""
     return list(session.scalars(
         select(FineTuningJob)
-        .where(FineTuningJob.status == JobStatus.RUNNING, last_sign < silent_before)
+        .where(FineTuningJob.status == JobStatus.RUNNING,
+               last_sign_of_life(FineTuningJob.heartbeat_at) < silent_before)
         .with_for_update(skip_locked=True)))
 
 
